@@ -1,0 +1,1 @@
+"""Storage backends, one module each; :mod:`.base` defines the primitives they implement."""

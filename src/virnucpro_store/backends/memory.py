@@ -1,0 +1,158 @@
+"""In-process backend, ``memory://NAME[/prefix]``: same contract, for tests, notebooks and dry runs.
+
+Stores with the same NAME share their objects within one process. Publishing swaps one dict
+entry under a lock, so readers see the old bytes or the new bytes, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..errors import AlreadyExists, CheckpointMissing, StorageFailure
+from ..keys import STAGING_MARKER
+from ..source import ByteSource, BytesSource
+from .base import Backend, Leftover, ObjectInfo, Staging
+
+
+@dataclass(frozen=True)
+class _Blob:
+    data: bytes
+    modified: datetime
+    etag: str
+
+
+class _Space:
+    """All objects of one ``memory://NAME``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.objects: dict[str, _Blob] = {}
+        self.staging: dict[str, float] = {}  # staging name -> start time
+
+
+_SPACES: dict[str, _Space] = {}
+_SPACES_LOCK = threading.Lock()
+_VERSIONS = itertools.count(1)
+
+
+def _space(name: str) -> _Space:
+    with _SPACES_LOCK:
+        return _SPACES.setdefault(name, _Space())
+
+
+class MemoryStaging(Staging):
+    def __init__(self, backend: MemoryBackend, key: str) -> None:
+        self.key = key
+        self._backend = backend
+        self.name = f"{backend.full_key(key)}{STAGING_MARKER}{uuid.uuid4().hex}"
+        self.file = io.BytesIO()
+        self._data: bytes | None = None
+        with backend.space.lock:
+            backend.space.staging[self.name] = time.time()
+
+    def finish(self) -> None:
+        self._data = self.file.getvalue()
+        self.file.close()
+
+    def source(self) -> ByteSource:
+        if self._data is None:
+            self.finish()
+        assert self._data is not None
+        return BytesSource(self._data)
+
+    def publish(self, *, overwrite: bool = True) -> ObjectInfo:
+        if self._data is None:
+            self.finish()
+        assert self._data is not None
+        space = self._backend.space
+        full = self._backend.full_key(self.key)
+        url = self._backend.url_for(self.key)
+        blob = _Blob(self._data, datetime.now(timezone.utc), f"v{next(_VERSIONS)}")
+        with space.lock:
+            if space.staging.pop(self.name, None) is None:
+                raise StorageFailure(f"{url}: staging was removed (by gc) before publish",
+                                     key=self.key, url=url)
+            if not overwrite and full in space.objects:
+                raise AlreadyExists(f"{url}: already exists (create-only save)",
+                                    key=self.key, url=url)
+            space.objects[full] = blob
+        return ObjectInfo(key=self.key, size=len(blob.data), modified=blob.modified,
+                          etag=blob.etag, url=url)
+
+    def abort(self) -> None:
+        self.file.close()
+        with self._backend.space.lock:
+            self._backend.space.staging.pop(self.name, None)
+
+
+class MemoryBackend(Backend):
+    scheme = "memory"
+
+    def __init__(self, location: str, **storage_options: object) -> None:
+        if storage_options:
+            raise TypeError(f"the memory backend takes no storage options, got "
+                            f"{', '.join(sorted(storage_options))}")
+        name, _, prefix = location.partition("/")
+        self.space = _space(name)
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.url = f"memory://{location}"
+
+    def full_key(self, key: str) -> str:
+        return self.prefix + key
+
+    def stage(self, key: str) -> Staging:
+        return MemoryStaging(self, key)
+
+    def _blob(self, key: str) -> _Blob:
+        with self.space.lock:
+            blob = self.space.objects.get(self.full_key(key))
+        if blob is None:
+            url = self.url_for(key)
+            raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url)
+        return blob
+
+    def open_source(self, key: str) -> ByteSource:
+        return BytesSource(self._blob(key).data)
+
+    def stat(self, key: str) -> ObjectInfo:
+        blob = self._blob(key)
+        return ObjectInfo(key=key, size=len(blob.data), modified=blob.modified, etag=blob.etag,
+                          url=self.url_for(key))
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        start = self.prefix + prefix
+        with self.space.lock:
+            names = [k[len(self.prefix):] for k in self.space.objects if k.startswith(start)]
+        return iter(sorted(names))
+
+    def delete(self, key: str) -> None:
+        with self.space.lock:
+            if self.space.objects.pop(self.full_key(key), None) is not None:
+                return
+        url = self.url_for(key)
+        raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url)
+
+    def leftovers(self, older_than: float) -> list[Leftover]:
+        now = time.time()
+        with self.space.lock:
+            items = list(self.space.staging.items())
+        return [Leftover(name=name[len(self.prefix):], age_seconds=now - started, kind="staging")
+                for name, started in items
+                if name.startswith(self.prefix) and now - started >= older_than]
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        with self.space.lock:
+            self.space.staging.pop(self.prefix + leftover.name, None)
+
+    @contextlib.contextmanager
+    def open_for_load(self, key: str) -> Iterator[io.BytesIO]:
+        # BytesIO over immutable bytes shares the buffer until written: no copy
+        yield io.BytesIO(self._blob(key).data)

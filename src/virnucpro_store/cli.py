@@ -1,0 +1,541 @@
+"""``virnucpro-store``: the command line a pipeline operator lives in.
+
+Exit codes: 0 all good, 3 a checkpoint problem (VirNucPro's code for it), 2 a usage error
+(bad option, bad URL), 1 the storage itself failed (network, credentials, permission, disk).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import click
+
+from . import errors
+from .validation.report import LEVELS
+
+EXIT_OK = 0
+EXIT_STORAGE = 1
+EXIT_USAGE = 2
+EXIT_CHECKPOINT = 3
+
+DEFAULT_URL_ENV = "VIRNUCPRO_STORE_URL"
+
+log = logging.getLogger("virnucpro_store")
+
+
+# -- terminal plumbing ------------------------------------------------------------------------
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _progress(total: int, *, bytes_mode: bool = False, enabled: bool = True):
+    """A progress bar on stderr when it is a terminal; a silent stand-in when piped."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = _console(stderr=True)
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+    columns += ([DownloadColumn(), TransferSpeedColumn()] if bytes_mode
+                else [MofNCompleteColumn()])
+    columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True,
+                    disable=not (enabled and console.is_terminal))
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '15m', '1h', '2d' -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 1h or 2d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+# -- shared options and error handling --------------------------------------------------------
+
+def storage_options(func: Callable) -> Callable:
+    """--endpoint-url / --profile on every command that opens a store."""
+
+    @click.option("--endpoint-url", envvar="AWS_ENDPOINT_URL", default=None,
+                  help="S3-compatible endpoint, e.g. http://127.0.0.1:8333 "
+                       "(env: AWS_ENDPOINT_URL).")
+    @click.option("--profile", envvar="AWS_PROFILE", default=None,
+                  help="AWS profile from ~/.aws/config (env: AWS_PROFILE).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, endpoint_url: str | None, profile: str | None, **kwargs: Any):
+        options: dict[str, Any] = {}
+        if endpoint_url:
+            options["endpoint_url"] = endpoint_url
+        if profile:
+            options["profile"] = profile
+        return func(*args, options=options, **kwargs)
+
+    return wrapper
+
+
+def handle_errors(func: Callable) -> Callable:
+    """One line a user can act on instead of a traceback (unless --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any):
+        ctx = click.get_current_context()
+        try:
+            return func(*args, **kwargs)
+        except (errors.UnknownSchemeError, errors.InvalidKey) as exc:
+            if ctx.obj.get("debug"):
+                raise
+            _fail(str(exc), EXIT_USAGE)
+        except errors.CheckpointError as exc:
+            if ctx.obj.get("debug"):
+                raise
+            _fail(f"{exc.category}: {exc}", EXIT_CHECKPOINT)
+        except errors.StoreError as exc:
+            if ctx.obj.get("debug"):
+                raise
+            _fail(str(exc), EXIT_STORAGE)
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
+    sys.exit(code)
+
+
+def _urls_or_default(urls: tuple[str, ...]) -> list[str]:
+    if urls:
+        return list(urls)
+    default = os.environ.get(DEFAULT_URL_ENV)
+    if not default:
+        raise click.UsageError(f"give a URL, or set {DEFAULT_URL_ENV} to a default store")
+    return [default]
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(package_name="virnucpro_store")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Atomic, validated storage of VirNucPro's PyTorch feature files.
+
+    URLs are paths, file://, memory://NAME or s3://BUCKET/PREFIX. Commands that take a URL
+    fall back to $VIRNUCPRO_STORE_URL. Exit codes: 0 ok, 3 a bad checkpoint, 2 usage error,
+    1 storage failure.
+
+    \b
+    Examples:
+      virnucpro-store demo                          # watch the validator catch four faults
+      virnucpro-store validate /scratch/run7 --pattern '*.pt' --schema auto
+      virnucpro-store ls s3://lab-bucket/run7 --check
+      virnucpro-store info /scratch/run7/esm_000.pt
+      virnucpro-store cp /scratch/run7 s3://lab-bucket/run7
+      virnucpro-store gc s3://lab-bucket/run7 --older-than 1h --dry-run
+    """
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
+    level = logging.ERROR if quiet else levels[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"debug": debug, "quiet": quiet}
+
+
+def _report_line(report, url: str) -> str:
+    if report.ok:
+        return f"[green]OK[/]    {report.level:<5} {human_size(report.size):>9}  {url}"
+    return f"[red]FAIL[/]  {report.category:<12} {url}: {report.message}"
+
+
+@cli.command()
+@click.argument("urls", nargs=-1)
+@click.option("--schema", default=None,
+              help="dnabert, esm, merged, shard, or auto (pick from the keys); "
+                   "omit to check only that the file loads.")
+@click.option("--level", type=click.Choice(LEVELS), default="keys", show_default=True,
+              help="Highest level to check; each level includes the cheaper ones.")
+@click.option("--deep", is_flag=True,
+              help="Also check every record's CRC-32 and do a full safe torch.load.")
+@click.option("--pattern", default=None, help="Glob on file names in folders, e.g. '*.pt'.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Files validated in parallel.")
+@click.option("--quarantine", default=None, metavar="DEST",
+              help="Move bad files to this folder/prefix (each move published atomically).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout.")
+@storage_options
+@click.pass_context
+@handle_errors
+def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, level: str,
+             deep: bool, pattern: str | None, jobs: int, quarantine: str | None,
+             as_json: bool, options: dict[str, Any]) -> None:
+    """Validate files, folders or prefixes (walked recursively).
+
+    Exit 0 when every file is valid, 3 when any is not (or nothing matched), 2 on a usage
+    error.
+
+    \b
+    Examples:
+      virnucpro-store validate run7/esm_000.pt --schema esm
+      virnucpro-store validate /scratch/run7 --pattern '*.pt' --schema auto -j 16
+      virnucpro-store validate s3://lab-bucket/run7 --level load --json > verdicts.jsonl
+      virnucpro-store validate /scratch/run7 --quarantine /scratch/run7-bad
+    """
+    from .schemas import AUTO, get_schema
+    from .targets import expand, open_url_store
+
+    if schema != AUTO:
+        try:
+            get_schema(schema)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--schema") from None
+    targets = list(expand(_urls_or_default(urls), options, pattern=pattern))
+    quarantine_store = open_url_store(quarantine, options) if quarantine else None
+    console = _console()
+
+    def check(target):
+        started = time.perf_counter()
+        report = target.store.validate(target.key, schema=schema, level=level, deep=deep)
+        report.seconds = time.perf_counter() - started
+        return target, report
+
+    results = []
+    with _progress(len(targets), enabled=not ctx.obj["quiet"]) as progress, \
+            ThreadPoolExecutor(max_workers=jobs) as pool:
+        task = progress.add_task("validating", total=len(targets))
+        for target, report in pool.map(check, targets):
+            progress.advance(task)
+            results.append((target, report))
+            if as_json:
+                click.echo(json.dumps(_json_line(report), default=str))
+            else:
+                # stdout; rich's live progress (on stderr) redraws below it
+                console.print(_report_line(report, target.url), markup=True)
+            if quarantine_store is not None and not report.ok and report.category != "missing":
+                _move(target, quarantine_store)
+                log.warning("quarantined %s -> %s", target.url,
+                            quarantine_store.url_for(target.key))
+    if not as_json or len(results) > 1:
+        _summary(results, to_stderr=as_json)
+    if not results:
+        _console(stderr=True).print("[yellow]nothing matched[/]", markup=True)
+    sys.exit(EXIT_OK if results and all(r.ok for _, r in results) else EXIT_CHECKPOINT)
+
+
+def _json_line(report) -> dict[str, Any]:
+    row = report.to_dict()
+    return {k: row[k] for k in ("url", "ok", "level", "category", "message", "size", "schema",
+                                "details")}
+
+
+def _move(target, dest) -> None:
+    with target.store.open(target.key) as handle:
+        dest.save_bytes(handle, target.key, validate=None)
+    target.store.delete(target.key)
+
+
+def _summary(results, *, to_stderr: bool) -> None:
+    from rich.table import Table
+
+    counts = Counter("valid" if r.ok else r.category for _, r in results)
+    table = Table(title=f"{len(results)} file(s)", show_edge=False)
+    table.add_column("verdict")
+    table.add_column("files", justify="right")
+    for verdict in ("valid", "missing", "corrupted", "incompatible", "unsafe"):
+        if counts.get(verdict):
+            table.add_row(verdict, str(counts[verdict]))
+    console = _console(stderr=to_stderr)
+    console.print(table)
+    slowest = sorted(results, key=lambda pair: pair[1].seconds, reverse=True)[:3]
+    if len(results) > 1:
+        console.print("slowest: " + ", ".join(f"{t.key} {r.seconds * 1000:.0f} ms"
+                                              for t, r in slowest))
+
+
+@cli.command(name="ls")
+@click.argument("url", required=False)
+@click.option("--check", is_flag=True, help="Add the verdict of a cheap validation.")
+@click.option("--level", type=click.Choice(LEVELS), default="load", show_default=True,
+              help="Level for --check.")
+@click.option("--pattern", default=None, help="Glob on file names, e.g. '*.pt'.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@storage_options
+@handle_errors
+def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as_json: bool,
+               options: dict[str, Any]) -> None:
+    """List keys with size and modification time (staging objects never appear).
+
+    \b
+    Examples:
+      virnucpro-store ls /scratch/run7
+      virnucpro-store ls s3://lab-bucket/run7 --check --pattern '*.pt'
+    """
+    from rich.table import Table
+
+    from .targets import resolve
+
+    store, keys, _ = resolve(_urls_or_default((url,) if url else ())[0], options,
+                             pattern=pattern)
+    table = Table(show_edge=False)
+    for col in ("key", "size", "modified") + (("verdict",) if check else ()):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    bad = False
+    for key in keys:
+        info = store.info(key)
+        row = info.to_dict()
+        verdict = ""
+        if check:
+            report = store.validate(key, level=level)
+            bad |= not report.ok
+            row |= {"ok": report.ok, "category": report.category, "message": report.message}
+            verdict = ("[green]ok[/]" if report.ok
+                       else f"[red]{report.category}[/]: {report.message}")
+        if as_json:
+            click.echo(json.dumps(row, default=str))
+        else:
+            modified = info.modified.strftime("%Y-%m-%d %H:%M:%S") if info.modified else "-"
+            table.add_row(key, human_size(info.size), modified, *([verdict] if check else []))
+    if not as_json:
+        _console().print(table)
+    sys.exit(EXIT_CHECKPOINT if bad else EXIT_OK)
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--deep", is_flag=True, help="Also check the CRC-32 of every record.")
+@click.option("--json", "as_json", is_flag=True, help="The whole description as JSON.")
+@storage_options
+@handle_errors
+def info(url: str, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
+    """What a file holds, without loading its tensor data: keys, list lengths, tensor dtypes
+    and shapes, version/status, size, CRC status with --deep.
+
+    \b
+    Examples:
+      virnucpro-store info /scratch/run7/esm_000.pt
+      virnucpro-store info s3://lab-bucket/run7/merged.pt --deep --json
+    """
+    from .registry import split_object_url
+    from .targets import open_url_store
+    from .validation import inspect_source
+
+    parent, key = split_object_url(url)
+    store = open_url_store(parent.url, options)
+    source = store.backend.open_source(key)
+    description = inspect_source(source, deep=deep)
+    description.setdefault("url", store.url_for(key))
+    description.pop("structure", None)
+    if as_json:
+        click.echo(json.dumps(description, default=str, indent=2))
+    else:
+        _print_description(description)
+    sys.exit(EXIT_OK if description.get("ok", True) else EXIT_CHECKPOINT)
+
+
+def _describe_entry(entry: dict[str, Any]) -> str:
+    kind = entry.get("type", "?")
+    if kind in ("tensor", "ndarray", "array"):
+        return f"{kind} {entry.get('dtype')} {tuple(entry.get('shape', ()))}"
+    if "len" in entry:
+        first = entry.get("first")
+        inner = f" of {_describe_entry(first)}" if isinstance(first, dict) else ""
+        return f"{kind}[{entry['len']}]{inner}"
+    if "value" in entry:
+        return f"{kind} = {entry['value']!r}"
+    return kind
+
+
+def _print_description(d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    verdict = "[green]valid[/]" if d.get("ok") else f"[red]{d.get('category')}[/]"
+    console.print(f"[bold]{d.get('url')}[/]  {human_size(d.get('size'))}  {verdict}: "
+                  f"{d.get('message')}", markup=True)
+    facts = [f"schema: {d.get('schema') or '-'}", f"version: {d.get('version', '-')}",
+             f"status: {d.get('status', '-')}", f"records: {d.get('records', '-')}",
+             f"CRC: {d.get('crc', '-')}"]
+    console.print("  ".join(facts))
+    entries = d.get("entries") or {}
+    if entries:
+        table = Table(show_edge=False)
+        table.add_column("key")
+        table.add_column("holds")
+        for key, entry in entries.items():
+            table.add_row(str(key), _describe_entry(entry) if isinstance(entry, dict)
+                          else str(entry))
+        console.print(table)
+    tensors = d.get("tensors") or {}
+    if tensors.get("count"):
+        console.print(f"{tensors['count']} tensor(s) in all")
+
+
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--pattern", default=None, help="Glob on file names when SRC is a folder.")
+@click.option("--level", type=click.Choice(LEVELS), default="load", show_default=True,
+              help="Validation of each copy at the destination before it is published.")
+@click.option("--force", is_flag=True, help="Copy even what is already there and valid.")
+@storage_options
+@click.pass_context
+@handle_errors
+def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, force: bool,
+       options: dict[str, Any]) -> None:
+    """Copy a file or a whole folder/prefix between stores (local, S3, memory).
+
+    Each file is streamed, validated at the destination and published atomically there.
+    Resumable: files already at the destination with the same size that validate are skipped.
+
+    \b
+    Examples:
+      virnucpro-store cp /scratch/run7 s3://lab-bucket/run7
+      virnucpro-store cp s3://lab-bucket/run7/merged.pt /scratch/restore/
+    """
+    from .registry import parse_url
+    from .targets import open_url_store, resolve
+
+    store, keys, single = resolve(src, options, pattern=pattern)
+    if single:
+        # cp FILE DST/ keeps the name; cp FILE DST/NAME.pt renames
+        if dst.endswith("/") or _is_local_dir(dst):
+            dest_store, mapping = open_url_store(dst, options), {keys[0]: keys[0].rsplit("/")[-1]}
+        else:
+            from .registry import split_object_url
+
+            parent, name = split_object_url(dst)
+            dest_store, mapping = open_url_store(parent.url, options), {keys[0]: name}
+    else:
+        parse_url(dst)
+        dest_store, mapping = open_url_store(dst, options), {k: k for k in keys}
+    sizes = {k: store.info(k).size for k in mapping}
+    copied = skipped = 0
+    with _progress(sum(sizes.values()), bytes_mode=True,
+                   enabled=not ctx.obj["quiet"]) as progress:
+        task = progress.add_task("copying", total=sum(sizes.values()))
+        for key, dest_key in mapping.items():
+            if not force and _already_there(dest_store, dest_key, sizes[key], level):
+                skipped += 1
+                progress.advance(task, sizes[key])
+                log.info("skip %s (already at destination and valid)", key)
+                continue
+            with store.open(key) as handle:
+                dest_store.save_bytes(_Counting(handle, progress, task), dest_key,
+                                      validate=level)
+            copied += 1
+    _console(stderr=True).print(f"copied {copied}, skipped {skipped} (already there and valid)")
+
+
+def _is_local_dir(url: str) -> bool:
+    from .registry import parse_url
+
+    parsed = parse_url(url)
+    return parsed.scheme == "file" and os.path.isdir(parsed.location)
+
+
+def _already_there(store, key: str, size: int, level: str) -> bool:
+    try:
+        if store.info(key).size != size:
+            return False
+    except errors.CheckpointMissing:
+        return False
+    return store.validate(key, level=level).ok
+
+
+class _Counting:
+    """A read-only file wrapper that advances a progress bar."""
+
+    def __init__(self, handle, progress, task) -> None:
+        self._handle, self._progress, self._task = handle, progress, task
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._progress.advance(self._task, len(data))
+        return data
+
+
+@cli.command()
+@click.argument("url", required=False)
+@click.option("--older-than", "older_than", default="1h", show_default=True,
+              help="Only leftovers older than this (90s, 15m, 1h, 2d).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@storage_options
+@handle_errors
+def gc(url: str | None, older_than: str, dry_run: bool, options: dict[str, Any]) -> None:
+    """Remove staging leftovers and incomplete uploads of killed saves.
+
+    \b
+    Examples:
+      virnucpro-store gc /scratch/run7 --dry-run
+      virnucpro-store gc s3://lab-bucket/run7 --older-than 6h
+    """
+    from .targets import open_url_store
+
+    seconds = parse_duration(older_than)
+    store = open_url_store(_urls_or_default((url,) if url else ())[0], options)
+    leftovers = store.leftovers(seconds)
+    console = _console()
+    for leftover in leftovers:
+        if not dry_run:
+            store.backend.remove_leftover(leftover)
+        console.print(f"{'would remove' if dry_run else 'removed'} {leftover.kind:<8} "
+                      f"{leftover.name}  ({leftover.age_seconds / 60:.0f} min old)")
+    console.print(f"{len(leftovers)} leftover(s) {'found' if dry_run else 'removed'}")
+
+
+@cli.command()
+@click.argument("url", required=False, default="virnucpro-demo")
+@click.option("--entries", default=64, show_default=True, help="Entries per feature file.")
+@storage_options
+@handle_errors
+def demo(url: str, entries: int, options: dict[str, Any]) -> None:
+    """Write the four feature formats to URL, damage copies, and watch the validator name
+    each fault. URL defaults to the local folder ./virnucpro-demo.
+
+    \b
+    Examples:
+      virnucpro-store demo
+      virnucpro-store demo memory://dry-run
+    """
+    from .demo import run_demo
+
+    if not run_demo(url, entries=entries, console=_console(), storage_options=options):
+        sys.exit(EXIT_CHECKPOINT)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    cli.main(args=argv, prog_name="virnucpro-store")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The exception hierarchy. Backends translate their own errors into these, once, at their edge.
+
+    StoreError
+    ├── CheckpointError            .key .url .category
+    │   ├── CheckpointMissing      (also FileNotFoundError)   category "missing"
+    │   ├── CheckpointCorrupted                               category "corrupted"
+    │   ├── CheckpointIncompatible                            category "incompatible"
+    │   └── UnsafeCheckpoint                                  category "unsafe"
+    ├── AlreadyExists              (also FileExistsError)  create-only save lost
+    ├── InvalidKey                 (also ValueError)       empty, absolute or escaping key
+    ├── UnknownSchemeError         (also ValueError)       URL scheme nobody handles
+    ├── BackendUnavailable         (also ImportError)      optional dependency missing
+    ├── SerializationError                                 torch.save could not pickle the object
+    └── StorageFailure                                     I/O, network or permission failure
+"""
+
+from __future__ import annotations
+
+CATEGORIES = ("missing", "corrupted", "incompatible", "unsafe")
+
+
+class StoreError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class CheckpointError(StoreError):
+    """A stored checkpoint is missing or cannot be used; ``category`` says why."""
+
+    category: str = "corrupted"
+
+    def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
+                 report: object | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.url = url
+        #: the ValidationReport behind the error, when a validation produced it
+        self.report = report
+
+
+class CheckpointMissing(CheckpointError, FileNotFoundError):
+    category = "missing"
+
+
+class CheckpointCorrupted(CheckpointError):
+    category = "corrupted"
+
+
+class CheckpointIncompatible(CheckpointError):
+    category = "incompatible"
+
+
+class UnsafeCheckpoint(CheckpointError):
+    category = "unsafe"
+
+
+class AlreadyExists(StoreError, FileExistsError):
+    """A create-only save (``overwrite=False``) found the key already published."""
+
+    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.url = url
+
+
+class InvalidKey(StoreError, ValueError):
+    """A key that is empty, absolute, or climbs out of the store's root."""
+
+
+class UnknownSchemeError(StoreError, ValueError):
+    """No backend handles the URL's scheme."""
+
+
+class BackendUnavailable(StoreError, ImportError):
+    """The backend for a scheme needs a package that is not installed."""
+
+
+class SerializationError(StoreError):
+    """``torch.save`` raised while serializing the object; nothing was published.
+    The original exception is the ``__cause__``."""
+
+    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.url = url
+
+
+class StorageFailure(StoreError):
+    """The storage medium failed: I/O error, network error, permission refused, disk full."""
+
+    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.url = url
+
+
+_BY_CATEGORY: dict[str, type[CheckpointError]] = {
+    "missing": CheckpointMissing,
+    "corrupted": CheckpointCorrupted,
+    "incompatible": CheckpointIncompatible,
+    "unsafe": UnsafeCheckpoint,
+}
+
+
+def error_class_for(category: str) -> type[CheckpointError]:
+    """The CheckpointError subclass for a validation category."""
+    return _BY_CATEGORY.get(category, CheckpointCorrupted)

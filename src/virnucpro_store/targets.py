@@ -1,0 +1,68 @@
+"""Turn the URLs a user types into (store, key) pairs: one file, or every file under a
+folder/prefix that matches a pattern. Shared by the CLI's validate, ls, info and cp."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import registry
+from .errors import InvalidKey
+from .store import CheckpointStore
+
+
+@dataclass(frozen=True)
+class Target:
+    store: CheckpointStore
+    key: str
+
+    @property
+    def url(self) -> str:
+        return self.store.url_for(self.key)
+
+
+def storage_options_for(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Storage options (endpoint, profile, ...) apply to remote URLs only."""
+    return options if registry.parse_url(url).scheme not in ("file", "memory") else {}
+
+
+def open_url_store(url: str, options: dict[str, Any]) -> CheckpointStore:
+    return CheckpointStore(registry.open_backend(url, **storage_options_for(url, options)))
+
+
+def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
+            ) -> tuple[CheckpointStore, list[str], bool]:
+    """Resolve ``url`` to (store, keys, is_single_file).
+
+    A URL that names an existing object is that one file (the pattern does not filter it);
+    anything else is a folder or prefix whose keys are listed recursively and filtered by
+    ``pattern`` (a glob on the key's last part, e.g. ``*.pt``).
+    """
+    parsed = registry.parse_url(url)
+    try:
+        parent, key = registry.split_object_url(url)
+    except InvalidKey:
+        parent, key = None, None
+    if parent is not None and key is not None and not (
+            parsed.scheme == "file" and os.path.isdir(parsed.location)):
+        store = open_url_store(parent.url, options)
+        if store.exists(key):
+            return store, [key], True
+    store = open_url_store(parsed.url, options)
+    keys = [k for k in store.list() if pattern is None
+            or fnmatch.fnmatchcase(k.rsplit("/", 1)[-1], pattern)]
+    if not keys and parent is not None and key is not None and not any(True for _ in store.list()):
+        # nothing there at all: report the URL as one missing file, not as an empty folder
+        return open_url_store(parent.url, options), [key], True
+    return store, keys, False
+
+
+def expand(urls: list[str], options: dict[str, Any], *, pattern: str | None = None
+           ) -> Iterator[Target]:
+    for url in urls:
+        store, keys, _ = resolve(url, options, pattern=pattern)
+        for key in keys:
+            yield Target(store, key)

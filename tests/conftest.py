@@ -1,0 +1,67 @@
+"""Fixtures shared by the whole suite.
+
+``store_factory`` is the conformance suite's entry point: it is parametrized over every backend,
+and each call returns a fresh, empty :class:`CheckpointStore` on that backend. A new backend joins
+the conformance suite by adding its name to ``BACKENDS`` and a ``<name>_store_factory`` fixture.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+
+import pytest
+
+# S3 fixtures (moto in-process, SeaweedFS on loopback) live in their own module.
+from s3_fixtures import *  # noqa: E402,F401,F403
+
+import virnucpro_store as vs
+
+BACKENDS = ["local", "memory", "s3_moto", "s3_seaweed"]
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def local_store_factory(tmp_path):
+    def make() -> vs.CheckpointStore:
+        return vs.open_store(tmp_path / f"store{next(_counter)}")
+
+    return make
+
+
+@pytest.fixture
+def memory_store_factory():
+    def make() -> vs.CheckpointStore:
+        return vs.open_store(f"memory://test-{uuid.uuid4().hex}")
+
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_factory(request, backend_name):
+    """A callable returning a fresh, empty store on the parametrized backend."""
+    return request.getfixturevalue(f"{backend_name}_store_factory")
+
+
+@pytest.fixture
+def store(store_factory) -> vs.CheckpointStore:
+    return store_factory()
+
+
+def pytest_collection_modifyitems(config, items):
+    # Let `-m "not s3"` skip every S3 variant of the conformance suite in one go.
+    for item in items:
+        if any(name in item.nodeid for name in ("s3_moto", "s3_seaweed")):
+            item.add_marker(pytest.mark.s3)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "s3: runs against an S3 backend (moto or SeaweedFS)")
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")

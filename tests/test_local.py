@@ -1,0 +1,180 @@
+"""What only the local backend does: fsync discipline, same-folder staging, SIGKILL survival."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import virnucpro_store as vs
+from virnucpro_store.samples import sample
+
+
+def _fd_path(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def test_save_fsyncs_file_then_renames_then_fsyncs_folder(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", _fd_path(fd)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.fspath(dst)))
+        return real_replace(src, dst)
+
+    store = vs.open_store(tmp_path / "store")
+    (tmp_path / "store" / "features").mkdir(parents=True)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    store.save(sample("merged", 2), "features/m.pt", schema="merged")
+
+    folder = str(tmp_path / "store" / "features")
+    final = os.path.join(folder, "m.pt")
+    kinds = [(kind, os.path.dirname(p) == folder and ".vnps-staging-" in p, p)
+             for kind, p in events]
+    # 1. the staging file (same folder, hidden) is fsynced, 2. renamed onto the final name,
+    # 3. the folder is fsynced so the rename survives a power cut.
+    assert kinds[0][0] == "fsync" and kinds[0][1], events
+    assert ("replace", final) in events
+    i_replace = events.index(("replace", final))
+    assert any(kind == "fsync" and p == folder for kind, p in events[i_replace + 1:]), events
+    assert i_replace > 0
+
+
+def test_create_only_fsyncs_folder_after_link(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", _fd_path(fd))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "link", lambda a, b: (events.append(("link", os.fspath(b))),
+                                                  real_link(a, b))[1])
+    store = vs.open_store(tmp_path)
+    store.save({"x": 1}, "once.pt", overwrite=False)
+    i_link = events.index(("link", str(tmp_path / "once.pt")))
+    assert events[0][0] == "fsync" and ".vnps-staging-" in events[0][1]
+    assert ("fsync", str(tmp_path)) in events[i_link + 1:]
+
+
+def test_new_parent_folders_are_fsynced_into_their_parents(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(_fd_path(fd)), real_fsync(fd))[1])
+    store = vs.open_store(tmp_path / "root")
+    store.save({"x": 1}, "a/b/c.pt")
+    for folder in (tmp_path, tmp_path / "root", tmp_path / "root" / "a"):
+        assert str(folder) in synced, (folder, synced)
+
+
+def test_staging_is_hidden_in_the_target_folder(tmp_path):
+    store = vs.open_store(tmp_path)
+    seen: list[list[str]] = []
+
+    class Peek:
+        def __reduce__(self):
+            seen.append(sorted(os.listdir(tmp_path / "sub")))
+            return (collections.OrderedDict, ())
+
+    store.save({"peek": Peek()}, "sub/f.pt")
+    assert len(seen[0]) == 1
+    assert seen[0][0].startswith(".f.pt.vnps-staging-")
+    assert sorted(os.listdir(tmp_path / "sub")) == ["f.pt"]
+
+
+def test_plain_path_and_file_url_are_the_same_store(tmp_path):
+    vs.open_store(tmp_path).save({"x": 1}, "k.pt")
+    assert vs.open_store(f"file://{tmp_path}").load("k.pt") == {"x": 1}
+    assert vs.open_store(tmp_path).url == f"file://{tmp_path}"
+
+
+def test_root_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(vs.StorageFailure, match="is a file"):
+        vs.open_store(tmp_path / "f")
+
+
+def test_storage_options_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="no storage options"):
+        vs.open_store(tmp_path, endpoint_url="http://x")
+
+
+def test_folder_in_the_way_is_a_clean_error(tmp_path):
+    store = vs.open_store(tmp_path)
+    (tmp_path / "k.pt").mkdir()
+    with pytest.raises(vs.StorageFailure, match="folder is in the way"):
+        store.save({"x": 1}, "k.pt")
+    assert store.leftovers(older_than=0) == []
+    with pytest.raises(vs.CheckpointMissing):
+        store.info("k.pt")
+
+
+def test_gc_removes_old_staging_files_only(tmp_path):
+    store = vs.open_store(tmp_path)
+    store.save({"x": 1}, "d/k.pt")
+    stale = tmp_path / "d" / ".k.pt.vnps-staging-dead.tmp"
+    stale.write_bytes(b"partial")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    fresh = tmp_path / "d" / ".j.pt.vnps-staging-live.tmp"
+    fresh.write_bytes(b"in flight")
+    found = [leftover.name for leftover in store.leftovers(3600)]
+    assert found == ["d/.k.pt.vnps-staging-dead.tmp"]
+    assert store.gc(older_than=3600) == ["d/.k.pt.vnps-staging-dead.tmp"]
+    assert not stale.exists() and fresh.exists()
+    assert list(store.list()) == ["d/k.pt"]
+
+
+_WRITER = textwrap.dedent("""
+    import sys, torch
+    import virnucpro_store as vs
+    store = vs.open_store(sys.argv[1])
+    version = int(sys.argv[2])
+    rows = int(sys.argv[3])
+    print("ready", flush=True)
+    while True:
+        version += 1
+        data = torch.full((rows, 3328), float(version))
+        store.save({"ids": [str(version)] * rows, "data": data, "version": "1.0"},
+                   "features/merged.pt", schema="merged")
+""")
+
+
+def test_sigkill_mid_save_never_leaves_a_partial_file(tmp_path):
+    """Kill a saving process at random moments; the key is always absent or whole."""
+    rng = random.Random(1234)
+    root = tmp_path / "store"
+    store = vs.open_store(root)
+    kills = int(os.environ.get("VNPS_KILLS", "12"))
+    published_once = False
+    for i in range(kills):
+        rows = rng.choice([64, 512, 1500])  # ~0.8 MB, 6.8 MB, 20 MB
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(root), str(i * 1000),
+                                 str(rows)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.kill()
+        proc.wait()
+        assert all(".vnps-staging-" not in k for k in store.list())
+        if store.exists("features/merged.pt"):
+            published_once = True
+            report = store.validate("features/merged.pt", schema="merged", deep=True)
+            assert report.ok, report
+            obj = store.load("features/merged.pt", schema="merged")
+            # one whole version: every row carries the same version number
+            assert torch.all(obj["data"] == obj["data"][0, 0])
+            assert obj["ids"] == [str(int(obj["data"][0, 0]))] * obj["data"].shape[0]
+        else:
+            assert not published_once, "a published key disappeared"
+    assert published_once, "no save completed; lengthen the sleeps"
+    store.gc(older_than=0)
+    assert [p.name for p in (root / "features").iterdir()] == ["merged.pt"]
