@@ -1,0 +1,320 @@
+"""The ladder of validation levels, cheapest first: size, zip, load, keys.
+
+- **size**: the object is not empty.
+- **zip**: the end records and central directory parse (one tail read, at most one more read);
+  every record lies inside the file, records do not overlap, names are unique, the torch records
+  exist under one top-level folder. ``deep=True`` also streams the file once in bounded chunks
+  and checks every local header and CRC-32.
+- **load**: ``data.pkl`` is read with one range read, its CRC checked, and unpickled by the
+  restricted reader into a lazy structure; every tensor's storage record exists and has
+  ``numel x itemsize`` bytes, and every tensor view fits its storage. ``deep=True`` also loads
+  the file with :func:`safe_torch_load`.
+- **keys**: the ``version`` is one this code reads, and the schema's keys and rules hold.
+
+Example:
+    >>> import io, torch
+    >>> from virnucpro_store.source import BytesSource
+    >>> buf = io.BytesIO()
+    >>> torch.save({"ids": ["a", "b"], "data": torch.zeros(2, 3328), "version": "1.0"}, buf)
+    >>> report = validate_source(BytesSource(buf.getvalue()), schema="merged")
+    >>> report.ok, report.level, report.details["tensors"]["entries"]["data"]
+    (True, 'keys', {'dtype': 'float32', 'shape': [2, 3328]})
+    >>> bad = validate_source(BytesSource(buf.getvalue()[:-100]))
+    >>> bad.level, bad.category, bad.message.split(" in the last")[0]
+    ('size', 'corrupted', 'end of central directory not found')
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+# a module import, not names: schemas imports validation.safepickle, so this is circular
+from .. import schemas as _schemas
+from ..errors import CheckpointError, StoreError
+from ..source import ByteSource, CountingSource, SourceReader
+from .problem import Problem, corrupted, incompatible
+from .report import LEVELS, ValidationReport, check_level
+from .safepickle import ArrayMeta, TensorMeta, _checked_numel, iter_tensors, load_structure
+from .zipindex import (
+    CachedReader,
+    ZipIndex,
+    check_torch_layout,
+    read_index,
+    read_record,
+    verify_crcs,
+)
+
+#: at most this many tensors are listed by path in ``details["tensors"]``
+MAX_LISTED_TENSORS = 50
+#: at most this many top-level keys are listed in ``details["keys"]``
+MAX_LISTED_KEYS = 100
+
+
+class _Run:
+    """One pass down the ladder; holds what each level learned for the next."""
+
+    def __init__(self, source: CountingSource, deep: bool) -> None:
+        self.source = source
+        self.deep = deep
+        self.details: dict[str, Any] = {"crc": "not checked"}
+        self.reader = CachedReader(source)
+        self.index: ZipIndex | None = None
+        self.structure: Any = None
+        self.tensors: list[tuple[str, TensorMeta | ArrayMeta]] = []
+
+    def size(self) -> None:
+        if self.source.size == 0:
+            raise corrupted("empty file (0 bytes)")
+
+    def zip(self) -> None:
+        index = read_index(self.reader)
+        self.details["records"] = len(index.records)
+        self.details["zip64"] = index.zip64
+        self.details["top"] = check_torch_layout(index)
+        self.index = index
+        if self.deep:
+            try:
+                verify_crcs(self.source, index)
+            except Problem:
+                self.details["crc"] = "bad"
+                raise
+            self.details["crc"] = "ok"
+
+    def load(self) -> None:
+        index = self.index
+        assert index is not None
+        record = index.by_name[f"{index.top}/data.pkl"]
+        try:
+            self.structure = load_structure(read_record(self.reader, index, record))
+        except Problem as exc:
+            if exc.category != "unsafe" and "data.pkl" not in exc.message:
+                exc.message = f"{record.name}: {exc.message}"
+            raise
+        self.tensors = list(iter_tensors(self.structure))
+        self.details.update(summarize(self.structure, self.tensors))
+        _check_tensors(index, self.tensors)
+        if self.deep:
+            from .torch_load import safe_torch_load
+
+            stream = io.BufferedReader(SourceReader(self.source), buffer_size=1 << 20)
+            try:
+                safe_torch_load(stream)
+            except CheckpointError as exc:
+                raise Problem(exc.category, f"torch.load(weights_only=True) failed: "
+                                            f"{str(exc).removeprefix('checkpoint: ')}") from None
+            self.details["torch_load"] = "ok"
+
+    def keys(self, schema: _schemas.Schema | None, auto: bool) -> None:
+        problem = _schemas.check_version(self.structure)
+        if problem:
+            raise incompatible(problem)
+        if auto:
+            schema = _schemas.detect_schema(self.structure)
+            if schema is None:
+                keys = self.details.get("keys")
+                raise incompatible(f"no built-in schema matches this file (top-level keys: "
+                                   f"{keys if keys is not None else 'not a dict'}); known: "
+                                   f"{', '.join(_schemas.BUILTIN_SCHEMAS)}")
+            self.details["schema"] = schema.name
+        if schema is None:
+            return
+        problems = schema.check(self.structure)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise incompatible(problems[0] + more)
+
+
+def _check_tensors(index: ZipIndex, tensors: list[tuple[str, TensorMeta | ArrayMeta]]) -> None:
+    """Storage records exist with the right size; every tensor view fits in its storage."""
+    sizes: dict[str, int] = {}
+    for path, meta in tensors:
+        if not isinstance(meta, TensorMeta) or meta.storage is None:
+            continue  # numpy arrays were length-checked while unpickling
+        storage = meta.storage
+        name = f"{index.top}/data/{storage.key}"
+        nbytes = storage.nbytes
+        seen = sizes.get(storage.key)
+        if seen is None:
+            record = index.record(name)
+            if record is None:
+                raise corrupted(f"tensor {path!r} uses storage {storage.key!r} but record "
+                                f"{name!r} does not exist")
+            if record.uncompressed_size != nbytes:
+                what = "short" if record.uncompressed_size < nbytes else "too long"
+                count = (f"{storage.numel} bytes" if storage.untyped
+                         else f"{storage.numel} {storage.dtype} elements")
+                raise corrupted(f"record {name!r} is {what}: {record.uncompressed_size} bytes "
+                                f"stored, {nbytes} expected for {count}")
+            sizes[storage.key] = nbytes
+        elif seen != nbytes:
+            raise corrupted(f"storage {storage.key!r} is described as {seen} bytes and as "
+                            f"{nbytes} bytes (tensor {path!r})")
+        where = (f"tensor {path!r} ({meta.dtype}, shape {meta.shape}, stride {meta.stride}, "
+                 f"offset {meta.storage_offset})")
+        if meta.storage_offset < 0 or any(s < 0 for s in meta.stride):
+            raise corrupted(f"{where} has a negative offset or stride")
+        numel = _checked_numel(meta.shape, f"tensor {path!r}")
+        if numel == 0:
+            continue
+        needed = meta.storage_offset + sum((n - 1) * s for n, s in zip(meta.shape, meta.stride)) + 1
+        available = nbytes // meta.itemsize
+        if needed > available:
+            raise corrupted(f"{where} needs {needed} elements but storage {storage.key!r} holds "
+                            f"{available}")
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= 200 else value[:197] + "..."
+    return f"<{type(value).__name__}>"
+
+
+def _key_text(key: Any) -> str:
+    return key if isinstance(key, str) else repr(key) if isinstance(key, (int, float)) \
+        else f"<{type(key).__name__}>"
+
+
+def summarize(structure: Any, tensors: list[tuple[str, TensorMeta | ArrayMeta]]
+              ) -> dict[str, Any]:
+    """The JSON-serialisable facts the report's ``details`` carries about the loaded object."""
+    out: dict[str, Any] = {"object": type(structure).__name__}
+    if isinstance(structure, dict):
+        out["keys"] = [_key_text(k) for k in list(structure)[:MAX_LISTED_KEYS]]
+        if len(structure) > MAX_LISTED_KEYS:
+            out["keys_total"] = len(structure)
+        for name in ("version", "status"):
+            if name in structure:
+                out[name] = _json_scalar(structure[name])
+    entries = {}
+    for path, meta in tensors[:MAX_LISTED_TENSORS]:
+        entries[path] = {"dtype": meta.dtype, "shape": list(meta.shape)}
+    out["tensors"] = {"count": len(tensors), "entries": entries,
+                      "truncated": len(tensors) > MAX_LISTED_TENSORS}
+    return out
+
+
+def _describe_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, TensorMeta):
+        return {"type": "tensor", "dtype": value.dtype, "shape": list(value.shape)}
+    if isinstance(value, ArrayMeta):
+        return {"type": "ndarray", "dtype": value.dtype, "shape": list(value.shape)}
+    if isinstance(value, (list, tuple)):
+        out: dict[str, Any] = {"type": type(value).__name__, "len": len(value)}
+        if value:
+            first = value[0]
+            out["first"] = (_describe_value(first) if isinstance(first, (TensorMeta, ArrayMeta))
+                            else {"type": type(first).__name__})
+        return out
+    if isinstance(value, dict):
+        return {"type": "dict", "len": len(value),
+                "keys": [_key_text(k) for k in list(value)[:20]]}
+    return {"type": type(value).__name__, "value": _json_scalar(value)}
+
+
+def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level: str,
+              deep: bool,
+              url: str | None) -> tuple[ValidationReport, Any]:
+    check_level(level)
+    auto = schema == _schemas.AUTO
+    schema_obj = None if auto else _schemas.get_schema(schema)
+    counting = CountingSource(source)
+    run = _Run(counting, deep)
+    started = time.perf_counter()
+    passed: str | None = None
+    current = LEVELS[0]
+    problem: Problem | None = None
+    try:
+        for current in LEVELS[: LEVELS.index(level) + 1]:
+            if current == "keys":
+                run.keys(schema_obj, auto)
+            else:
+                getattr(run, current)()
+            passed = current
+    except Problem as exc:
+        problem = exc
+    except (RecursionError, MemoryError) as exc:
+        problem = Problem("unsafe", f"the {current} level ran out of resources "
+                                    f"({type(exc).__name__}): hostile or damaged file")
+    except (OSError, StoreError):
+        raise  # the storage failed, not the file: the caller decides
+    except Exception as exc:  # a file odd enough to trip the checks themselves
+        problem = corrupted(f"the {current} level could not check this file: "
+                            f"{type(exc).__name__}: {exc}")
+    if schema_obj is not None:
+        run.details["schema"] = schema_obj.name
+    report = ValidationReport(
+        ok=problem is None,
+        level=passed,
+        category=problem.category if problem else None,
+        message=problem.message if problem else f"valid up to the {passed} level",
+        size=source.size,
+        url=url,
+        requested_level=level,
+        deep=deep,
+        schema=run.details.get("schema") or (_schemas.AUTO if auto else None),
+        details=run.details,
+        bytes_read=counting.bytes_read,
+        requests=counting.requests,
+        seconds=time.perf_counter() - started,
+    )
+    return report, run.structure
+
+
+def validate_source(source: ByteSource, *, schema: str | _schemas.Schema | None = None,
+                    level: str = "keys", deep: bool = False,
+                    url: str | None = None) -> ValidationReport:
+    """Validate a stored checkpoint through range reads of ``source``, up to ``level``.
+
+    Never raises for a bad file: the report says what failed, where, and in which category
+    ("corrupted", "incompatible", "unsafe"). Raises ValueError for an unknown ``level`` or
+    schema name, and lets the source's own failures (OSError, StoreError: the storage failed,
+    not the file) propagate. ``schema`` is a built-in name, a :class:`Schema`, ``"auto"``
+    (pick by the keys present; no match is "incompatible") or None (no schema rules).
+
+    >>> from virnucpro_store.source import BytesSource
+    >>> r = validate_source(BytesSource(b""))
+    >>> r.ok, r.level, r.category, r.message
+    (False, None, 'corrupted', 'empty file (0 bytes)')
+    """
+    report, _ = _evaluate(source, schema=schema, level=level, deep=deep, url=url)
+    return report
+
+
+def inspect_source(source: ByteSource, *, deep: bool = False) -> dict[str, Any]:
+    """What a checkpoint holds, without loading tensor data: keys, list lengths, tensor dtypes
+    and shapes, version/status, size, CRC status, the schema it matches, and whether it is valid.
+
+    >>> import io, torch
+    >>> from virnucpro_store.source import BytesSource
+    >>> buf = io.BytesIO(); torch.save({"proteins": ["p"], "data": [torch.zeros(2560)]}, buf)
+    >>> info = inspect_source(BytesSource(buf.getvalue()))
+    >>> info["schema"], info["entries"]["data"]
+    ('esm', {'type': 'list', 'len': 1, 'first': {'type': 'tensor', 'dtype': 'float32', \
+'shape': [2560]}})
+    """
+    report, structure = _evaluate(source, schema=None, level="keys", deep=deep, url=None)
+    info: dict[str, Any] = {
+        "ok": report.ok,
+        "level": report.level,
+        "category": report.category,
+        "message": report.message,
+        "size": report.size,
+        **report.details,
+    }
+    detected = _schemas.detect_schema(structure) if report.level in ("load", "keys") else None
+    info["schema"] = detected.name if detected else None
+    if detected is not None and report.ok:
+        problems = detected.check(structure)
+        info["schema_ok"] = not problems
+        if problems:
+            info["schema_problems"] = problems[:10]
+    if isinstance(structure, dict):
+        info["entries"] = {_key_text(k): _describe_value(v)
+                           for k, v in list(structure.items())[:MAX_LISTED_KEYS]}
+    info["bytes_read"] = report.bytes_read
+    info["requests"] = report.requests
+    return info

@@ -1,0 +1,610 @@
+"""A restricted unpickler for torch's ``data.pkl`` that builds a *lazy structure*.
+
+The pickle is read by a subclass of the C :class:`pickle.Unpickler` whose ``find_class`` returns
+only this module's own stand-ins, from an allow-list. Nothing named by the file is ever imported,
+and nothing from outside the allow-list is ever called: a global outside it stops the load with an
+"unsafe" :class:`Problem` that names it. Tensors become :class:`TensorMeta` (dtype, shape, stride,
+storage key; no data), numpy arrays become :class:`ArrayMeta` (dtype, shape; the raw bytes are
+length-checked and dropped), containers stay Python dicts, lists and tuples.
+
+Example:
+    >>> import io, torch, zipfile
+    >>> buf = io.BytesIO(); torch.save({"x": torch.zeros(2, 3)}, buf)
+    >>> pkl = zipfile.ZipFile(buf).read("archive/data.pkl")
+    >>> load_structure(pkl)["x"]
+    TensorMeta(dtype='float32', shape=(2, 3), stride=(3, 1), storage_offset=0, storage_key='0', \
+requires_grad=False)
+    >>> import pickle, os
+    >>> class Evil:
+    ...     def __reduce__(self):
+    ...         return (os.system, ("echo pwned",))
+    >>> load_structure(pickle.dumps(Evil(), protocol=2))
+    Traceback (most recent call last):
+    ...
+    virnucpro_store.validation.problem.Problem: pickle imports forbidden global 'posix.system'
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+import struct
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .problem import Problem, corrupted, incompatible, unsafe
+
+#: refuse to unpickle a data.pkl larger than this (a guard against resource exhaustion)
+MAX_PICKLE_BYTES = 512 << 20
+#: the walk over the loaded structure visits at most this many nodes
+MAX_WALK_NODES = 200_000_000
+#: a tensor or array with more elements than this is not a real one
+MAX_ELEMENTS = 1 << 48
+
+#: torch dtype name -> item size in bytes (dtypes whose storages this validator can size-check)
+TORCH_DTYPES: dict[str, int] = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
+    "uint16": 2, "uint32": 4, "uint64": 8,
+    "complex128": 16, "complex64": 8, "complex32": 4,
+    "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1, "float8_e5m2fnuz": 1,
+    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
+    "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+}
+FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
+
+#: legacy typed-storage class name -> dtype
+_STORAGE_TYPES: dict[str, str] = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
+    "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
+    "ComplexFloatStorage": "complex64",
+}
+
+#: numpy dtype string (without byte order) -> (name, item size, struct code)
+NUMPY_DTYPES: dict[str, tuple[str, int, str]] = {
+    "b1": ("bool", 1, "?"), "i1": ("int8", 1, "b"), "u1": ("uint8", 1, "B"),
+    "i2": ("int16", 2, "h"), "u2": ("uint16", 2, "H"), "i4": ("int32", 4, "i"),
+    "u4": ("uint32", 4, "I"), "i8": ("int64", 8, "q"), "u8": ("uint64", 8, "Q"),
+    "f2": ("float16", 2, "e"), "f4": ("float32", 4, "f"), "f8": ("float64", 8, "d"),
+    "c8": ("complex64", 8, "ff"), "c16": ("complex128", 16, "dd"),
+}
+_NUMPY_DTYPE_CLASSES: dict[str, str] = {
+    "BoolDType": "b1", "Int8DType": "i1", "UInt8DType": "u1", "Int16DType": "i2",
+    "UInt16DType": "u2", "Int32DType": "i4", "UInt32DType": "u4", "Int64DType": "i8",
+    "UInt64DType": "u8", "LongLongDType": "i8", "ULongLongDType": "u8", "Float16DType": "f2",
+    "Float32DType": "f4", "Float64DType": "f8", "Complex64DType": "c8",
+    "Complex128DType": "c16",
+}
+
+#: globals torch's own weights_only loader accepts but this lazy reader does not model
+#: (quantized, sparse, nested, meta and subclass tensors): the file is not unsafe, just not
+#: something this validator (or a feature file) uses
+_TORCH_KNOWN_UNSUPPORTED = frozenset({
+    "torch._utils._rebuild_qtensor", "torch._utils._rebuild_sparse_tensor",
+    "torch._utils._rebuild_nested_tensor", "torch._utils._rebuild_wrapper_subclass",
+    "torch._utils._rebuild_meta_tensor_no_storage",
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor",
+    "torch._utils._rebuild_device_tensor_from_numpy", "torch.serialization._get_layout",
+    "torch.storage.TypedStorage", "torch.per_tensor_affine", "torch.per_channel_affine",
+    "torch.per_channel_affine_float_qparams", "torch.per_tensor_symmetric",
+    "torch.per_channel_symmetric", "torch.qint8", "torch.qint32", "torch.quint8",
+    "torch.quint4x2", "torch.quint2x4", "torch.QInt8Storage", "torch.QInt32Storage",
+    "torch.QUInt8Storage", "torch.QUInt4x2Storage", "torch.QUInt2x4Storage",
+    *(f"torch.{k}{n}" for k in ("int", "uint") for n in range(1, 8)),
+})
+
+
+# --------------------------------------------------------------------------- lazy values
+
+
+class _NoBuild:
+    """Refuses the pickle BUILD opcode, which would otherwise write straight into ``__dict__``
+    (bypassing ``frozen``) -- and for the shared allow-list markers, poison later loads."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise unsafe(f"pickle tries to set the attributes of a {type(self).__name__}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # so copy and pickle of our own objects still work
+        return (type(self), tuple(getattr(self, f) for f in self.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class StorageRef(_NoBuild):
+    """A tensor storage named by a persistent id: record ``<top>/data/<key>``."""
+
+    key: str
+    dtype: str
+    numel: int
+    location: str
+    untyped: bool = False  #: an UntypedStorage: ``numel`` counts bytes
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * (1 if self.untyped else TORCH_DTYPES[self.dtype])
+
+
+@dataclass(frozen=True)
+class TensorMeta(_NoBuild):
+    """A tensor as ``data.pkl`` describes it, without its data.
+
+    >>> TensorMeta("float32", (4, 2560), (2560, 1), 0, "0", False).numel
+    10240
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    storage_offset: int
+    storage_key: str
+    requires_grad: bool = False
+    storage: StorageRef | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def itemsize(self) -> int:
+        return TORCH_DTYPES[self.dtype]
+
+
+class ArrayMeta:
+    """A numpy array as the pickle describes it: dtype name and shape (the data is dropped).
+
+    >>> ArrayMeta("float32", (3, 4))
+    ArrayMeta(dtype='float32', shape=(3, 4))
+    """
+
+    __slots__ = ("dtype", "shape", "fortran", "nbytes")
+
+    def __init__(self, dtype: str = "", shape: tuple[int, ...] = ()) -> None:
+        self.dtype = dtype
+        self.shape = tuple(shape)
+        self.fortran = False
+        self.nbytes = 0
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"ArrayMeta(dtype={self.dtype!r}, shape={self.shape!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArrayMeta):
+            return NotImplemented
+        return (self.dtype, self.shape) == (other.dtype, other.shape)
+
+    def __hash__(self) -> int:
+        return hash((self.dtype, self.shape))
+
+    # called by the pickle BUILD opcode with ndarray.__reduce__'s state
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise corrupted(f"numpy array state is a {type(state).__name__}, not the "
+                            f"(version, shape, dtype, fortran, data) tuple numpy writes")
+        if len(state) == 5 and state[0] != 1:
+            raise corrupted(f"numpy array state has version {_short(state[0])}; numpy writes 1")
+        shape, dtype, fortran, raw = state[-4:]
+        if type(fortran) is not bool:
+            raise corrupted("numpy array state has a non-boolean Fortran-order flag")
+        if not isinstance(dtype, _NpDType):
+            raise corrupted("numpy array state carries no numpy dtype")
+        if dtype.code == "O":
+            raise unsafe("numpy array with object dtype: its elements are arbitrary pickled "
+                         "Python objects, which the safe loader refuses")
+        if dtype.problem:
+            raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
+        shape = _int_tuple(shape, "numpy array shape")
+        numel = _checked_numel(shape, "numpy array")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise corrupted(f"numpy array data is a {type(raw).__name__}, not bytes")
+        expected = numel * dtype.itemsize
+        if len(raw) != expected:
+            raise corrupted(f"numpy array data is {len(raw)} bytes, expected {expected} for shape "
+                            f"{shape} {dtype.name}")
+        self.dtype = dtype.name
+        self.shape = shape
+        self.fortran = bool(fortran)
+        self.nbytes = expected
+
+
+@dataclass(frozen=True)
+class TorchDType(_NoBuild):
+    """A ``torch.<dtype>`` global, by name."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class _StorageType(_NoBuild):
+    dtype: str
+    untyped: bool = False
+
+
+class _NpDType:
+    """What ``numpy.dtype(spec, align, copy)`` plus BUILD describes."""
+
+    __slots__ = ("spec", "code", "name", "itemsize", "struct", "byteorder", "problem")
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
+        if not isinstance(spec, str):
+            raise corrupted(f"numpy dtype spec is a {type(spec).__name__}, not a string")
+        self.spec = spec
+        self.code = spec[:1]
+        self.byteorder = "<"
+        self.problem = ""
+        known = NUMPY_DTYPES.get(spec)
+        if known is None:
+            self.name, self.itemsize, self.struct = spec, 0, ""
+            self.problem = "only numeric and bool numpy dtypes are supported"
+        else:
+            self.name, self.itemsize, self.struct = known
+
+    def __setstate__(self, state: Any) -> None:
+        # numpy writes (3, byteorder, subdescr, names, fields, elsize, alignment, flags), and
+        # version 4 appends metadata; anything else would be refused by numpy itself
+        if (not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4)
+                or state[1] not in ("<", ">", "|", "=")
+                or not all(type(v) is int for v in state[5:8])):
+            raise corrupted(f"numpy dtype {self.spec!r} has a state numpy does not write: "
+                            f"{_short(state)}")
+        self.byteorder = state[1]
+        if any(v is not None for v in state[2:5]):
+            self.problem = "structured and sub-array numpy dtypes are not supported"
+        elif not self.problem and state[5:8] != (-1, -1, 0):
+            # every numeric dtype pickles as (..., -1, -1, 0); other values make numpy treat
+            # the bytes as something else (a flagged object or structured dtype)
+            raise corrupted(f"numpy dtype {self.spec!r} has element size, alignment and flags "
+                            f"{state[5:8]}, not the (-1, -1, 0) of a numeric dtype")
+
+    def __repr__(self) -> str:
+        return f"dtype({self.spec!r})"
+
+
+# --------------------------------------------------------------------------- stand-ins
+
+
+class _StandIn:
+    """A named stand-in for an allowed global. BUILD on it is refused."""
+
+    __slots__ = ("qualname", "fn")
+
+    def __init__(self, qualname: str, fn: Callable[..., Any] | None = None) -> None:
+        self.qualname = qualname
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fn is None:
+            raise corrupted(f"pickle calls {self.qualname!r}, which is not callable")
+        try:
+            return self.fn(*args)
+        except TypeError as exc:
+            raise corrupted(f"pickle calls {self.qualname!r} with bad arguments: {exc}") from None
+
+    def __setstate__(self, state: Any) -> None:
+        raise unsafe(f"pickle tries to set attributes on global {self.qualname!r}")
+
+    def __repr__(self) -> str:
+        return f"<stand-in {self.qualname}>"
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(
+            type(v) is int for v in value):
+        raise corrupted(f"{what} is {_short(value)}, not a tuple of integers")
+    return tuple(value)
+
+
+def _checked_numel(shape: tuple[int, ...], what: str) -> int:
+    if any(s < 0 for s in shape):
+        raise corrupted(f"{what} has a negative size in shape {shape}")
+    numel = 1
+    for s in shape:
+        numel *= s
+        if numel > MAX_ELEMENTS:
+            raise corrupted(f"{what} shape {shape} has more than {MAX_ELEMENTS} elements")
+    return numel
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str)) \
+        else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                 dtype: str | None) -> TensorMeta:
+    if not isinstance(storage, StorageRef):
+        raise corrupted(f"tensor rebuilt from {_short(storage)} instead of a storage")
+    if type(offset) is not int:
+        raise corrupted(f"tensor storage offset is {_short(offset)}, not an integer")
+    shape = _int_tuple(size, "tensor size")
+    strides = _int_tuple(stride, "tensor stride")
+    if len(shape) != len(strides):
+        raise corrupted(f"tensor has {len(shape)} sizes but {len(strides)} strides")
+    dtype = dtype or storage.dtype
+    if dtype not in TORCH_DTYPES:
+        raise incompatible(f"tensor dtype {dtype!r} is not supported")
+    return TensorMeta(dtype, shape, strides, offset, storage.key, bool(requires_grad), storage)
+
+
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorMeta:
+    return _make_tensor(storage, storage_offset, size, stride, False, None)
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None,
+                       metadata: Any = None) -> TensorMeta:
+    return _make_tensor(storage, storage_offset, size, stride, requires_grad, None)
+
+
+def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any, backward_hooks: Any, dtype: Any,
+                       metadata: Any = None) -> TensorMeta:
+    if not isinstance(dtype, TorchDType):
+        raise corrupted(f"tensor dtype is {_short(dtype)}, not a torch dtype")
+    return _make_tensor(storage, storage_offset, size, stride, requires_grad, dtype.name)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any,
+                       state: Any = None) -> TensorMeta:
+    if not isinstance(data, TensorMeta):
+        raise corrupted(f"parameter rebuilt from {_short(data)} instead of a tensor")
+    return replace(data, requires_grad=bool(requires_grad))
+
+
+_TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter")
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    if not isinstance(func, _StandIn) or func.fn is None:
+        raise corrupted(f"_rebuild_from_type_v2 given {_short(func)} to call")
+    if not isinstance(new_type, _StandIn) or new_type.qualname not in _TENSOR_CLASSES:
+        raise incompatible("tensor subclasses other than torch.Tensor and Parameter are not "
+                           "supported")
+    if not isinstance(args, tuple):
+        raise corrupted("_rebuild_from_type_v2 arguments are not a tuple")
+    return func(*args)
+
+
+def _torch_size(values: Any = ()) -> tuple[int, ...]:
+    return _int_tuple(values, "torch.Size")
+
+
+def _torch_device(kind: Any, index: Any = None) -> str:
+    if not isinstance(kind, str) or not (index is None or type(index) is int):
+        raise corrupted("torch.device with bad arguments")
+    return kind if index is None else f"{kind}:{index}"
+
+
+def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
+    if not isinstance(subtype, _StandIn) or subtype.qualname != "numpy.ndarray":
+        raise incompatible("numpy array subclasses are not supported")
+    if shape != (0,) or code not in (b"b", "b"):
+        raise corrupted("numpy _reconstruct called with arguments numpy never writes")
+    return ArrayMeta("int8", (0,))  # what numpy makes before BUILD fills it in
+
+
+def _np_scalar(dtype: Any, raw: Any = None) -> Any:
+    if not isinstance(dtype, _NpDType):
+        raise corrupted("numpy scalar without a numpy dtype")
+    if dtype.code == "O":
+        raise unsafe("numpy object scalar: arbitrary pickled Python object")
+    if dtype.problem:
+        raise incompatible(f"numpy scalar of dtype {dtype.spec!r}: {dtype.problem}")
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) != dtype.itemsize:
+        raise corrupted(f"numpy {dtype.name} scalar data is not {dtype.itemsize} bytes")
+    order = ">" if dtype.byteorder == ">" else "<"
+    values = struct.unpack(order + dtype.struct, raw)
+    return complex(*values) if len(values) == 2 else values[0]
+
+
+def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
+    return lambda *args: _NpDType(spec)
+
+
+def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii"):
+        raise corrupted("unexpected _codecs.encode call")
+    return obj.encode(encoding)
+
+
+def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
+    # never bytearray(<int>): that would allocate whatever size the file asks for
+    if isinstance(source, str) and isinstance(encoding, str):
+        return bytearray(_codecs_encode(source, encoding))
+    if isinstance(source, (bytes, bytearray)) and encoding is None:
+        return bytearray(source)
+    raise corrupted("bytearray built from something other than bytes or a string")
+
+
+def _set(items: Any = ()) -> set[Any]:
+    if not isinstance(items, (list, tuple, set)):
+        raise corrupted("set built from something other than a list")
+    return set(items)
+
+
+def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
+    if not all(type(v) in (int, float) for v in (real, imag)):
+        raise corrupted("complex built from non-numbers")
+    return complex(real, imag)
+
+
+def _ordered_dict(items: Any = ()) -> OrderedDict[Any, Any]:
+    if not isinstance(items, (list, tuple, dict)):
+        raise corrupted("OrderedDict built from something other than a list or dict")
+    return OrderedDict(items)
+
+
+def _counter(items: Any = None) -> Counter[Any]:
+    if items is not None and not isinstance(items, dict):
+        raise corrupted("Counter built from something other than a dict")
+    return Counter(items or {})
+
+
+def _build_allowed() -> dict[str, _StandIn | TorchDType]:
+    table: dict[str, Any] = {}
+
+    def add(qualname: str, fn: Callable[..., Any] | None = None) -> None:
+        table[qualname] = _StandIn(qualname, fn)
+
+    add("torch._utils._rebuild_tensor", _rebuild_tensor)
+    add("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2)
+    add("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3)
+    add("torch._utils._rebuild_parameter", _rebuild_parameter)
+    add("torch._utils._rebuild_parameter_with_state", _rebuild_parameter)
+    add("torch._tensor._rebuild_from_type_v2", _rebuild_from_type_v2)
+    add("torch.Size", _torch_size)
+    add("torch.device", _torch_device)
+    for name in _TENSOR_CLASSES:
+        add(name)
+    for name, dtype in _STORAGE_TYPES.items():
+        for module in ("torch", "torch.cuda"):
+            table[f"{module}.{name}"] = _StorageType(dtype)
+    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True)
+    for name in TORCH_DTYPES:
+        table[f"torch.{name}"] = TorchDType(name)
+    for module in ("builtins", "__builtin__"):
+        add(f"{module}.set", _set)
+        add(f"{module}.complex", _complex)
+        add(f"{module}.bytearray", _bytearray)
+    add("collections.OrderedDict", _ordered_dict)
+    add("collections.Counter", _counter)
+    add("_codecs.encode", _codecs_encode)
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        add(f"{module}._reconstruct", _np_reconstruct)
+        add(f"{module}.scalar", _np_scalar)
+    add("numpy.ndarray")
+    add("numpy.dtype", _NpDType)
+    for cls, spec in _NUMPY_DTYPE_CLASSES.items():
+        add(f"numpy.dtypes.{cls}", _np_dtype_class(spec))
+    return table
+
+
+_ALLOWED = _build_allowed()
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """The C unpickler, with globals limited to this module's stand-ins."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        qualname = f"{module}.{name}"
+        found = _ALLOWED.get(qualname)
+        if found is not None:
+            return found
+        if qualname in _TORCH_KNOWN_UNSUPPORTED:
+            raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
+                               f"nested or sub-byte tensors), which this validator does not "
+                               f"support")
+        raise unsafe(f"pickle imports forbidden global {qualname!r}")
+
+    def persistent_load(self, pid: Any) -> StorageRef:
+        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+            raise corrupted(f"pickle has an unknown persistent id ({_short(pid)}); torch writes "
+                            f"('storage', type, key, location, numel)")
+        _, stype, key, location, numel = pid
+        if not isinstance(stype, _StorageType):
+            raise corrupted(f"storage type is {_short(stype)}, not a torch storage class")
+        if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int:
+            raise corrupted("storage persistent id has wrong field types")
+        if numel < 0 or numel > MAX_ELEMENTS:
+            raise corrupted(f"storage {key!r} claims {numel} elements")
+        return StorageRef(key, stype.dtype, numel, location, stype.untyped)
+
+
+def load_structure(data: bytes) -> Any:
+    """Unpickle ``data`` (a torch ``data.pkl``) into the lazy structure; :class:`Problem` on
+    failure. Never imports or calls anything named by the pickle outside the allow-list."""
+    if len(data) > MAX_PICKLE_BYTES:
+        raise incompatible(f"data.pkl is {len(data)} bytes, above the validator's limit of "
+                           f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)")
+    unpickler = RestrictedUnpickler(io.BytesIO(data))
+    try:
+        return unpickler.load()
+    except Problem:
+        raise
+    except RecursionError:
+        raise unsafe("data.pkl nests too deeply to read (recursion limit): hostile or damaged "
+                     "pickle") from None
+    except MemoryError:
+        # typically a length field larger than the stream: random damage does this, so it is
+        # "corrupted" (the file is capped at MAX_PICKLE_BYTES, so it cannot be a real object)
+        raise corrupted("data.pkl asks for more memory than it could hold (a length field "
+                        "larger than the stream): damaged or hostile pickle") from None
+    except Exception as exc:
+        raise corrupted(f"data.pkl is not a readable pickle: {type(exc).__name__}: "
+                        f"{str(exc)[:200]}") from None
+
+
+# --------------------------------------------------------------------------- walking
+
+_ATOMIC = (str, int, float, bool, bytes, type(None), complex, TorchDType)
+
+
+def child_path(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{_short_key(key)}]"
+
+
+def _short_key(key: Any) -> str:
+    text = repr(key) if isinstance(key, (str, int, float, bool)) else type(key).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
+                 ) -> Iterator[tuple[str, TensorMeta | ArrayMeta]]:
+    """Every TensorMeta and ArrayMeta under ``root`` with its path (``data[0]``, ``meta.x``).
+
+    Iterative, and each container is visited once (an identity memo), so shared references in a
+    hostile pickle cannot expand exponentially; more than ``max_nodes`` nodes is "unsafe".
+    """
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    nodes = 0
+    while stack:
+        path, obj = stack.pop()
+        if isinstance(obj, (TensorMeta, ArrayMeta)):
+            yield path or "<root>", obj
+            continue
+        if isinstance(obj, _ATOMIC) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            items: Any = obj.items()
+            nodes += len(obj)
+        elif isinstance(obj, (list, tuple)):
+            items = enumerate(obj)
+            nodes += len(obj)
+        elif isinstance(obj, (set, frozenset)):
+            items = enumerate(obj)
+            nodes += len(obj)
+        else:
+            continue
+        if nodes > max_nodes:
+            raise unsafe(f"data.pkl's structure has more than {max_nodes} nodes")
+        children = []
+        for key, value in items:
+            if type(value) in _ATOMIC_TYPES:
+                continue
+            children.append((child_path(path, key), value))
+        stack.extend(reversed(children))
+
+
+_ATOMIC_TYPES = frozenset({str, int, float, bool, bytes, type(None), complex})

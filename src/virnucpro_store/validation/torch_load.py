@@ -1,0 +1,150 @@
+"""``safe_torch_load``: ``torch.load(weights_only=True)`` with numpy allow-listed and errors mapped.
+
+Never ``weights_only=False``. The numpy globals allowed are exactly those numpy pickles of
+numeric and bool arrays and scalars need (the same set the validator's restricted reader
+accepts). Every failure comes out as a :class:`~virnucpro_store.errors.CheckpointError`:
+
+- refused by the weights-only unpickler (a global outside the allow-list) -> UnsafeCheckpoint
+- ZIP reader failures, truncation, bad pickles, out-of-bounds storages -> CheckpointCorrupted
+- the legacy (pre-1.6) bare-pickle format -> CheckpointIncompatible
+- a path that does not exist -> CheckpointMissing; other I/O errors -> StorageFailure
+
+Example:
+    >>> import io, numpy as np, torch
+    >>> buf = io.BytesIO(); torch.save({"embeddings": np.zeros((2, 3), np.float32)}, buf)
+    >>> _ = buf.seek(0)
+    >>> safe_torch_load(buf)["embeddings"].shape
+    (2, 3)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from typing import Any, BinaryIO
+
+from ..errors import (
+    CheckpointCorrupted,
+    CheckpointError,
+    CheckpointIncompatible,
+    CheckpointMissing,
+    StorageFailure,
+    StoreError,
+    UnsafeCheckpoint,
+)
+from ..source import ByteSource, SourceReader
+from .safepickle import _NUMPY_DTYPE_CLASSES
+from .zipindex import LEGACY_TORCH_MAGIC, LFH_SIG
+
+_UNSAFE_HINTS = ("unsupported global", "not an allowed global", "is blocked", "unsupported class",
+                 "trying to call", "can only build", "can only create", "forbidden")
+
+
+def numpy_safe_globals() -> list[Any]:
+    """The numpy objects (with the names pickles use) needed to load numeric numpy arrays."""
+    try:
+        import numpy as np
+        from numpy._core import multiarray
+    except ImportError:  # numpy is optional; without it no file can hold numpy arrays anyway
+        return []
+    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype, multiarray.scalar,
+                          (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+                          (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    for cls_name in _NUMPY_DTYPE_CLASSES:
+        cls = getattr(np.dtypes, cls_name, None)
+        if cls is not None:
+            allowed.append(cls)
+    return allowed
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_BOILERPLATE = ("weights only load failed", "please file an issue", "check the documentation",
+                "(1)", "(2)", "in pytorch 2.6", "re-running")
+
+
+def _weights_only_detail(text: str) -> str:
+    """The informative line of torch's long weights-only message."""
+    for line in text.splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if not line or line.lower().startswith(_BOILERPLATE):
+            continue
+        return line if len(line) <= 300 else line[:297] + "..."
+    return _first_line(text)
+
+
+def _classify(exc: BaseException) -> tuple[type[CheckpointError], str]:
+    text = str(exc)
+    low = text.lower()
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in low:
+        detail = _weights_only_detail(text)
+        if any(h in detail.lower() for h in _UNSAFE_HINTS):
+            return UnsafeCheckpoint, f"torch's weights-only loader refused the file: {detail}"
+        return CheckpointCorrupted, f"torch could not unpickle data.pkl: {detail}"
+    if isinstance(exc, (EOFError, zipfile.BadZipFile, pickle.UnpicklingError)):
+        return CheckpointCorrupted, (f"torch.load failed: {type(exc).__name__}: "
+                                     f"{_first_line(text) or 'unexpected end of data'}")
+    if "legacy" in low or "unsupported version" in low:
+        return CheckpointIncompatible, f"torch.load failed: {_first_line(text)}"
+    return CheckpointCorrupted, (f"torch.load failed (damaged or truncated file): "
+                                 f"{type(exc).__name__}: {_first_line(text)}")
+
+
+def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource, *,
+                    map_location: Any = "cpu", url: str | None = None,
+                    key: str | None = None) -> Any:
+    """Load a torch checkpoint safely; raise a CheckpointError subclass on any failure.
+
+    ``file_or_path`` is a path, a seekable binary file object, or a ByteSource.
+    """
+    import torch
+
+    is_path = isinstance(file_or_path, (str, os.PathLike))
+    where = url or key or (os.fspath(file_or_path) if is_path else "checkpoint")
+    if not is_path and not hasattr(file_or_path, "read"):
+        raise TypeError(f"safe_torch_load needs a path, a file object or a ByteSource, not "
+                        f"{type(file_or_path).__name__}")
+    opened: BinaryIO | None = None
+    try:
+        if is_path:
+            opened = f = open(file_or_path, "rb")  # closed in finally
+        elif hasattr(file_or_path, "seek"):
+            f = file_or_path  # type: ignore[assignment]
+        else:  # a ByteSource
+            f = io.BufferedReader(SourceReader(file_or_path),  # type: ignore[arg-type]
+                                  buffer_size=1 << 20)
+        start = f.tell()
+        head = f.read(len(LEGACY_TORCH_MAGIC))
+        f.seek(start)
+        if not head:
+            raise CheckpointCorrupted(f"{where}: empty file", key=key, url=url)
+        if not head.startswith(LFH_SIG) and head[:1] == b"\x80":
+            # torch could read this through its legacy path; the validator calls it
+            # incompatible, and the two must agree
+            raise CheckpointIncompatible(
+                f"{where}: legacy torch serialization format (pre-1.6 bare pickle stream); "
+                f"load it with a trusted torch and re-save it", key=key, url=url)
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except StoreError:  # our own CheckpointErrors, and backend StorageFailures
+        raise
+    except FileNotFoundError as exc:
+        raise CheckpointMissing(f"{where}: no such file ({exc.strerror})", key=key,
+                                url=url) from exc
+    except OSError as exc:
+        raise StorageFailure(f"{where}: I/O error while loading: {exc}", key=key,
+                             url=url) from exc
+    except Exception as exc:
+        cls, message = _classify(exc)
+        raise cls(f"{where}: {message}", key=key, url=url) from exc
+    finally:
+        if opened is not None:
+            opened.close()

@@ -1,0 +1,116 @@
+"""safe_torch_load: loads what the pipeline writes, maps every failure to our errors."""
+
+from __future__ import annotations
+
+import io
+
+import corpus
+import numpy as np
+import pytest
+import torch
+
+from virnucpro_store.errors import (
+    CheckpointCorrupted,
+    CheckpointError,
+    CheckpointIncompatible,
+    CheckpointMissing,
+    UnsafeCheckpoint,
+)
+from virnucpro_store.source import BytesSource
+from virnucpro_store.validation import safe_torch_load, validate_source
+
+
+def test_loads_numpy_bearing_shards_from_path_file_and_source(tmp_path):
+    obj = corpus.feature_dict("shard", 4, numpy_embeddings=True)
+    obj["metadata"]["ints"] = np.arange(3, dtype=np.int32)
+    obj["metadata"]["flag"] = np.bool_(True)
+    path = tmp_path / "shard.pt"
+    torch.save(obj, path)
+    data = path.read_bytes()
+    for source in (path, str(path), io.BytesIO(data), BytesSource(data)):
+        loaded = safe_torch_load(source)
+        assert isinstance(loaded["embeddings"], np.ndarray)
+        np.testing.assert_array_equal(loaded["embeddings"], obj["embeddings"])
+        assert loaded["metadata"]["scale"] == 0.5
+        np.testing.assert_array_equal(loaded["metadata"]["ints"], [0, 1, 2])
+
+
+@pytest.mark.parametrize("schema", ["dnabert", "esm", "merged", "shard"])
+def test_loads_every_feature_format(schema):
+    obj = corpus.feature_dict(schema, 2)
+    loaded = safe_torch_load(io.BytesIO(corpus.save_bytes(obj)), map_location="cpu")
+    assert loaded.keys() == obj.keys()
+
+
+def test_hostile_file_is_unsafe_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafeCheckpoint) as info:
+        safe_torch_load(io.BytesIO(corpus.hostile_file(marker)), key="evil.pt")
+    assert not marker.exists()
+    assert "system" in str(info.value) and str(info.value).startswith("evil.pt: ")
+    assert info.value.key == "evil.pt" and info.value.category == "unsafe"
+
+
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.99])
+def test_truncated_file_is_corrupted(cut):
+    data = corpus.feature_file("merged", 2)
+    with pytest.raises(CheckpointCorrupted, match=r"^s3://b/k.pt: torch.load failed") as info:
+        safe_torch_load(io.BytesIO(data[: int(len(data) * cut)]), url="s3://b/k.pt")
+    assert info.value.url == "s3://b/k.pt"
+
+
+def test_short_storage_is_corrupted():
+    with pytest.raises(CheckpointCorrupted):
+        safe_torch_load(io.BytesIO(corpus.short_storage_file()))
+
+
+def test_garbage_and_empty_files_are_corrupted():
+    with pytest.raises(CheckpointCorrupted):
+        safe_torch_load(io.BytesIO(b"definitely not a checkpoint"))
+    with pytest.raises(CheckpointCorrupted, match="empty file"):
+        safe_torch_load(io.BytesIO(b""))
+
+
+def test_legacy_format_is_incompatible():
+    with pytest.raises(CheckpointIncompatible, match="legacy torch serialization format"):
+        safe_torch_load(io.BytesIO(corpus.legacy_file()))
+
+
+def test_missing_path_is_missing(tmp_path):
+    with pytest.raises(CheckpointMissing):
+        safe_torch_load(tmp_path / "nope.pt")
+
+
+def test_object_arrays_are_refused_as_unsafe():
+    data = corpus.save_bytes({"a": np.array(["x", 1], dtype=object)})
+    with pytest.raises(UnsafeCheckpoint, match="ObjectDType"):
+        safe_torch_load(io.BytesIO(data))
+
+
+def test_truncated_pickle_is_corrupted_not_a_raw_error():
+    data = corpus.feature_file("merged", 2)
+    import zipfile
+
+    pkl = zipfile.ZipFile(io.BytesIO(data)).read("archive/data.pkl")
+    with pytest.raises(CheckpointCorrupted):
+        safe_torch_load(io.BytesIO(corpus.rewrite(data, {"/data.pkl": pkl[:-7]})))
+
+
+@pytest.mark.parametrize("builder", [
+    lambda tmp: corpus.feature_file("esm", 2),
+    lambda tmp: corpus.feature_file("shard", 2, numpy_embeddings=True),
+    lambda tmp: corpus.hostile_file(tmp / "marker"),
+    lambda tmp: corpus.short_storage_file(),
+    lambda tmp: corpus.legacy_file(),
+    lambda tmp: corpus.feature_file("merged", 2)[:-30],
+])
+def test_validator_and_loader_agree_on_the_category(builder, tmp_path):
+    data = builder(tmp_path)
+    report = validate_source(BytesSource(data), level="load")
+    try:
+        safe_torch_load(io.BytesIO(data))
+        category = None
+    except CheckpointError as exc:
+        category = exc.category
+    assert report.category == category, report.message
+    assert not (tmp_path / "marker").exists()
