@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .validation.safepickle import FLOAT_DTYPES, ArrayMeta, TensorMeta
+from .validation.safepickle import FLOAT_DTYPES, ArrayMeta, TensorMeta, shape_text
 
 DNABERT_DIM = 768
 ESM_DIM = 2560
@@ -57,7 +57,7 @@ class Schema:
                     f"with keys {', '.join(map(repr, self.required_keys))}"]
         missing = [k for k in self.required_keys if k not in obj]
         if missing:
-            present = ", ".join(repr(k) for k in list(obj)[:20]) or "none"
+            present = ", ".join(_short_repr(k, 40) for k in list(obj)[:20]) or "none"
             return [f"{self.name}: required key {k!r} is missing (keys present: {present})"
                     for k in missing]
         problems: list[str] = []
@@ -73,9 +73,9 @@ class Schema:
 
 def _describe(value: Any) -> str:
     if isinstance(value, TensorMeta):
-        return f"a {value.dtype} tensor of shape {value.shape}"
+        return f"a {value.dtype} tensor of shape {shape_text(value.shape)}"
     if isinstance(value, ArrayMeta):
-        return f"a {value.dtype} numpy array of shape {value.shape}"
+        return f"a {value.dtype} numpy array of shape {shape_text(value.shape)}"
     return f"a {type(value).__name__}"
 
 
@@ -145,7 +145,7 @@ def _is_float_vector(value: Any, width: int) -> str | None:
         if value.dtype not in FLOAT_DTYPES:
             return f"is {_describe(value)}, expected floats"
         if value.shape != (width,):
-            return f"has shape {value.shape}, expected ({width},)"
+            return f"has shape {shape_text(value.shape)}, expected ({width},)"
         return None
     return f"is {_describe(value)}, expected a list of {width} floats"
 
@@ -178,7 +178,7 @@ def _esm_data(d: Mapping[str, Any]) -> list[str]:
         if not isinstance(t, TensorMeta):
             return f"is {_describe(t)}, expected a float32 tensor of shape ({ESM_DIM},)"
         if t.shape != (ESM_DIM,):
-            return f"has shape {t.shape}, expected ({ESM_DIM},)"
+            return f"has shape {shape_text(t.shape)}, expected ({ESM_DIM},)"
         if t.dtype != "float32":
             return f"has dtype {t.dtype}, expected float32"
         return None
@@ -200,7 +200,8 @@ def _float_matrix(schema: str, key: str, width: int | None, count_key: str,
             problems.append(f"{schema}: {key!r} has dtype {value.dtype}, expected a float dtype")
         if len(value.shape) != 2 or (width is not None and value.shape[1] != width):
             expected = f"(N, {width})" if width is not None else "(N, D), two dimensions"
-            problems.append(f"{schema}: {key!r} has shape {value.shape}, expected {expected}")
+            problems.append(f"{schema}: {key!r} has shape {shape_text(value.shape)}, expected "
+                            f"{expected}")
             return problems
         ids = d[count_key]
         if isinstance(ids, list) and value.shape[0] != len(ids):
@@ -300,11 +301,24 @@ def check_version(structure: Any) -> str | None:
     elif isinstance(version, float):
         major = int(version) if version == version and abs(version) < 1e18 else None
     elif isinstance(version, str):
-        head = version.strip().lstrip("vV").split(".")[0]
-        major = int(head) if head.isdigit() else None
+        head = version[:64].strip().lstrip("vV").split(".")[0]
+        # a digit string too long for int() (or any real version) is not a version
+        major = int(head) if head.isdigit() and len(head) <= 18 else None
     if major is None:
-        return f"version {version!r} is not a version this code understands"
+        return f"version {_short_repr(version)} is not a version this code understands"
     if major > SUPPORTED_MAJOR:
-        return (f"version {version!r} has major version {major}; this code reads major version "
-                f"{SUPPORTED_MAJOR} or older")
+        shown = major if major < 1 << 63 else f"of {major.bit_length()} bits"
+        return (f"version {_short_repr(version)} has major version {shown}; this code reads "
+                f"major version {SUPPORTED_MAJOR} or older")
     return None
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    """``repr`` bounded in length (and safe for ints too large to print)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 1 << 63:
+        return f"<int of {value.bit_length()} bits>"
+    if isinstance(value, str) and len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    text = repr(value) if isinstance(value, (int, float, str, bool, type(None))) \
+        else f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

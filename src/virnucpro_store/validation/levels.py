@@ -36,7 +36,14 @@ from ..errors import CheckpointError, StoreError
 from ..source import ByteSource, CountingSource, SourceReader
 from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
-from .safepickle import ArrayMeta, TensorMeta, _checked_numel, iter_tensors, load_structure
+from .safepickle import (
+    ArrayMeta,
+    TensorMeta,
+    _checked_numel,
+    iter_tensors,
+    read_structure,
+    shape_text,
+)
 from .zipindex import (
     CachedReader,
     ZipIndex,
@@ -87,12 +94,13 @@ class _Run:
         assert index is not None
         record = index.by_name[f"{index.top}/data.pkl"]
         try:
-            self.structure = load_structure(read_record(self.reader, index, record))
+            self.structure, builds = read_structure(read_record(self.reader, index, record))
         except Problem as exc:
             if exc.category != "unsafe" and "data.pkl" not in exc.message:
                 exc.message = f"{record.name}: {exc.message}"
             raise
-        self.tensors = list(iter_tensors(self.structure))
+        # a pickle that built nothing holds no tensor: no walk (a 10**6-deep nest costs one)
+        self.tensors = list(iter_tensors(self.structure)) if builds else []
         self.details.update(summarize(self.structure, self.tensors))
         _check_tensors(index, self.tensors)
         if self.deep:
@@ -151,7 +159,8 @@ def _check_tensors(index: ZipIndex, tensors: list[tuple[str, TensorMeta | ArrayM
         elif seen != nbytes:
             raise corrupted(f"storage {storage.key!r} is described as {seen} bytes and as "
                             f"{nbytes} bytes (tensor {path!r})")
-        where = (f"tensor {path!r} ({meta.dtype}, shape {meta.shape}, stride {meta.stride}, "
+        where = (f"tensor {path!r} ({meta.dtype}, shape {shape_text(meta.shape)}, stride "
+                 f"{shape_text(meta.stride)}, "
                  f"offset {meta.storage_offset})")
         if meta.storage_offset < 0 or any(s < 0 for s in meta.stride):
             raise corrupted(f"{where} has a negative offset or stride")
@@ -165,7 +174,14 @@ def _check_tensors(index: ZipIndex, tensors: list[tuple[str, TensorMeta | ArrayM
                             f"{available}")
 
 
+#: an int the report carries as a number (JSON, repr) rather than as "<int of N bits>"
+_MAX_REPORTED_INT = 1 << 63
+
+
 def _json_scalar(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and \
+            not -_MAX_REPORTED_INT <= value < _MAX_REPORTED_INT:
+        return f"<int of {value.bit_length()} bits>"  # json.dumps of a huge int raises
     if isinstance(value, (bool, int, float)) or value is None:
         return value
     if isinstance(value, str):
@@ -174,8 +190,20 @@ def _json_scalar(value: Any) -> Any:
 
 
 def _key_text(key: Any) -> str:
-    return key if isinstance(key, str) else repr(key) if isinstance(key, (int, float)) \
-        else f"<{type(key).__name__}>"
+    if isinstance(key, (str, int, float)) and not isinstance(key, bool):
+        text = _json_scalar(key)
+        return text if isinstance(text, str) else repr(text)
+    return f"<{type(key).__name__}>"
+
+
+#: shapes with more dimensions are reported as their first MAX_REPORTED_DIMS and ``ndim``
+MAX_REPORTED_DIMS = 64
+
+
+def _meta_entry(meta: TensorMeta | ArrayMeta) -> dict[str, Any]:
+    if meta.ndim <= MAX_REPORTED_DIMS:
+        return {"dtype": meta.dtype, "shape": list(meta.shape)}
+    return {"dtype": meta.dtype, "shape": list(meta.shape[:MAX_REPORTED_DIMS]), "ndim": meta.ndim}
 
 
 def summarize(structure: Any, tensors: list[tuple[str, TensorMeta | ArrayMeta]]
@@ -191,7 +219,7 @@ def summarize(structure: Any, tensors: list[tuple[str, TensorMeta | ArrayMeta]]
                 out[name] = _json_scalar(structure[name])
     entries = {}
     for path, meta in tensors[:MAX_LISTED_TENSORS]:
-        entries[path] = {"dtype": meta.dtype, "shape": list(meta.shape)}
+        entries[path] = _meta_entry(meta)
     out["tensors"] = {"count": len(tensors), "entries": entries,
                       "truncated": len(tensors) > MAX_LISTED_TENSORS}
     return out
@@ -199,9 +227,9 @@ def summarize(structure: Any, tensors: list[tuple[str, TensorMeta | ArrayMeta]]
 
 def _describe_value(value: Any) -> dict[str, Any]:
     if isinstance(value, TensorMeta):
-        return {"type": "tensor", "dtype": value.dtype, "shape": list(value.shape)}
+        return {"type": "tensor", **_meta_entry(value)}
     if isinstance(value, ArrayMeta):
-        return {"type": "ndarray", "dtype": value.dtype, "shape": list(value.shape)}
+        return {"type": "ndarray", **_meta_entry(value)}
     if isinstance(value, (list, tuple)):
         out: dict[str, Any] = {"type": type(value).__name__, "len": len(value)}
         if value:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .pickleguard import check_hashable, scan
 from .problem import Problem, corrupted, incompatible, unsafe
 
 #: refuse to unpickle a data.pkl larger than this (a guard against resource exhaustion)
@@ -215,7 +216,7 @@ class ArrayMeta:
         expected = numel * dtype.itemsize
         if len(raw) != expected:
             raise corrupted(f"numpy array data is {len(raw)} bytes, expected {expected} for shape "
-                            f"{shape} {dtype.name}")
+                            f"{shape_text(shape)} {dtype.name}")
         self.dtype = dtype.name
         self.shape = shape
         self.fortran = bool(fortran)
@@ -302,25 +303,51 @@ class _StandIn:
         return f"<stand-in {self.qualname}>"
 
 
+#: sizes, strides and offsets outside a signed 64-bit integer are not torch's (nor numpy's)
+_INT64 = 1 << 63
+
+
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
             type(v) is int for v in value):
         raise corrupted(f"{what} is {_short(value)}, not a tuple of integers")
+    if not all(-_INT64 <= v < _INT64 for v in value):
+        raise corrupted(f"{what} has an entry outside the signed 64-bit range")
     return tuple(value)
+
+
+#: shapes longer than this are shown abbreviated in messages and reports
+MAX_SHOWN_DIMS = 8
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    """``str(shape)``, abbreviated past MAX_SHOWN_DIMS dimensions (a file may declare 10**6).
+
+    >>> shape_text((2, 3)), shape_text((1,) * 1000)
+    ('(2, 3)', '(1, 1, 1, 1, 1, 1, 1, 1, ... 1000 dims)')
+    """
+    if len(shape) <= MAX_SHOWN_DIMS:
+        return str(tuple(shape))
+    return f"({', '.join(map(str, shape[:MAX_SHOWN_DIMS]))}, ... {len(shape)} dims)"
 
 
 def _checked_numel(shape: tuple[int, ...], what: str) -> int:
     if any(s < 0 for s in shape):
-        raise corrupted(f"{what} has a negative size in shape {shape}")
+        raise corrupted(f"{what} has a negative size in shape {shape_text(shape)}")
     numel = 1
     for s in shape:
         numel *= s
         if numel > MAX_ELEMENTS:
-            raise corrupted(f"{what} shape {shape} has more than {MAX_ELEMENTS} elements")
+            raise corrupted(f"{what} shape {shape_text(shape)} has more than {MAX_ELEMENTS} "
+                            f"elements")
     return numel
 
 
 def _short(value: Any, limit: int = 60) -> str:
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return f"an int of {value.bit_length()} bits"  # repr() of a huge int raises or crawls
+    if isinstance(value, str) and len(value) > limit:
+        value = value[:limit]
     text = f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str)) \
         else f"a {type(value).__name__}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -330,8 +357,8 @@ def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_gra
                  dtype: str | None) -> TensorMeta:
     if not isinstance(storage, StorageRef):
         raise corrupted(f"tensor rebuilt from {_short(storage)} instead of a storage")
-    if type(offset) is not int:
-        raise corrupted(f"tensor storage offset is {_short(offset)}, not an integer")
+    if type(offset) is not int or not -_INT64 <= offset < _INT64:
+        raise corrupted(f"tensor storage offset is {_short(offset)}, not a 64-bit integer")
     shape = _int_tuple(size, "tensor size")
     strides = _int_tuple(stride, "tensor stride")
     if len(shape) != len(strides):
@@ -432,9 +459,18 @@ def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
     raise corrupted("bytearray built from something other than bytes or a string")
 
 
+def _check_keys(items: Any, what: str) -> None:
+    """Tuples about to be hashed by a stand-in must be small and shallow (a hash bomb otherwise);
+    the common case, no tuple at all, is decided at C speed."""
+    if tuple in set(map(type, items)):
+        for item in items:
+            check_hashable(item, what)
+
+
 def _set(items: Any = ()) -> set[Any]:
     if not isinstance(items, (list, tuple, set)):
         raise corrupted("set built from something other than a list")
+    _check_keys(items, "set element")
     return set(items)
 
 
@@ -447,6 +483,8 @@ def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
 def _ordered_dict(items: Any = ()) -> OrderedDict[Any, Any]:
     if not isinstance(items, (list, tuple, dict)):
         raise corrupted("OrderedDict built from something other than a list or dict")
+    if not isinstance(items, dict):
+        _check_keys([p[0] for p in items if isinstance(p, (list, tuple)) and p], "dict key")
     return OrderedDict(items)
 
 
@@ -498,19 +536,28 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
 _ALLOWED = _build_allowed()
 
 
+def _resolve(module: str, name: str) -> Any:
+    """The stand-in for an allowed global; a :class:`Problem` for any other (nothing imported)."""
+    qualname = f"{module}.{name}"
+    found = _ALLOWED.get(qualname)
+    if found is not None:
+        return found
+    if qualname in _TORCH_KNOWN_UNSUPPORTED:
+        raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
+                           f"nested or sub-byte tensors), which this validator does not "
+                           f"support")
+    raise unsafe(f"pickle imports forbidden global {_short_name(qualname)!r}")
+
+
+def _short_name(qualname: str, limit: int = 200) -> str:
+    return qualname if len(qualname) <= limit else qualname[:limit] + "..."
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """The C unpickler, with globals limited to this module's stand-ins."""
 
     def find_class(self, module: str, name: str) -> Any:
-        qualname = f"{module}.{name}"
-        found = _ALLOWED.get(qualname)
-        if found is not None:
-            return found
-        if qualname in _TORCH_KNOWN_UNSUPPORTED:
-            raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
-                               f"nested or sub-byte tensors), which this validator does not "
-                               f"support")
-        raise unsafe(f"pickle imports forbidden global {qualname!r}")
+        return _resolve(module, name)
 
     def persistent_load(self, pid: Any) -> StorageRef:
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
@@ -529,12 +576,26 @@ class RestrictedUnpickler(pickle.Unpickler):
 def load_structure(data: bytes) -> Any:
     """Unpickle ``data`` (a torch ``data.pkl``) into the lazy structure; :class:`Problem` on
     failure. Never imports or calls anything named by the pickle outside the allow-list."""
+    return read_structure(data)[0]
+
+
+def read_structure(data: bytes) -> tuple[Any, bool]:
+    """:func:`load_structure`, and whether the pickle built anything (False: it holds plain
+    containers and atoms only, so no tensor or array needs looking for)."""
     if len(data) > MAX_PICKLE_BYTES:
         raise incompatible(f"data.pkl is {len(data)} bytes, above the validator's limit of "
                            f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)")
+    # memo and hash bombs the C unpickler would not survive, and forbidden globals named before
+    # any damage, are refused before it runs
+    scanned = scan(data, _resolve)
     unpickler = RestrictedUnpickler(io.BytesIO(data))
     try:
-        return unpickler.load()
+        structure = unpickler.load()
+        # after the load, so that a forbidden global is named as "unsafe" first
+        problem = scanned.torch_problem()
+        if problem:
+            raise incompatible(problem)
+        return structure, scanned.builds
     except Problem:
         raise
     except RecursionError:
@@ -552,20 +613,46 @@ def load_structure(data: bytes) -> Any:
 
 # --------------------------------------------------------------------------- walking
 
-_ATOMIC = (str, int, float, bool, bytes, type(None), complex, TorchDType)
+#: a tensor's path names at most this many of its innermost container levels
+MAX_PATH_PARTS = 32
 
 
 def child_path(path: str, key: Any) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    if isinstance(key, str) and key.isidentifier():
-        return f"{path}.{key}" if path else key
-    return f"{path}[{_short_key(key)}]"
+    part = _path_part(key)
+    return path + part if path or part.startswith("[") else part[1:]
+
+
+def _path_part(key: Any) -> str:
+    if isinstance(key, int) and not isinstance(key, bool) and -_INT64 <= key < _INT64:
+        return f"[{key}]"
+    if isinstance(key, str) and key.isidentifier() and len(key) <= 40:
+        return f".{key}"
+    return f"[{_short_key(key)}]"
 
 
 def _short_key(key: Any) -> str:
-    text = repr(key) if isinstance(key, (str, int, float, bool)) else type(key).__name__
+    if isinstance(key, str) and len(key) > 40:
+        key = key[:40]
+    text = _short(key, 40).split(" ", 1)[-1] if isinstance(key, int) \
+        else repr(key) if isinstance(key, (str, float)) else type(key).__name__
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: a path under construction: (parent, part); rendered only for the tensors found
+_Chain = tuple[Any, str]
+
+
+def _render(chain: _Chain | None) -> str:
+    """The path of a chain of container levels, innermost MAX_PATH_PARTS levels only: a walk of
+    a 10**6-deep nest must not build 10**6 ever-longer strings."""
+    parts: list[str] = []
+    while chain is not None and len(parts) < MAX_PATH_PARTS:
+        chain, part = chain
+        parts.append(part)
+    text = "".join(reversed(parts))
+    if chain is not None:
+        return "..." + text.lstrip(".")
+    return text[1:] if text.startswith(".") else text or "<root>"
 
 
 def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
@@ -574,36 +661,50 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
 
     Iterative, and each container is visited once (an identity memo), so shared references in a
     hostile pickle cannot expand exponentially; more than ``max_nodes`` nodes is "unsafe".
+    Paths are built only for the tensors found, and name at most MAX_PATH_PARTS levels.
     """
     seen: set[int] = set()
-    stack: list[tuple[str, Any]] = [("", root)]
+    stack: list[tuple[_Chain | None, Any]] = [(None, root)]
     nodes = 0
     while stack:
-        path, obj = stack.pop()
-        if isinstance(obj, (TensorMeta, ArrayMeta)):
-            yield path or "<root>", obj
+        chain, obj = stack.pop()
+        kind = type(obj)
+        if kind is TensorMeta or kind is ArrayMeta:
+            yield _render(chain), obj
             continue
-        if isinstance(obj, _ATOMIC) or id(obj) in seen:
+        if kind in _ATOMIC_TYPES or id(obj) in seen:
             continue
-        seen.add(id(obj))
-        if isinstance(obj, dict):
-            items: Any = obj.items()
+        if kind is list or kind is tuple or (kind is not dict and isinstance(obj, (list, tuple))):
             nodes += len(obj)
-        elif isinstance(obj, (list, tuple)):
-            items = enumerate(obj)
+            if len(obj) == 1:  # a nest of one-element lists: no per-level set or list
+                seen.add(id(obj))
+                if type(obj[0]) not in _ATOMIC_TYPES:
+                    stack.append(((chain, "[0]"), obj[0]))
+                continue
+            if set(map(type, obj)) <= _ATOMIC_TYPES:
+                continue  # a long id list: decided at C speed, not item by item
+            items: Any = enumerate(obj)
+        elif isinstance(obj, dict):
             nodes += len(obj)
+            if set(map(type, obj.values())) <= _ATOMIC_TYPES:
+                continue
+            items = obj.items()
         elif isinstance(obj, (set, frozenset)):
             items = enumerate(obj)
             nodes += len(obj)
+        elif isinstance(obj, (TensorMeta, ArrayMeta)):
+            yield _render(chain), obj
+            continue
         else:
             continue
+        seen.add(id(obj))
         if nodes > max_nodes:
             raise unsafe(f"data.pkl's structure has more than {max_nodes} nodes")
         children = []
         for key, value in items:
             if type(value) in _ATOMIC_TYPES:
                 continue
-            children.append((child_path(path, key), value))
+            children.append(((chain, _path_part(key)), value))
         stack.extend(reversed(children))
 
 

@@ -170,6 +170,17 @@ def _find_eocd(tail: bytes) -> int | None:
         end = pos + 3  # a signature may overlap the previous candidate's bytes
 
 
+def _trailing_bytes(tail: bytes) -> tuple[int, int] | None:
+    """(position, count) when the last EOCD in ``tail`` is whole but followed by more bytes than
+    its comment accounts for; None when there is no such record."""
+    pos = tail.rfind(EOCD_SIG)
+    if pos < 0 or pos + EOCD_SIZE > len(tail):
+        return None
+    comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
+    extra = len(tail) - (pos + EOCD_SIZE + comment_len)
+    return (pos, extra) if extra > 0 else None
+
+
 def read_index(reader: CachedReader) -> ZipIndex:
     """Parse the end records and the central directory; raise :class:`Problem` when damaged."""
     size = reader.size
@@ -178,6 +189,15 @@ def read_index(reader: CachedReader) -> ZipIndex:
     tail = reader.read(tail_off, tail_len, keep=True)
     pos = _find_eocd(tail)
     if pos is None:
+        trailer = _trailing_bytes(tail)
+        if trailer is not None:
+            # torch (miniz) and zipfile would skip such a trailer; this validator does not:
+            # torch.save never writes one, so bytes after the end record mean the object is not
+            # what was saved (a concatenation, a padded transfer, an in-place overwrite)
+            where, extra = trailer
+            raise corrupted(f"{extra} unexpected bytes after the end of central directory at "
+                            f"offset {tail_off + where}: junk appended to the archive, or a "
+                            f"file overwritten in place without truncation")
         head = tail[:16] if tail_off == 0 else reader.read(0, min(16, size))
         raise _not_a_zip(head, tail_len)
     eocd_abs = tail_off + pos
@@ -321,6 +341,11 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, disk: int,
 
 
 def _check_bounds(records: list[ZipRecord], cd_offset: int) -> None:
+    for rec in records[-1:]:
+        if rec.offset >= cd_offset:
+            raise corrupted(f"record {rec.name!r} claims a local header at offset {rec.offset}, "
+                            f"at or past the central directory (offset {cd_offset}): outside "
+                            f"the archive's data (damaged central directory)")
     for rec, nxt in zip(records, records[1:] + [None]):
         limit = nxt.offset if nxt is not None else cd_offset
         if rec.offset + rec.min_span > limit:
