@@ -106,9 +106,13 @@ class _Run:
         if self.deep:
             from .torch_load import safe_torch_load
 
-            stream = io.BufferedReader(SourceReader(self.source), buffer_size=1 << 20)
+            path = getattr(self.source.inner, "path", None)
+            # A local file is memory-mapped: torch parses data.pkl and maps the storages
+            # instead of copying gigabytes of payload that the CRC pass has just read.
+            target = path if path is not None else io.BufferedReader(
+                SourceReader(self.source), buffer_size=1 << 20)
             try:
-                safe_torch_load(stream)
+                safe_torch_load(target, mmap=path is not None)
             except CheckpointError as exc:
                 raise Problem(exc.category, f"torch.load(weights_only=True) failed: "
                                             f"{str(exc).removeprefix('checkpoint: ')}") from None

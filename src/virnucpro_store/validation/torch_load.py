@@ -100,10 +100,11 @@ def _classify(exc: BaseException) -> tuple[type[CheckpointError], str]:
 
 def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource, *,
                     map_location: Any = "cpu", url: str | None = None,
-                    key: str | None = None) -> Any:
+                    key: str | None = None, mmap: bool = False) -> Any:
     """Load a torch checkpoint safely; raise a CheckpointError subclass on any failure.
 
-    ``file_or_path`` is a path, a seekable binary file object, or a ByteSource.
+    ``file_or_path`` is a path, a seekable binary file object, or a ByteSource. ``mmap=True``
+    (paths only) maps tensor storages from the file instead of reading them.
     """
     import torch
 
@@ -133,6 +134,9 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
                 f"{where}: legacy torch serialization format (pre-1.6 bare pickle stream); "
                 f"load it with a trusted torch and re-save it", key=key, url=url)
         with torch.serialization.safe_globals(numpy_safe_globals()):
+            if mmap and is_path:
+                return torch.load(file_or_path, map_location=map_location, weights_only=True,
+                                  mmap=True)
             return torch.load(f, map_location=map_location, weights_only=True)
     except StoreError:  # our own CheckpointErrors, and backend StorageFailures
         raise
