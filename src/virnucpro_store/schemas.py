@@ -130,12 +130,15 @@ def _length(value: Any) -> int | None:
     return None
 
 
+_FLOAT_ONLY = frozenset({float})
+
+
 def _is_float_vector(value: Any, width: int) -> str | None:
     """None when ``value`` is a list of ``width`` numbers or a float tensor/array (width,)."""
     if isinstance(value, list):
         if len(value) != width:
             return f"has {len(value)} values, expected {width}"
-        if all(type(x) is float for x in value):
+        if set(map(type, value)) <= _FLOAT_ONLY:  # C speed: 7.7M floats in a DNABERT file
             return None
         for j, x in enumerate(value):
             if not isinstance(x, (int, float)) or isinstance(x, bool):
