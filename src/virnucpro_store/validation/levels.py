@@ -33,7 +33,7 @@ from typing import Any
 # a module import, not names: schemas imports validation.safepickle, so this is circular
 from .. import schemas as _schemas
 from ..errors import CheckpointError, StoreError
-from ..source import ByteSource, CountingSource, SourceReader
+from ..source import ByteSource, CountingSource, FileSource, SourceReader
 from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
 from .safepickle import (
@@ -106,7 +106,8 @@ class _Run:
         if self.deep:
             from .torch_load import safe_torch_load
 
-            path = getattr(self.source.inner, "path", None)
+            inner = self.source.inner
+            path = inner.path if isinstance(inner, FileSource) else None
             # A local file is memory-mapped: torch parses data.pkl and maps the storages
             # instead of copying gigabytes of payload that the CRC pass has just read.
             target = path if path is not None else io.BufferedReader(

@@ -102,7 +102,8 @@ class _Tup:
     __slots__ = ("nodes", "depth")
 
     def __init__(self, nodes: int, depth: int) -> None:
-        self.nodes = min(nodes, MAX_HASHED_NODES + 1)  # saturate: a DAG doubles every level
+        # saturate: a DAG doubles every level
+        self.nodes = nodes if nodes <= MAX_HASHED_NODES else MAX_HASHED_NODES + 1
         self.depth = depth
 
 
@@ -120,7 +121,14 @@ class _Str:
 _STRINGS = frozenset({0x58, 0x8C, 0x8D})  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
 
 
+#: tuples of atoms only (the common case: a tensor's size, stride and storage id) never
+#: change once made, so one shared record per length serves them all
+_ATOM_TUPLES = [_Tup(1 + n, 1) for n in range(16)]
+
+
 def _tuple_of(items: list) -> _Tup:
+    if len(items) < 16 and _Tup not in set(map(type, items)):
+        return _ATOM_TUPLES[len(items)]
     nodes, depth = 1, 0
     for item in items:
         if type(item) is not _Tup:
@@ -332,7 +340,7 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             del stack[-n:]
             stack.append(_tuple_of(items))
         elif op == 0x29:  # EMPTY_TUPLE
-            stack.append(_Tup(1, 1))
+            stack.append(_ATOM_TUPLES[0])
         elif op == 0x73:  # SETITEM
             if len(stack) - fence < 3:
                 raise _underflow(op, at)
