@@ -3,8 +3,11 @@
     python benchmarks/bench.py            # full run: writes benchmarks/RESULTS.md and RESULTS.png
     python benchmarks/bench.py --quick    # smoke run (CI): 16 MB only, 2 repeats, prints tables
 
-Every (method, object) pair runs in its own subprocess, so its peak memory is its own: the
-worker builds the object, does one warm-up, then ``--repeats`` timed runs. The parent reports
+Times: one subprocess per object builds it once, warms every method up, then runs the methods
+round by round (``--repeats`` rounds, the order rotating), each run after an untimed
+``os.sync()``: a slow spell of the shared disk hits every method alike and no run pays for the
+dirty pages of the one before. Peak memory: each method runs once more, alone in its own
+subprocess. The parent reports
 the median, min-max and the ratio to the floor measured in the same run. S3 figures come from a
 SeaweedFS server the benchmark starts on loopback (tests/s3server.py).
 """
@@ -168,12 +171,13 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _phase_timers() -> dict[str, float]:
-    """Time the phases of the store's S3 save: validation and publish (server-side copy)."""
+def _phase_timers(current: list[str]) -> dict[str, dict[str, float]]:
+    """Time the phases of the store's S3 save -- validation and publish (the server-side
+    copy) -- per method; ``current[0]`` names the method running."""
     from virnucpro_store import store as store_module
     from virnucpro_store.backends import s3 as s3_module
 
-    phases = {"validate": 0.0, "publish": 0.0}
+    phases: dict[str, dict[str, float]] = {}
 
     def timed(name, func):
         def wrapper(*args, **kwargs):
@@ -181,7 +185,8 @@ def _phase_timers() -> dict[str, float]:
             try:
                 return func(*args, **kwargs)
             finally:
-                phases[name] += time.perf_counter() - started
+                bucket = phases.setdefault(current[0], {"validate": 0.0, "publish": 0.0})
+                bucket[name] += time.perf_counter() - started
         return wrapper
 
     store_module.validate_source = timed("validate", store_module.validate_source)
@@ -189,29 +194,51 @@ def _phase_timers() -> dict[str, float]:
     return phases
 
 
-def worker(group: str, method: str, obj_name: str, repeats: int, work: str) -> dict:
-    func = {"local-save": LOCAL_SAVE, "s3-save": S3_SAVE}[group][method]
+def _context(group: str, work: str) -> dict:
     ctx = {"work": Path(work), "bucket": BUCKET,
            "s3": json.loads(os.environ["VNPS_BENCH_S3"]) if group == "s3-save" else None}
     ctx["work"].mkdir(parents=True, exist_ok=True)
-    phases = _phase_timers() if group == "s3-save" and method.startswith("store") else None
+    return ctx
+
+
+def time_worker(group: str, obj_name: str, repeats: int, work: str) -> dict:
+    """Every method of ``group`` on one object, interleaved round by round (the order rotating),
+    so that a slow spell of the shared disk or network hits all methods alike."""
+    methods = {"local-save": LOCAL_SAVE, "s3-save": S3_SAVE}[group]
+    ctx = _context(group, work)
+    current = [""]
+    phases = _phase_timers(current) if group == "s3-save" else {}
+    obj = build(obj_name)
+    names = list(methods)
+    for name in names:  # warm-up
+        current[0] = name
+        methods[name](obj, ctx)
+    phases.clear()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            current[0] = name
+            os.sync()  # untimed: no run pays for the dirty pages of the one before
+            started = time.perf_counter()
+            methods[name](obj, ctx)
+            times[name].append(time.perf_counter() - started)
+    result: dict[str, dict] = {name: {"times": times[name]} for name in names}
+    for name, split in phases.items():
+        total = sum(times[name])
+        result[name]["phases"] = {"upload": (total - sum(split.values())) / total,
+                                  **{k: v / total for k, v in split.items()}}
+    return result
+
+
+def memory_worker(group: str, method: str, obj_name: str, work: str) -> dict:
+    """Peak resident memory one method adds on top of its object, alone in this process."""
+    func = {"local-save": LOCAL_SAVE, "s3-save": S3_SAVE}[group][method]
+    ctx = _context(group, work)
     obj = build(obj_name)
     baseline = _rss_now()
-    func(obj, ctx)  # warm-up
-    if phases:
-        phases.update(dict.fromkeys(phases, 0.0))
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        func(obj, ctx)
-        times.append(time.perf_counter() - started)
+    func(obj, ctx)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    result = {"times": times, "peak_extra": max(0, peak - baseline)}
-    if phases:
-        total = sum(times)
-        result["phases"] = {"upload": (total - sum(phases.values())) / total,
-                            **{k: v / total for k, v in phases.items()}}
-    return result
+    return {"peak_extra": max(0, peak - baseline)}
 
 
 def measure_validation(obj_name: str, s3: dict | None, work: Path) -> list[dict]:
@@ -277,16 +304,15 @@ def measure_validation(obj_name: str, s3: dict | None, work: Path) -> list[dict]
 
 # -- parent side -------------------------------------------------------------------------------
 
-def run_case(group: str, method: str, obj_name: str, repeats: int, work: Path,
-             env: dict[str, str]) -> dict:
+def run_worker(args: list[str], work: Path, env: dict[str, str]) -> dict:
     case_dir = work / "case"
     shutil.rmtree(case_dir, ignore_errors=True)
-    proc = subprocess.run([sys.executable, __file__, "--worker", group, method, obj_name,
-                           str(repeats), str(case_dir)], capture_output=True, text=True,
-                          env={**os.environ, **env})
+    os.sync()
+    proc = subprocess.run([sys.executable, __file__, "--worker", *args, str(case_dir)],
+                          capture_output=True, text=True, env={**os.environ, **env})
     shutil.rmtree(case_dir, ignore_errors=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{method} on {obj_name} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -361,15 +387,20 @@ def plot(all_results: dict[str, dict[str, dict]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="smoke run: small, prints only")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-s3", action="store_true", help="skip the S3 groups")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
     args = parser.parse_args()
     if args.worker:
-        group, method, obj_name, repeats, work = args.worker
-        print(json.dumps(worker(group, method, obj_name, int(repeats), work)))
+        kind, *rest = args.worker
+        if kind == "time":
+            group, obj_name, repeats, work = rest
+            print(json.dumps(time_worker(group, obj_name, int(repeats), work)))
+        else:
+            group, method, obj_name, work = rest
+            print(json.dumps(memory_worker(group, method, obj_name, work)))
         return
 
     local_objects = ["merged-16MB"] if args.quick else list(OBJECTS)
@@ -382,9 +413,10 @@ def main() -> None:
     command = f"python benchmarks/bench.py{' --quick' if args.quick else ''}"
     lines = ["# Benchmark results", "",
              f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}. "
-             f"Median of {repeats} runs after one warm-up, each method in its own process; "
-             "*peak extra MB* is the resident memory the method adds on top of the object "
-             "itself. Ratios are to the floor measured in the same run.", ""]
+             f"Median of {repeats} runs after one warm-up, the methods interleaved round by "
+             "round with an untimed `sync` before each run; *peak extra MB* is the resident "
+             "memory a method adds on top of the object itself, measured alone in its own "
+             "process. Ratios are to the floor measured in the same run.", ""]
     lines += [f"- {k}: {v}" for k, v in machine().items()] + [""]
 
     server = None
@@ -404,12 +436,13 @@ def main() -> None:
         for group, methods, objects in plan:
             lines += [f"## Save, {'local disk' if group == 'local-save' else 'S3'}", ""]
             for obj_name in objects:
-                results = {}
+                results = run_worker(["time", group, obj_name, str(repeats)], work, env)
                 for method in methods:
-                    results[method] = run_case(group, method, obj_name, repeats, work, env)
+                    results[method].update(run_worker(["memory", group, method, obj_name],
+                                                      work, env))
                     print(f"{group:10} {obj_name:13} {method:36} "
-                          f"{statistics.median(results[method]['times']) * 1000:9.0f} ms",
-                          flush=True)
+                          f"{statistics.median(results[method]['times']) * 1000:9.0f} ms "
+                          f"{results[method]['peak_extra'] / MB:6.0f} MB", flush=True)
                 all_results[group][obj_name] = results
                 lines += [f"### {OBJECTS[obj_name]}", ""]
                 lines += save_table(results, FLOORS[group]) + [""]
