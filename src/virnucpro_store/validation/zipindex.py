@@ -292,6 +292,11 @@ def _parse_central_directory(cd: bytes, count: int, cd_offset: int) -> list[ZipR
                             f"central directory")
         if flags & 0x1:
             raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are")
+        if flags & 0x60:
+            # 0x20 "compressed patched data", 0x40 strong encryption: neither torch nor zipfile
+            # reads such a record
+            raise incompatible(f"record {name!r} has ZIP flags {flags:#06x} (patched data or "
+                               f"strong encryption); torch checkpoints never do")
         # torch.save stores every record uncompressed (method 0) and torch.load memory-maps and
         # aligns them. torch.load can read a re-zipped, deflated archive, but then the sizes and
         # CRCs this validator checks by range reads no longer describe the tensor bytes, so a
