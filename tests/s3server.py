@@ -10,6 +10,7 @@ collide on fixed default ports.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -63,15 +64,40 @@ def free_ports(count: int, *, low: int = 20000, high: int = 44999) -> list[int]:
     raise RuntimeError("no free loopback ports found")
 
 
-class SeaweedFS:
-    """One ``weed server`` (master, volume, filer, S3) in a temporary folder."""
+def identity(name: str, key: str, secret: str, actions: list[str]) -> dict[str, Any]:
+    """One identity of a SeaweedFS S3 config (``-s3.config``)."""
+    return {"name": name, "credentials": [{"accessKey": key, "secretKey": secret}],
+            "actions": actions}
 
-    def __init__(self, *, startup_timeout: float = 60.0, bucket: str = "vnps-probe") -> None:
+
+#: the admin identity every S3 config given to :class:`SeaweedFS` starts with (the launcher's
+#: readiness probe and :meth:`SeaweedFS.client_kwargs` use it)
+ADMIN = identity("admin", ACCESS_KEY, SECRET_KEY, ["Admin", "Read", "List", "Tagging", "Write"])
+
+
+class SeaweedFS:
+    """One ``weed server`` (master, volume, filer, S3) in a temporary folder.
+
+    ``identities``: extra S3 identities (see :func:`identity`); with any, the server runs with
+    an IAM config (``-s3.config``) holding :data:`ADMIN` and these, and refuses other keys.
+    ``replication`` (e.g. ``"001"``) and ``extra_volumes``: the master's default replication,
+    and more volume servers (``weed volume``, same rack) to hold the replicas; stop one with
+    :meth:`stop_volume` to lose a storage node.
+    """
+
+    def __init__(self, *, startup_timeout: float = 60.0, bucket: str = "vnps-probe",
+                 identities: list[dict[str, Any]] | None = None,
+                 replication: str | None = None, extra_volumes: int = 0) -> None:
         self.startup_timeout = startup_timeout
         self.probe_bucket = bucket
+        self.identities = identities
+        self.replication = replication
+        self.extra_volumes = extra_volumes
         self.dir: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.volumes: list[subprocess.Popen[bytes] | None] = []
         self.s3_port = 0
+        self.master_port = 0
         self._log: Any = None
 
     @property
@@ -90,8 +116,9 @@ class SeaweedFS:
 
     def start(self) -> SeaweedFS:
         self.dir = tempfile.mkdtemp(prefix="vnps-seaweed-")
-        s3, master, volume, filer = free_ports(4)
+        s3, master, volume, filer, *volume_ports = free_ports(4 + self.extra_volumes)
         self.s3_port = s3
+        self.master_port = master
         cmd = [
             weed_binary(), "server", f"-dir={self.dir}",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -101,10 +128,26 @@ class SeaweedFS:
             # small volumes so a test run does not reserve 30 GB per volume
             "-master.volumeSizeLimitMB=1024", "-volume.max=0",
         ]
+        if self.identities:
+            config = os.path.join(self.dir, "s3.json")
+            with open(config, "w", encoding="utf-8") as out:
+                json.dump({"identities": [ADMIN, *self.identities]}, out)
+            cmd.append(f"-s3.config={config}")
+        if self.replication:
+            cmd.append(f"-master.defaultReplication={self.replication}")
         self._log = open(os.path.join(self.dir, "weed.log"), "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         try:
+            for i, port in enumerate(volume_ports):
+                folder = os.path.join(self.dir, f"volume{i + 1}")
+                os.mkdir(folder)
+                self.volumes.append(subprocess.Popen(
+                    [weed_binary(), "volume", f"-dir={folder}", "-ip=127.0.0.1",
+                     "-ip.bind=127.0.0.1", f"-port={port}", f"-mserver=127.0.0.1:{master}",
+                     "-max=0", "-preStopSeconds=0"],
+                    stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True))
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -125,7 +168,10 @@ class SeaweedFS:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                client.create_bucket(Bucket=self.probe_bucket)
+                try:
+                    client.create_bucket(Bucket=self.probe_bucket)
+                except client.exceptions.BucketAlreadyOwnedByYou:
+                    pass  # made by an earlier round whose put did not get through
                 client.put_object(Bucket=self.probe_bucket, Key="probe", Body=b"ok")
                 client.delete_object(Bucket=self.probe_bucket, Key="probe")
                 return
@@ -143,22 +189,17 @@ class SeaweedFS:
         except OSError:
             return ""
 
+    def stop_volume(self, index: int = 0, sig: int = signal.SIGKILL) -> None:
+        """Stop extra volume server ``index`` (SIGKILL: the node is simply gone)."""
+        proc, self.volumes[index] = self.volumes[index], None
+        _stop(proc, sig)
+
     def stop(self) -> None:
+        volumes, self.volumes = self.volumes, []
+        for volume in volumes:
+            _stop(volume, signal.SIGTERM)
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                # weed's graceful shutdown often hangs for good; the data is disposable
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(timeout=10)
+        _stop(proc, signal.SIGTERM)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -171,6 +212,25 @@ class SeaweedFS:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Stop a process group started with ``start_new_session``; SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        # weed's graceful shutdown often hangs for good; the data is disposable
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
 
 
 if __name__ == "__main__":  # manual use: python tests/s3server.py

@@ -21,7 +21,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 import torch
-from s3_helpers import FaultProxy, create_only_worker
+from s3_helpers import FaultProxy, Faults, create_only_worker, raw_state
 
 import virnucpro_store as vs
 from virnucpro_store.backends import s3 as s3mod
@@ -36,16 +36,6 @@ FAST_RETRY = {"retry_base_wait": 0.01, "retry_max_wait": 0.05}
 
 def make_store(server, url: str | None = None, **extra: Any) -> vs.CheckpointStore:
     return vs.open_store(url or server.fresh_url(), **server.storage_options(**extra))
-
-
-def raw_state(server, store: vs.CheckpointStore) -> tuple[list[str], list[str]]:
-    """(object keys, keys of incomplete uploads) under the store's prefix, asked with boto3."""
-    client = server.client()
-    backend = store.backend
-    objects = client.list_objects_v2(Bucket=backend.bucket, Prefix=backend.root)
-    uploads = client.list_multipart_uploads(Bucket=backend.bucket, Prefix=backend.root)
-    return ([o["Key"][len(backend.root):] for o in objects.get("Contents", [])],
-            [u["Key"][len(backend.root):] for u in uploads.get("Uploads", [])])
 
 
 def raw_bytes(server, store: vs.CheckpointStore, key: str) -> bytes:
@@ -344,6 +334,46 @@ def test_retries_are_capped(seaweedfs):
     assert "4 attempts" in str(err.value)
     assert len(proxy.failed) == 4
     assert raw_state(seaweedfs, make_store(seaweedfs, url)) == ([], [])
+
+
+def _copy_to_final(line: str) -> bool:
+    """The publish's CopyObject: a PUT to a key that is not staging, not a part."""
+    return line.startswith("PUT ") and STAGING_MARKER not in line and "uploadId" not in line
+
+
+def _staging_complete(line: str) -> bool:
+    return line.startswith("POST ") and STAGING_MARKER in line and "uploadId=" in line
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_publish_whose_answer_was_lost_is_ours(s3_server, overwrite):
+    # The copy reaches the server and is done; its answer is cut short, so it is retried. A
+    # create-only retry then finds the key taken -- by this very save, which must not be told
+    # "already exists".
+    url = s3_server.fresh_url()
+    faults = Faults(rate=1.0, kinds=("truncate",), only=_copy_to_final, limit=1)
+    with FaultProxy(_target_port(s3_server), faults=faults) as proxy:
+        store = _proxied(s3_server, proxy, url, create_only_via="copy")
+        store.save({"v": 1}, "k.pt", overwrite=overwrite)
+    assert dict(proxy.injected) == {"truncate": 1}
+    direct = make_store(s3_server, url)
+    assert direct.load("k.pt") == {"v": 1}
+    assert raw_state(s3_server, direct) == (["k.pt"], [])
+    with pytest.raises(vs.AlreadyExists):  # a real second writer still loses
+        direct.save({"v": 2}, "k.pt", overwrite=False)
+
+
+def test_staging_complete_whose_answer_was_lost_is_finished(s3_server):
+    url = s3_server.fresh_url()
+    obj = big(12, seed=5)
+    faults = Faults(rate=1.0, kinds=("truncate",), only=_staging_complete, limit=1)
+    with FaultProxy(_target_port(s3_server), faults=faults) as proxy:
+        store = _proxied(s3_server, proxy, url, part_size=5 * MiB)
+        store.save(obj, "k.pt")
+    assert dict(proxy.injected) == {"truncate": 1}
+    direct = make_store(s3_server, url)
+    assert torch.equal(direct.load("k.pt")["x"], obj["x"])
+    assert raw_state(s3_server, direct) == (["k.pt"], [])
 
 
 # -- concurrency and kills (SeaweedFS, real processes) -------------------------------------------

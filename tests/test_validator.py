@@ -540,3 +540,38 @@ def test_zip64_extra_fields_in_the_central_directory():
     struct.pack_into("<H", short, data.index(b"\x01\x00\x18\x00", cd) + 2, 8)
     report = check(bytes(short))
     assert report.category == "corrupted" and "ZIP64 extra field" in report.message
+
+
+class _FailingSource(BytesSource):
+    """A source whose ``fail_at``-th read fails, as a dropped S3 connection would."""
+
+    def __init__(self, data: bytes, fail_at: int) -> None:
+        super().__init__(data)
+        self.reads = 0
+        self.fail_at = fail_at
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        if self.reads == self.fail_at:
+            from virnucpro_store.errors import StorageFailure
+
+            raise StorageFailure("connection reset")
+        return super().read(offset, length)
+
+
+@pytest.mark.parametrize("fail_at", range(1, 12))
+def test_storage_failure_during_deep_validation_is_raised_not_reported(fail_at):
+    # torch.load, reading through the source, masks the read's error with its own ("read of
+    # closed file"): a failing storage must still raise, never pass for a corrupted file.
+    from virnucpro_store.errors import StorageFailure
+
+    buffer = io.BytesIO()
+    torch.save({"x": torch.zeros(2_000_000)}, buffer)
+    data = buffer.getvalue()
+    source = _FailingSource(data, fail_at)
+    try:
+        report = validate_source(source, level="load", deep=True)
+    except StorageFailure:
+        return
+    assert report.ok, report
+    assert source.reads < fail_at

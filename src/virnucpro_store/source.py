@@ -99,6 +99,10 @@ class SourceReader(io.RawIOBase):
         super().__init__()
         self._source = source
         self._pos = 0
+        #: what the source raised, if it failed: ``torch.load`` reading through this file
+        #: masks it with an error of its own ("read of closed file"), and a failing storage
+        #: must not pass for a damaged file
+        self.failure: BaseException | None = None
 
     def readable(self) -> bool:
         return True
@@ -128,7 +132,11 @@ class SourceReader(io.RawIOBase):
         want = min(len(view), max(0, self._source.size - self._pos))
         if want == 0:
             return 0
-        data = self._source.read(self._pos, want)
+        try:
+            data = self._source.read(self._pos, want)
+        except BaseException as exc:
+            self.failure = exc
+            raise
         view[: len(data)] = data
         self._pos += len(data)
         return len(data)

@@ -465,8 +465,15 @@ class S3Backend(Backend):
                                                create_only=True, metadata=metadata)
                     return
                 condition = {"IfNoneMatch": "*"}
-            await self._request("copy_object", key=key, Bucket=self.bucket, Key=dst,
-                                CopySource=source, **condition)
+            try:
+                await self._request("copy_object", key=key, Bucket=self.bucket, Key=dst,
+                                    CopySource=source, **condition)
+            except AlreadyExists:
+                # A retried copy whose first attempt went through (its answer was lost) finds
+                # the key taken -- by this save: the object carrying our save id is ours.
+                if await self._carries(dst, metadata, key):
+                    return
+                raise
             return
         part = max(self.copy_part_size, MIN_PART_SIZE, -(-size // MAX_PARTS))
         ranges = [(start, min(start + part, size) - 1) for start in range(0, size, part)]

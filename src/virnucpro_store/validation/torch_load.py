@@ -114,6 +114,7 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
         raise TypeError(f"safe_torch_load needs a path, a file object or a ByteSource, not "
                         f"{type(file_or_path).__name__}")
     opened: BinaryIO | None = None
+    f: Any = None
     try:
         if is_path:
             opened = f = open(file_or_path, "rb")  # closed in finally
@@ -147,6 +148,12 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
         raise StorageFailure(f"{where}: I/O error while loading: {exc}", key=key,
                              url=url) from exc
     except Exception as exc:
+        failure = getattr(getattr(f, "raw", f), "failure", None)  # see SourceReader.failure
+        if isinstance(failure, StoreError):
+            raise failure from None
+        if isinstance(failure, OSError):
+            raise StorageFailure(f"{where}: I/O error while loading: {failure}", key=key,
+                                 url=url) from failure
         cls, message = _classify(exc)
         raise cls(f"{where}: {message}", key=key, url=url) from exc
     finally:
