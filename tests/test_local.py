@@ -178,3 +178,20 @@ def test_sigkill_mid_save_never_leaves_a_partial_file(tmp_path):
     assert published_once, "no save completed; lengthen the sleeps"
     store.gc(older_than=0)
     assert [p.name for p in (root / "features").iterdir()] == ["merged.pt"]
+
+
+def test_deep_validation_reads_one_version_while_the_name_is_replaced(tmp_path):
+    """The deep check's torch.load must see the file the CRC pass read, not a newer one that
+    replaced its name in between (a reader racing a writer)."""
+    from virnucpro_store.source import FileSource
+    from virnucpro_store.validation import validate_source
+
+    store = vs.open_store(tmp_path)
+    store.save({"ids": ["a"] * 10, "data": torch.zeros(10, 3328)}, "m.pt")
+    source = FileSource(tmp_path / "m.pt")
+    # the name now points at other bytes (here: not a checkpoint at all)
+    (tmp_path / "other").write_bytes(b"not the file the source has open")
+    os.replace(tmp_path / "other", tmp_path / "m.pt")
+    report = validate_source(source, schema="merged", deep=True)
+    assert report.ok, report
+    assert report.details["torch_load"] == "ok"

@@ -58,6 +58,12 @@ class FileSource:
             length -= len(chunk)
         return b"".join(chunks)
 
+    def snapshot_path(self) -> str | None:
+        """A path to the very file this source has open, even if its name has since been
+        replaced by a newer version (Linux ``/proc/self/fd``); None where there is none."""
+        path = f"/proc/self/fd/{self._fd}"
+        return path if self._fd >= 0 and os.path.exists(path) else None
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -107,7 +107,7 @@ class _Run:
             from .torch_load import safe_torch_load
 
             inner = self.source.inner
-            path = inner.path if isinstance(inner, FileSource) else None
+            path = inner.snapshot_path() if isinstance(inner, FileSource) else None
             # A local file is memory-mapped: torch parses data.pkl and maps the storages
             # instead of copying gigabytes of payload that the CRC pass has just read.
             target = path if path is not None else io.BufferedReader(
