@@ -26,6 +26,7 @@ requires_grad=False)
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 import pickle
@@ -579,6 +580,19 @@ def load_structure(data: bytes) -> Any:
     return read_structure(data)[0]
 
 
+def _without_gc(load: Callable[[], Any]) -> Any:
+    """Run ``load`` with the cyclic garbage collector paused. Unpickling allocates containers
+    only (a million nested lists, 10,000 tensor records); each collection the allocations
+    trigger re-walks everything built so far, which made loading quadratic."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return load()
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_structure(data: bytes) -> tuple[Any, bool]:
     """:func:`load_structure`, and whether the pickle built anything (False: it holds plain
     containers and atoms only, so no tensor or array needs looking for)."""
@@ -590,7 +604,7 @@ def read_structure(data: bytes) -> tuple[Any, bool]:
     scanned = scan(data, _resolve)
     unpickler = RestrictedUnpickler(io.BytesIO(data))
     try:
-        structure = unpickler.load()
+        structure = _without_gc(unpickler.load)
         # after the load, so that a forbidden global is named as "unsafe" first
         problem = scanned.torch_problem()
         if problem:
