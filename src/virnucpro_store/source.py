@@ -98,17 +98,15 @@ class CountingSource:
         return data
 
 
-class SourceReader(io.RawIOBase):
-    """A seekable, read-only file object over a source, so ``torch.load`` can read it."""
+class SeekableReader(io.RawIOBase):
+    """The position logic of a read-only, seekable file over ``size`` bytes; subclasses
+    supply ``readinto``."""
 
-    def __init__(self, source: ByteSource) -> None:
+    size: int
+
+    def __init__(self) -> None:
         super().__init__()
-        self._source = source
         self._pos = 0
-        #: what the source raised, if it failed: ``torch.load`` reading through this file
-        #: masks it with an error of its own ("read of closed file"), and a failing storage
-        #: must not pass for a damaged file
-        self.failure: BaseException | None = None
 
     def readable(self) -> bool:
         return True
@@ -120,18 +118,26 @@ class SourceReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._source.size + offset
-        else:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
             raise ValueError(f"bad whence {whence}")
-        if pos < 0:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
             raise ValueError("negative seek position")
-        self._pos = pos
-        return pos
+        self._pos = base + offset
+        return self._pos
+
+
+class SourceReader(SeekableReader):
+    """A seekable, read-only file object over a source, so ``torch.load`` can read it."""
+
+    def __init__(self, source: ByteSource) -> None:
+        super().__init__()
+        self._source = source
+        self.size = source.size
+        #: what the source raised, if it failed: ``torch.load`` reading through this file
+        #: masks it with an error of its own ("read of closed file"), and a failing storage
+        #: must not pass for a damaged file
+        self.failure: BaseException | None = None
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")

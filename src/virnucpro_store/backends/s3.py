@@ -42,7 +42,7 @@ import s3fs
 
 from ..errors import AlreadyExists, CheckpointMissing, StorageFailure, StoreError
 from ..keys import STAGING_MARKER, is_staging_name
-from ..source import ByteSource
+from ..source import ByteSource, SeekableReader
 from .base import Backend, Leftover, ObjectInfo, Staging
 
 log = logging.getLogger(__name__)
@@ -628,30 +628,14 @@ class S3Source:
         pass
 
 
-class _MemoryReader(io.RawIOBase):
+class _MemoryReader(SeekableReader):
     """A seekable reader over a downloaded buffer; ``readinto`` copies straight from it, so
     ``torch.load`` fills its storages without another full-size copy."""
 
     def __init__(self, buffer: bytearray) -> None:
         super().__init__()
         self._view = memoryview(buffer)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
-        return self._pos
+        self.size = len(self._view)
 
     def read(self, size: int | None = -1) -> bytes:
         end = len(self._view) if size is None or size < 0 else self._pos + size
