@@ -96,12 +96,15 @@ def _first_failures(prefix: str, items: Iterable[tuple[Any, str | None]], total:
     return named
 
 
+_STR_ONLY = frozenset({str})
+
+
 def _str_list(schema: str, key: str) -> Rule:
     def rule(d: Mapping[str, Any]) -> list[str]:
         value = d[key]
         if not isinstance(value, list):
             return [f"{schema}: {key!r} is {_describe(value)}, expected a list of strings"]
-        if all(type(v) is str for v in value):
+        if set(map(type, value)) <= _STR_ONLY:  # C speed: a 1 GB merged file has 80k ids
             return []
         bad = ((i, None if isinstance(v, str) else f"is {_describe(v)}, expected str")
                for i, v in enumerate(value))
