@@ -174,6 +174,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 def _report_line(report, url: str) -> str:
     if report.ok:
         return f"[green]OK[/]    {report.level:<5} {human_size(report.size):>9}  {url}"
+    if report.category is None:
+        return f"[yellow]SKIP[/]  {'':<12} {url}: {report.message}"
     return f"[red]FAIL[/]  {report.category:<12} {url}: {report.message}"
 
 
@@ -211,7 +213,7 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
       virnucpro-store validate /scratch/run7 --quarantine /scratch/run7-bad
     """
     from .schemas import AUTO, get_schema
-    from .targets import expand, open_url_store
+    from .targets import expand, open_url_store, prefix_inside
 
     if schema != AUTO:
         try:
@@ -220,11 +222,16 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
             raise click.BadParameter(str(exc), param_hint="--schema") from None
     targets = list(expand(_urls_or_default(urls), options, pattern=pattern))
     quarantine_store = open_url_store(quarantine, options) if quarantine else None
+    if quarantine_store is not None:
+        targets = _outside_quarantine(targets, quarantine_store, prefix_inside)
     console = _console()
 
     def check(target):
         started = time.perf_counter()
-        report = target.store.validate(target.key, schema=schema, level=level, deep=deep)
+        try:
+            report = target.store.validate(target.key, schema=schema, level=level, deep=deep)
+        except errors.InvalidKey as exc:  # e.g. a symlink: this file only, the rest goes on
+            report = _skipped_report(target, exc, level)
         report.seconds = time.perf_counter() - started
         return target, report
 
@@ -240,7 +247,8 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
             else:
                 # stdout; rich's live progress (on stderr) redraws below it
                 console.print(_report_line(report, target.url), markup=True)
-            if quarantine_store is not None and not report.ok and report.category != "missing":
+            if (quarantine_store is not None and not report.ok
+                    and report.category not in ("missing", None)):
                 _move(target, quarantine_store)
                 log.warning("quarantined %s -> %s", target.url,
                             quarantine_store.url_for(target.key))
@@ -249,6 +257,31 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
     if not results:
         _console(stderr=True).print("[yellow]nothing matched[/]", markup=True)
     sys.exit(EXIT_OK if results and all(r.ok for _, r in results) else EXIT_CHECKPOINT)
+
+
+def _outside_quarantine(targets: list, quarantine_store, prefix_inside) -> list:
+    """The targets that do not lie in the quarantine destination: a destination inside a
+    validated folder/prefix is never validated again nor nested into itself. A destination
+    that *is* a validated folder would delete what it moves: a usage error."""
+    kept = []
+    for target in targets:
+        inside = prefix_inside(target.store, quarantine_store)
+        if inside == "":
+            raise click.UsageError(f"--quarantine {quarantine_store.url} is the folder being "
+                                   f"validated; choose another destination")
+        if inside is not None and target.key.startswith(inside):
+            log.info("not validating %s: it is in the quarantine destination", target.url)
+            continue
+        kept.append(target)
+    return kept
+
+
+def _skipped_report(target, exc: Exception, level: str):
+    """A failed report for a file no operation may touch (not a verdict on its bytes)."""
+    from .validation import ValidationReport
+
+    return ValidationReport(ok=False, level=None, category=None, message=f"skipped: {exc}",
+                            size=None, url=target.url, requested_level=level, deep=False)
 
 
 def _json_line(report) -> dict[str, Any]:
@@ -266,11 +299,11 @@ def _move(target, dest) -> None:
 def _summary(results, *, to_stderr: bool) -> None:
     from rich.table import Table
 
-    counts = Counter("valid" if r.ok else r.category for _, r in results)
+    counts = Counter("valid" if r.ok else r.category or "skipped" for _, r in results)
     table = Table(title=f"{len(results)} file(s)", show_edge=False)
     table.add_column("verdict")
     table.add_column("files", justify="right")
-    for verdict in ("valid", "missing", "corrupted", "incompatible", "unsafe"):
+    for verdict in ("valid", "missing", "corrupted", "incompatible", "unsafe", "skipped"):
         if counts.get(verdict):
             table.add_row(verdict, str(counts[verdict]))
     console = _console(stderr=to_stderr)
@@ -310,7 +343,18 @@ def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as
         table.add_column(col, justify="right" if col == "size" else "left")
     bad = False
     for key in keys:
-        info = store.info(key)
+        try:
+            info = store.info(key)
+        except errors.InvalidKey as exc:  # e.g. a symlink: report it, list the rest
+            bad = True
+            if as_json:
+                click.echo(json.dumps({"key": key, "ok": False, "category": None,
+                                       "message": f"skipped: {exc}"}))
+            else:
+                table.add_row(key, "-", "-", *([f"[yellow]skipped[/]: {exc}"] if check else []))
+            continue
+        except errors.CheckpointMissing:
+            continue  # removed since the listing
         row = info.to_dict()
         verdict = ""
         if check:

@@ -11,7 +11,9 @@
     ├── UnknownSchemeError         (also ValueError)       URL scheme nobody handles
     ├── BackendUnavailable         (also ImportError)      optional dependency missing
     ├── SerializationError                                 torch.save could not pickle the object
+    ├── DeviceUnavailable          (also RuntimeError)     map_location cannot place the tensors
     └── StorageFailure                                     I/O, network or permission failure
+        └── ObjectChanged                                  replaced while being read
 """
 
 from __future__ import annotations
@@ -84,6 +86,18 @@ class SerializationError(StoreError):
         self.url = url
 
 
+class DeviceUnavailable(StoreError, RuntimeError):
+    """``load()`` could not place the tensors where ``map_location`` (or, with
+    ``map_location=None``, the file's own device tags) says: a device that is not there, or a
+    bad ``map_location``. The file itself is fine (it loads with ``map_location="cpu"``), so
+    this is deliberately not a :class:`CheckpointError`: nothing should discard the file."""
+
+    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.url = url
+
+
 class StorageFailure(StoreError):
     """The storage medium failed: I/O error, network error, permission refused, disk full."""
 
@@ -91,6 +105,12 @@ class StorageFailure(StoreError):
         super().__init__(message)
         self.key = key
         self.url = url
+
+
+class ObjectChanged(StorageFailure):
+    """The object was replaced (a newer version published) while it was being read; reads
+    pinned to one version (S3 ETag) notice it. ``validate()`` and ``load()`` restart on the
+    new version a bounded number of times before raising this."""
 
 
 _BY_CATEGORY: dict[str, type[CheckpointError]] = {

@@ -49,7 +49,10 @@ def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
     if parent is not None and key is not None and not (
             parsed.scheme == "file" and os.path.isdir(parsed.location)):
         store = open_url_store(parent.url, options)
-        if store.exists(key):
+        try:
+            if store.exists(key):
+                return store, [key], True
+        except InvalidKey:  # e.g. a symlink: the caller reports it for this file only
             return store, [key], True
     store = open_url_store(parsed.url, options)
     keys = [k for k in store.list() if pattern is None
@@ -58,6 +61,30 @@ def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
         # nothing there at all: report the URL as one missing file, not as an empty folder
         return open_url_store(parent.url, options), [key], True
     return store, keys, False
+
+
+def _root_identity(store: CheckpointStore) -> tuple[str, str]:
+    """(scheme, root with a trailing '/') naming where a store's keys live; local roots are
+    resolved (symlinks, '..') so two spellings of one folder compare equal."""
+    backend = store.backend
+    if backend.scheme == "file":
+        return "file", os.path.realpath(backend.root).rstrip("/") + "/"  # type: ignore[attr-defined]
+    return backend.scheme, store.url.rstrip("/") + "/"
+
+
+def prefix_inside(outer: CheckpointStore, inner: CheckpointStore) -> str | None:
+    """The key prefix (ending in '/', or '' for the same root) at which ``inner``'s root lies
+    inside ``outer``'s root; None when it does not.
+
+    >>> import virnucpro_store as vs
+    >>> prefix_inside(vs.open_store("memory://q/run"), vs.open_store("memory://q/run/bad"))
+    'bad/'
+    """
+    (outer_scheme, outer_root), (inner_scheme, inner_root) = (_root_identity(outer),
+                                                              _root_identity(inner))
+    if outer_scheme != inner_scheme or not inner_root.startswith(outer_root):
+        return None
+    return inner_root[len(outer_root):]
 
 
 def expand(urls: list[str], options: dict[str, Any], *, pattern: str | None = None

@@ -115,7 +115,13 @@ class Backend(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Published keys starting with ``prefix``, sorted; staging objects never appear."""
+        """Published keys starting with ``prefix``, sorted; staging objects never appear.
+
+        Only valid keys are listed (:func:`virnucpro_store.keys.is_valid_key`): a stored name
+        no key can spell (``a\\b.pt``, a component over 255 bytes, undecodable bytes) is
+        skipped with a logged warning, so one odd name never stops a scan of the others.
+        Staging objects are recognised by :func:`~virnucpro_store.keys.is_staging_file_name`
+        on the last component only."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

@@ -9,24 +9,35 @@ Publishing protocol (see DESIGN.md, "Commit protocols"):
    atomically with EEXIST when the key exists, then unlink the staging name;
 4. ``fsync(directory)`` -- the rename itself is durable. Without the two fsyncs a power cut
    can leave a zero-length file under the final name on ext4/xfs.
+
+Symbolic links: no operation follows a symlink *inside* the root (a symlinked folder or file
+under it): every operation first ``lstat``s each component of the key's path and refuses a
+symlink with :class:`~virnucpro_store.errors.InvalidKey`; files are opened with ``O_NOFOLLOW``;
+``list()``/``leftovers()`` never descend into symlinked folders and skip symlinks and other
+non-regular files (FIFOs, sockets, devices). The root itself may be a symlink: the user chose it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import stat
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
-from ..errors import AlreadyExists, CheckpointMissing, StorageFailure
-from ..keys import STAGING_MARKER, is_staging_name
+from ..errors import AlreadyExists, CheckpointMissing, InvalidKey, StorageFailure
+from ..keys import is_staging_file_name, is_valid_key, staging_file_name
 from ..source import ByteSource, FileSource
 from .base import Backend, Leftover, ObjectInfo, Staging
 
 _WRITE_BUFFER = 4 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+log = logging.getLogger("virnucpro_store")
 
 
 def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> StorageFailure:
@@ -51,9 +62,15 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _makedirs_durable(path: str) -> None:
-    """``os.makedirs`` that also fsyncs each new folder's parent, so the folders survive a crash
-    together with the file published into them."""
+def _makedirs_durable(path: str, root: str) -> None:
+    """``os.makedirs`` that also fsyncs the parent of every folder from ``root`` down to
+    ``path``, so the folders survive a crash together with the file published into them --
+    also those another saver created (a concurrent one that has not reached its fsync yet, or
+    one killed between mkdir and fsync): fsyncing a clean folder is cheap."""
+    synced: set[str] = set()
+    chain = [path]
+    while chain[-1] != root and os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
     missing = []
     while not os.path.isdir(path):
         missing.append(path)
@@ -68,6 +85,12 @@ def _makedirs_durable(path: str) -> None:
             if not os.path.isdir(folder):
                 raise
         _fsync_dir(os.path.dirname(folder))
+        synced.add(os.path.dirname(folder))
+    for folder in reversed(chain):
+        parent = os.path.dirname(folder)
+        if parent not in synced:
+            _fsync_dir(parent)
+            synced.add(parent)
 
 
 class LocalStaging(Staging):
@@ -78,14 +101,17 @@ class LocalStaging(Staging):
         folder, name = os.path.split(self.final_path)
         self.folder = folder
         url = backend.url_for(key)
+        backend.check_no_symlink(key, final=True)
         try:
-            _makedirs_durable(folder)
-            self.path = os.path.join(folder, f".{name}{STAGING_MARKER}{uuid.uuid4().hex}.tmp")
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                         | getattr(os, "O_CLOEXEC", 0), 0o666)
+            _makedirs_durable(folder, backend.root)
+            backend.check_no_symlink(key, final=True)  # a folder swapped for a link meanwhile
+            # a hidden name that fits the 255-byte limit however long the key's file name is
+            self.path = os.path.join(folder, staging_file_name(name))
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                         0o666)
         except OSError as exc:
             raise _failure(exc, "save", url, key) from exc
-        self.file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 -- closed by finish/abort
+        self.file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 -- closed by abort
         self._finished = False
         self._published = False
 
@@ -105,6 +131,7 @@ class LocalStaging(Staging):
         if not self._finished:
             self.finish()
         url = self._backend.url_for(self.key)
+        self._backend.check_no_symlink(self.key, final=True)
         try:
             if overwrite:
                 os.replace(self.path, self.final_path)
@@ -151,57 +178,107 @@ class LocalBackend(Backend):
         # keys are normalized (no '..', not absolute), so the join stays under the root
         return os.path.join(self.root, *key.split("/"))
 
+    def check_no_symlink(self, key: str, *, final: bool = True) -> str:
+        """``path_for(key)`` after checking that no component below the root (the last one
+        too unless ``final=False``) is a symbolic link; raises :class:`InvalidKey` naming it."""
+        parts = key.split("/")
+        path = self.root
+        for i, part in enumerate(parts if final else parts[:-1]):
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                break  # nothing there yet: nothing to follow
+            except OSError as exc:
+                raise _failure(exc, "stat", self.url_for(key), key) from exc
+            if stat.S_ISLNK(st.st_mode):
+                link = "/".join(parts[: i + 1])
+                raise InvalidKey(f"{self.url_for(key)}: '{link}' is a symbolic link; the local "
+                                 f"backend never follows symlinks inside its root")
+        return os.path.join(self.root, *parts)
+
     def stage(self, key: str) -> Staging:
         return LocalStaging(self, key)
 
-    def open_source(self, key: str) -> ByteSource:
-        path = self.path_for(key)
+    def _open_fd(self, key: str) -> int:
+        """A read-only fd on the regular file at ``key``, never through a symlink."""
+        path = self.check_no_symlink(key)
+        url = self.url_for(key)
         try:
-            if os.path.isdir(path):
-                raise CheckpointMissing(f"{self.url_for(key)} is a folder, not a checkpoint",
-                                        key=key, url=self.url_for(key))
-            return FileSource(path)
-        except FileNotFoundError:
-            raise CheckpointMissing(f"{self.url_for(key)}: no such checkpoint",
-                                    key=key, url=self.url_for(key)) from None
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        except (FileNotFoundError, NotADirectoryError):
+            raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url) from None
+        except IsADirectoryError:
+            raise CheckpointMissing(f"{url} is a folder, not a checkpoint", key=key,
+                                    url=url) from None
         except OSError as exc:
-            raise _failure(exc, "read", self.url_for(key), key) from exc
+            if exc.errno == errno.ELOOP:  # the last component became a link after the check
+                raise InvalidKey(f"{url}: '{key}' is a symbolic link; the local backend never "
+                                 f"follows symlinks inside its root") from None
+            raise _failure(exc, "read", url, key) from exc
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            what = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise CheckpointMissing(f"{url} is {what}, not a checkpoint", key=key, url=url)
+        return fd
+
+    def open_source(self, key: str) -> ByteSource:
+        return _FdSource(self._open_fd(key), self.path_for(key))
 
     def stat(self, key: str) -> ObjectInfo:
         url = self.url_for(key)
+        path = self.check_no_symlink(key)
         try:
-            st = os.stat(self.path_for(key))
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url) from None
         except OSError as exc:
             raise _failure(exc, "stat", url, key) from exc
-        if not os.path.isfile(self.path_for(key)):
+        if stat.S_ISLNK(st.st_mode):  # became a link after the check
+            raise InvalidKey(f"{url}: '{key}' is a symbolic link; the local backend never "
+                             f"follows symlinks inside its root")
+        if not stat.S_ISREG(st.st_mode):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         modified = datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
         return ObjectInfo(key=key, size=st.st_size, modified=modified, etag=None, url=url)
 
     def _walk(self) -> Iterator[tuple[str, str, os.stat_result]]:
-        """(relative posix name, absolute path, stat) of every file under the root."""
-        for folder, dirs, files in os.walk(self.root):
+        """(relative posix name, absolute path, lstat) of every regular file under the root,
+        symlinked folders not entered, symlinks and special files skipped."""
+        for folder, dirs, files in os.walk(self.root):  # followlinks=False
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.root)
-            for name in files:
+            for name in dirs + files:
                 path = os.path.join(folder, name)
                 try:
-                    st = os.stat(path)
+                    st = os.lstat(path)
                 except FileNotFoundError:
                     continue  # removed while we walked
                 rel = name if rel_folder == "." else f"{rel_folder.replace(os.sep, '/')}/{name}"
-                yield rel, path, st
+                if stat.S_ISLNK(st.st_mode):
+                    log.warning("%s: skipping symbolic link '%s' (never followed)", self.url, rel)
+                elif stat.S_ISREG(st.st_mode):
+                    yield rel, path, st
+                elif not stat.S_ISDIR(st.st_mode):
+                    log.warning("%s: skipping '%s': not a regular file", self.url, rel)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        keys = [rel for rel, _, _ in self._walk()
-                if rel.startswith(prefix) and not is_staging_name(rel)]
+        keys = []
+        for rel, _, _ in self._walk():
+            if not rel.startswith(prefix) or is_staging_file_name(rel):
+                continue
+            if not is_valid_key(rel):
+                # e.g. 'a\\b.pt': no operation could address it; listing it would stop a
+                # whole 'validate FOLDER' run at that one name
+                log.warning("%s: skipping %r: not a valid key", self.url, rel)
+                continue
+            keys.append(rel)
         return iter(sorted(keys))
 
     def delete(self, key: str) -> None:
         url = self.url_for(key)
-        path = self.path_for(key)
+        path = self.check_no_symlink(key)
         if os.path.isdir(path):
             raise CheckpointMissing(f"{url} is a folder, not a checkpoint", key=key, url=url)
         try:
@@ -217,18 +294,59 @@ class LocalBackend(Backend):
         found = []
         for rel, _, st in self._walk():
             age = now - st.st_mtime
-            if is_staging_name(rel) and age >= older_than:
+            if is_staging_file_name(rel) and age >= older_than:
                 found.append(Leftover(name=rel, age_seconds=age, kind="staging", size=st.st_size))
         return found
 
     def remove_leftover(self, leftover: Leftover) -> None:
+        if not is_staging_file_name(leftover.name):
+            raise InvalidKey(f"{self.url}: {leftover.name!r} is not a staging file")
+        parts = leftover.name.split("/")
+        path = self.root
+        for part in parts[:-1]:  # never unlink through a symlinked folder
+            path = os.path.join(path, part)
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISLNK(os.lstat(path).st_mode):
+                    return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.root, *leftover.name.split("/")))
+            os.unlink(os.path.join(path, parts[-1]))
 
     @contextlib.contextmanager
     def open_for_load(self, key: str) -> Iterator[str]:
-        path = self.path_for(key)
-        if not os.path.isfile(path):
-            raise CheckpointMissing(f"{self.url_for(key)}: no such checkpoint",
-                                    key=key, url=self.url_for(key))
-        yield path
+        fd = self._open_fd(key)
+        try:
+            # torch reopens this path: /proc/self/fd names the very file checked above, so a
+            # symlink swapped in meanwhile is not followed
+            proc = f"/proc/self/fd/{fd}"
+            yield _VersionedPath(proc if os.path.exists(proc) else self.path_for(key),
+                                 _version(os.fstat(fd)))
+        finally:
+            os.close(fd)
+
+
+def _version(st: os.stat_result) -> str:
+    """Which version of a key a file is: a publish renames a new inode onto the name."""
+    return f"{st.st_dev}-{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
+
+
+class _VersionedPath(str):
+    """A path torch can open, carrying the ``etag`` of the file it names (see
+    ``CheckpointStore.load``: validation and load must see one version)."""
+
+    etag: str
+
+    def __new__(cls, path: str, etag: str) -> _VersionedPath:
+        self = super().__new__(cls, path)
+        self.etag = etag
+        return self
+
+
+class _FdSource(FileSource):
+    """A :class:`FileSource` over an fd already opened (with ``O_NOFOLLOW``) by the backend."""
+
+    def __init__(self, fd: int, path: str) -> None:  # noqa: D107
+        self.path = path
+        self._fd = fd
+        st = os.fstat(fd)
+        self.size = st.st_size
+        self.etag = _version(st)

@@ -11,13 +11,12 @@ import io
 import itertools
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from ..errors import AlreadyExists, CheckpointMissing, StorageFailure
-from ..keys import STAGING_MARKER
+from ..keys import staging_file_name
 from ..source import ByteSource, BytesSource
 from .base import Backend, Leftover, ObjectInfo, Staging
 
@@ -52,7 +51,10 @@ class MemoryStaging(Staging):
     def __init__(self, backend: MemoryBackend, key: str) -> None:
         self.key = key
         self._backend = backend
-        self.name = f"{backend.full_key(key)}{STAGING_MARKER}{uuid.uuid4().hex}"
+        folder, _, name = backend.full_key(key).rpartition("/")
+        # the same hidden, length-capped name as the local backend (keys.staging_file_name);
+        # staging lives in its own table, so gc never looks at published objects at all
+        self.name = (f"{folder}/" if folder else "") + staging_file_name(name, suffix="")
         self.file = io.BytesIO()
         self._data: bytes | None = None
         with backend.space.lock:
@@ -120,7 +122,10 @@ class MemoryBackend(Backend):
         return blob
 
     def open_source(self, key: str) -> ByteSource:
-        return BytesSource(self._blob(key).data)
+        blob = self._blob(key)
+        source = BytesSource(blob.data)
+        source.etag = blob.etag  # type: ignore[attr-defined] -- pins load() to this version
+        return source
 
     def stat(self, key: str) -> ObjectInfo:
         blob = self._blob(key)
@@ -155,4 +160,7 @@ class MemoryBackend(Backend):
     @contextlib.contextmanager
     def open_for_load(self, key: str) -> Iterator[io.BytesIO]:
         # BytesIO over immutable bytes shares the buffer until written: no copy
-        yield io.BytesIO(self._blob(key).data)
+        blob = self._blob(key)
+        target = io.BytesIO(blob.data)
+        target.etag = blob.etag  # type: ignore[attr-defined] -- compared with the validated one
+        yield target

@@ -9,6 +9,11 @@ accepts). Every failure comes out as a :class:`~virnucpro_store.errors.Checkpoin
 - the legacy (pre-1.6) bare-pickle format -> CheckpointIncompatible
 - a path that does not exist -> CheckpointMissing; other I/O errors -> StorageFailure
 
+A failure caused by ``map_location`` (a device that is not there, a bad value or callable) is
+not damage: when a load with any other ``map_location`` fails, the bytes are loaded once more
+with ``map_location="cpu"`` (what the validator does); if that succeeds the error is a
+:class:`~virnucpro_store.errors.DeviceUnavailable`, never a ``CheckpointError``.
+
 Example:
     >>> import io, numpy as np, torch
     >>> buf = io.BytesIO(); torch.save({"embeddings": np.zeros((2, 3), np.float32)}, buf)
@@ -30,6 +35,7 @@ from ..errors import (
     CheckpointError,
     CheckpointIncompatible,
     CheckpointMissing,
+    DeviceUnavailable,
     StorageFailure,
     StoreError,
     UnsafeCheckpoint,
@@ -98,6 +104,25 @@ def _classify(exc: BaseException) -> tuple[type[CheckpointError], str]:
                                  f"{type(exc).__name__}: {_first_line(text)}")
 
 
+def _is_plain_cpu(map_location: Any) -> bool:
+    """True for the mappings that place everything on the CPU, the validator's own choice."""
+    import torch
+
+    if isinstance(map_location, str):
+        return map_location == "cpu"
+    return isinstance(map_location, torch.device) and map_location.type == "cpu"
+
+
+def _device_error(exc: BaseException, map_location: Any, where: str, key: str | None,
+                  url: str | None) -> DeviceUnavailable:
+    asked = ("map_location=None (the devices recorded in the file)" if map_location is None
+             else f"map_location={map_location!r}")
+    return DeviceUnavailable(
+        f"{where}: the file is fine, but torch cannot place its tensors with {asked}: "
+        f"{type(exc).__name__}: {_first_line(str(exc))}; load it with map_location='cpu' "
+        f"(or a device this machine has)", key=key, url=url)
+
+
 def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource, *,
                     map_location: Any = "cpu", url: str | None = None,
                     key: str | None = None, mmap: bool = False) -> Any:
@@ -134,11 +159,29 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
             raise CheckpointIncompatible(
                 f"{where}: legacy torch serialization format (pre-1.6 bare pickle stream); "
                 f"load it with a trusted torch and re-save it", key=key, url=url)
-        with torch.serialization.safe_globals(numpy_safe_globals()):
-            if mmap and is_path:
-                return torch.load(file_or_path, map_location=map_location, weights_only=True,
-                                  mmap=True)
-            return torch.load(f, map_location=map_location, weights_only=True)
+
+        def attempt(location: Any) -> Any:
+            with torch.serialization.safe_globals(numpy_safe_globals()):
+                if mmap and is_path:
+                    return torch.load(file_or_path, map_location=location, weights_only=True,
+                                      mmap=True)
+                f.seek(start)
+                return torch.load(f, map_location=location, weights_only=True)
+
+        try:
+            return attempt(map_location)
+        except (StoreError, OSError):
+            raise
+        except Exception as exc:
+            if _is_plain_cpu(map_location):
+                raise
+            # Structural, not a guess at torch's message: the same bytes load on the CPU, so
+            # the mapping failed, not the file.
+            try:
+                attempt("cpu")
+            except Exception:
+                raise exc from None
+            raise _device_error(exc, map_location, where, key, url) from exc
     except StoreError:  # our own CheckpointErrors, and backend StorageFailures
         raise
     except FileNotFoundError as exc:
