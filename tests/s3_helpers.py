@@ -19,6 +19,17 @@ _INTERNAL_ERROR = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>In
                    b"</Code><Message>We encountered an internal error. Please try again."
                    b"</Message></Error>")
 
+_CANNED_STATUS = {"NoSuchUpload": b"404 Not Found", "NoSuchKey": b"404 Not Found",
+                  "PreconditionFailed": b"412 Precondition Failed"}
+
+
+def _canned_error(code: str) -> tuple[bytes, bytes]:
+    """(status, XML body) of an S3 error answer with ``code``."""
+    body = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>" + code.encode()
+            + b"</Code><Message>injected by the test proxy</Message></Error>")
+    return _CANNED_STATUS.get(code, b"400 Bad Request"), body
+
+
 #: what :class:`Faults` can inject
 FAULT_KINDS = ("latency", "500", "503", "reset", "truncate")
 
@@ -168,14 +179,23 @@ class FaultProxy:
     ``faults``: random faults at a rate (:class:`Faults`); the proxy then parses each HTTP
     exchange (so a fault lands on one request and its response) and counts what it injected
     in ``injected`` (by kind). The two options above are for the raw mode, without ``faults``.
+
+    ``answer_requests`` (with ``faults``): a predicate on the request line, a count and an S3
+    error code: that many matching requests that drew no fault are answered with that error
+    by the proxy (the server never sees them), e.g. ``NoSuchUpload`` for a retried complete,
+    as AWS answers one whose first attempt went through. Recorded in ``answered``.
     """
 
     def __init__(self, target_port: int, *, cut_after: int | None = None,
                  cut_forever: bool = False,
                  fail_requests: tuple[Callable[[str], bool], int] | None = None,
-                 faults: Faults | None = None) -> None:
+                 faults: Faults | None = None,
+                 answer_requests: tuple[Callable[[str], bool], int, str] | None = None) -> None:
         self.target_port = target_port
         self.faults = faults
+        self.answer_predicate, self.answer_left, self.answer_code = (
+            answer_requests or (None, 0, ""))
+        self.answered: list[str] = []
         self.injected: collections.Counter[str] = collections.Counter()
         self._rng = random.Random(faults.seed if faults else 0)
         self.cut_after = cut_after
@@ -361,6 +381,15 @@ class FaultProxy:
                 has_body = framing != ("length", 0)
                 expects = headers.get("expect", "").lower() == "100-continue"
                 kind, rng = self._draw(line)
+                if kind is None and self._should_answer(line):
+                    if not expects:
+                        for _ in cconn.body(framing):
+                            pass
+                    status, body = _canned_error(self.answer_code)
+                    client.sendall(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml"
+                                   + f"\r\nContent-Length: {len(body)}\r\n".encode()
+                                   + b"Connection: close\r\n\r\n" + body)
+                    return
                 if kind == "latency":
                     time.sleep(rng.uniform(*self.faults.latency))
                 if kind in ("500", "503"):
@@ -431,6 +460,14 @@ class FaultProxy:
         finally:
             if upstream is not None:
                 _reset(upstream)
+
+    def _should_answer(self, line: str) -> bool:
+        with self._lock:
+            if self.answer_left > 0 and self.answer_predicate and self.answer_predicate(line):
+                self.answer_left -= 1
+                self.answered.append(line)
+                return True
+        return False
 
     def _should_fail(self, line: str) -> bool:
         with self._lock:

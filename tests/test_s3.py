@@ -7,6 +7,7 @@ object run on SeaweedFS only.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import os
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ from s3_helpers import FaultProxy, Faults, create_only_worker, raw_state
 import virnucpro_store as vs
 from virnucpro_store.backends import s3 as s3mod
 from virnucpro_store.backends.s3 import S3Backend, _classify
+from virnucpro_store.errors import ObjectChanged
 from virnucpro_store.keys import STAGING_MARKER
+from virnucpro_store.store import READ_ATTEMPTS
 
 pytestmark = pytest.mark.s3
 
@@ -363,17 +367,68 @@ def test_publish_whose_answer_was_lost_is_ours(s3_server, overwrite):
         direct.save({"v": 2}, "k.pt", overwrite=False)
 
 
-def test_staging_complete_whose_answer_was_lost_is_finished(s3_server):
+def _final_complete(line: str) -> bool:
+    """The CompleteMultipartUpload of a publish's multipart copy (at the final key)."""
+    return line.startswith("POST ") and STAGING_MARKER not in line and "uploadId=" in line
+
+
+@pytest.mark.parametrize("retry_answer", [None, "NoSuchUpload"])
+def test_staging_complete_whose_answer_was_lost_is_finished(s3_server, retry_answer):
+    # The complete went through, its answer was lost; the retry is answered "no such upload"
+    # (as AWS answers a completed upload; moto and SeaweedFS repeat the success instead). The
+    # staging object carries this save's id and size: it is ours, and the save goes on.
     url = s3_server.fresh_url()
     obj = big(12, seed=5)
     faults = Faults(rate=1.0, kinds=("truncate",), only=_staging_complete, limit=1)
-    with FaultProxy(_target_port(s3_server), faults=faults) as proxy:
+    answer = (_staging_complete, 1, retry_answer) if retry_answer else None
+    with FaultProxy(_target_port(s3_server), faults=faults, answer_requests=answer) as proxy:
         store = _proxied(s3_server, proxy, url, part_size=5 * MiB)
         store.save(obj, "k.pt")
     assert dict(proxy.injected) == {"truncate": 1}
+    assert len(proxy.answered) == (1 if retry_answer else 0)
     direct = make_store(s3_server, url)
     assert torch.equal(direct.load("k.pt")["x"], obj["x"])
     assert raw_state(s3_server, direct) == (["k.pt"], [])
+
+
+@pytest.mark.parametrize("overwrite,retry_answer", [
+    (True, "NoSuchUpload"), (False, "NoSuchUpload"), (False, "PreconditionFailed")])
+def test_multipart_publish_whose_answer_was_lost_is_ours(s3_server, overwrite, retry_answer):
+    # The publish's multipart copy completes on the server, the answer is lost, and the retry
+    # hears "no such upload" or (create-only) "already exists": the object carries this save's
+    # id and size, so the save succeeded.
+    url = s3_server.fresh_url()
+    data = os.urandom(7 * MiB + 5)
+    faults = Faults(rate=1.0, kinds=("truncate",), only=_final_complete, limit=1)
+    with FaultProxy(_target_port(s3_server), faults=faults,
+                    answer_requests=(_final_complete, 1, retry_answer)) as proxy:
+        store = _proxied(s3_server, proxy, url, part_size=5 * MiB, create_only_via="multipart")
+        store.backend.copy_threshold = 6 * MiB
+        store.backend.copy_part_size = 5 * MiB
+        store.save_bytes(data, "blob.bin", validate=None, overwrite=overwrite)
+    assert dict(proxy.injected) == {"truncate": 1} and len(proxy.answered) == 1
+    direct = make_store(s3_server, url)
+    assert raw_bytes(s3_server, direct, "blob.bin") == data
+    assert raw_state(s3_server, direct) == (["blob.bin"], [])
+
+
+@pytest.mark.parametrize("which", ["staging", "publish"])
+def test_complete_refused_for_an_object_not_ours_fails(s3_server, which):
+    # "No such upload" on a complete that never reached the server: there is no object with
+    # this save's id, so the save fails (nothing is taken for ours) and leaves nothing behind.
+    direct = make_store(s3_server)
+    direct.save({"v": 1}, "blob.bin")
+    predicate = _staging_complete if which == "staging" else _final_complete
+    with FaultProxy(_target_port(s3_server), faults=Faults(rate=0.0),
+                    answer_requests=(predicate, 1, "NoSuchUpload")) as proxy:
+        store = _proxied(s3_server, proxy, direct.url, part_size=5 * MiB)
+        store.backend.copy_threshold = 6 * MiB
+        store.backend.copy_part_size = 5 * MiB
+        with pytest.raises(vs.StorageFailure, match="upload is gone"):
+            store.save_bytes(os.urandom(7 * MiB), "blob.bin", validate=None)
+    assert len(proxy.answered) == 1
+    assert direct.load("blob.bin") == {"v": 1}
+    assert raw_state(s3_server, direct) == (["blob.bin"], [])
 
 
 # -- concurrency and kills (SeaweedFS, real processes) -------------------------------------------
@@ -520,3 +575,206 @@ def test_store_works_in_a_forked_child_and_after(s3_server):
     for i in range(3):  # reuses the parent's pooled connections
         assert store.load("child.pt") == {"from": "child"}
         store.save({"i": i}, f"after{i}.pt")
+
+
+# -- reads of an object replaced mid-read restart on the new version -----------------------------
+
+def _merged(rows: int, tag: str) -> dict[str, Any]:
+    """A merged-schema checkpoint well over the validator's 64 KiB tail read, so data.pkl (at
+    the front) is a GET of its own after the tail's."""
+    return {"ids": [f"{tag}{i}" for i in range(rows)],
+            "data": torch.full((rows, 3328), float(rows))}
+
+
+def _counting_heads(store: vs.CheckpointStore) -> int:
+    return store.backend.request_counts["head_object"]
+
+
+def _replace_on(monkeypatch, cls: type, method: str, replace, *, calls: set[int]) -> list[int]:
+    """Wrap ``cls.method`` so that ``replace()`` runs right after the n-th call (counted from
+    1) for n in ``calls``; returns the list of call numbers seen."""
+    original = getattr(cls, method)
+    seen: list[int] = []
+
+    def wrapped(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        seen.append(len(seen) + 1)
+        if seen[-1] in calls:
+            replace()
+        return result
+
+    monkeypatch.setattr(cls, method, wrapped)
+    return seen
+
+
+def test_validate_restarts_when_replaced_between_tail_and_data_pkl(s3_server, monkeypatch):
+    store = make_store(s3_server)
+    writer = make_store(s3_server, store.url)
+    store.save(_merged(100, "old"), "m.pt", schema="merged")
+    store.backend.request_counts.clear()
+    new = _merged(90, "new")
+    seen = _replace_on(monkeypatch, s3mod.S3Source, "read",
+                       lambda: writer.save(new, "m.pt", schema="merged"), calls={1})
+    report = store.validate("m.pt", schema="merged", level="keys")
+    assert report.ok, report
+    assert report.size == writer.info("m.pt").size  # the verdict is about the new version
+    assert seen[0] == 1 and len(seen) >= 3  # the tail, the refused GET, the new tail, ...
+    assert _counting_heads(store) == 2  # one restart
+    assert store.load("m.pt", schema="merged")["ids"] == new["ids"]
+
+
+def test_replaced_every_time_gives_up_after_bounded_attempts(s3_server, monkeypatch):
+    store = make_store(s3_server)
+    writer = make_store(s3_server, store.url)
+    store.save(_merged(100, "a"), "m.pt")
+    store.backend.request_counts.clear()
+    flip = iter(range(10**6))
+    _replace_on(monkeypatch, s3mod.S3Source, "read",
+                lambda: writer.save(_merged(100 + next(flip) % 2, "b"), "m.pt", validate=None),
+                calls=set(range(1, 1000)))
+    with pytest.raises(vs.StorageFailure, match="changed") as err:
+        store.validate("m.pt", level="keys")
+    assert isinstance(err.value, ObjectChanged)
+    assert _counting_heads(store) == READ_ATTEMPTS
+
+
+def test_load_restarts_when_replaced_mid_download(s3_server, monkeypatch):
+    store = make_store(s3_server)
+    writer = make_store(s3_server, store.url)
+    store.save(_merged(100, "old"), "m.pt", schema="merged")
+    store.backend.request_counts.clear()
+    new = _merged(90, "new")
+    store.backend.download_chunk = 256 * 1024
+    seen = _replace_on(monkeypatch, s3mod.S3Backend, "open_source",
+                       lambda: writer.save(new, "m.pt", schema="merged"), calls={2})
+    loaded = store.load("m.pt", schema="merged", validate="keys")
+    assert loaded["ids"] == new["ids"] and torch.equal(loaded["data"], new["data"])
+    # validate (old), download (refused), validate (new), download (new)
+    assert len(seen) == 4 and _counting_heads(store) == 4
+
+
+@pytest.mark.parametrize("replacement", ["valid", "off-schema"])
+def test_load_never_returns_a_version_it_did_not_validate(s3_server, monkeypatch, replacement):
+    # The object is replaced after validation, before the download's HEAD: the download gets
+    # the new version whole (no GET is refused), so only the version check notices that it is
+    # not the one validated. The load restarts and validates the new version.
+    store = make_store(s3_server)
+    writer = make_store(s3_server, store.url)
+    store.save(_merged(100, "old"), "m.pt", schema="merged")
+    store.backend.request_counts.clear()
+    new = _merged(90, "new") if replacement == "valid" else {"ids": ["x"], "other": 1}
+    original = s3mod.S3Backend.open_source
+    calls: list[int] = []
+
+    def replace_before_second(self, key):
+        calls.append(1)
+        if len(calls) == 2:
+            writer.save(new, "m.pt", validate=None)
+        return original(self, key)
+
+    monkeypatch.setattr(s3mod.S3Backend, "open_source", replace_before_second)
+    if replacement == "valid":
+        assert store.load("m.pt", schema="merged", validate="keys")["ids"] == new["ids"]
+    else:  # off-schema: loading it unvalidated would hand back {"ids": ["x"], "other": 1}
+        with pytest.raises(vs.CheckpointIncompatible):
+            store.load("m.pt", schema="merged", validate="keys")
+    # validate old, download new (refused: not the version validated), validate new, then
+    # download it (valid) or re-validate it deep for the verdict's category (off-schema)
+    assert len(calls) == _counting_heads(store) == 4
+
+
+def test_validate_and_load_while_a_publisher_replaces_the_key(s3_server):
+    # A publisher thread replaces the key in a loop; every verdict must be "ok" for one whole
+    # version and every load must return exactly one of the published versions.
+    store = make_store(s3_server)
+    writer = make_store(s3_server, store.url)
+    versions = [_merged(100, "a"), _merged(80, "b")]
+    writer.save(versions[0], "m.pt", schema="merged")
+    store.backend.download_chunk = 128 * 1024
+    stop = threading.Event()
+    published = [0]
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            while not stop.is_set():
+                published[0] += 1
+                writer.save(versions[published[0] % 2], "m.pt", validate=None)
+                time.sleep(0.1)  # a read usually fits between two publishes
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    plain_heads = gave_up = 0
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            restarts = _counting_heads(store) - plain_heads
+            if plain_heads >= 60 and restarts >= 3:
+                break
+            try:
+                report = store.validate("m.pt", schema="merged", level="keys")
+                assert report.ok, report
+                loaded = store.load("m.pt", schema="merged", validate="keys")
+                assert any(loaded["ids"] == v["ids"] and torch.equal(loaded["data"], v["data"])
+                           for v in versions)
+            except ObjectChanged:
+                gave_up += 1
+            plain_heads += 3  # HEADs with no restart: validate 1, load 2 (validate, download)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not failures, failures
+    restarts = _counting_heads(store) - plain_heads
+    assert published[0] >= 5 and plain_heads >= 60
+    assert restarts >= 1, "no read overlapped a publish: the test proved nothing"
+    print(f"{plain_heads // 3} rounds, {published[0]} publishes, {restarts} restarts, "
+          f"{gave_up} gave up")
+    assert gave_up <= plain_heads // 30, (gave_up, plain_heads, restarts)
+
+
+# -- gc and list touch only what is theirs ------------------------------------------------------
+
+def test_gc_leaves_user_folders_named_like_staging_alone(s3_server):
+    store = make_store(s3_server)
+    backend, client = store.backend, s3_server.client()
+    user_keys = [f"x{STAGING_MARKER}y/data.pt", f".y.pt{STAGING_MARKER}0123abcd/data.pt"]
+    for name in user_keys:
+        client.put_object(Bucket=backend.bucket, Key=backend.root + name, Body=b"user data")
+    upload = client.create_multipart_upload(Bucket=backend.bucket,
+                                            Key=backend.root + f"x{STAGING_MARKER}y/big.pt")
+    stray = f"x{STAGING_MARKER}y/.z.pt{STAGING_MARKER}99"  # a real staging object in there
+    client.put_object(Bucket=backend.bucket, Key=backend.root + stray, Body=b"s")
+    assert sorted(store.list()) == sorted(user_keys)
+    assert [lo.name for lo in store.leftovers(older_than=0)] == [stray]
+    assert store.gc(older_than=0) == [stray]
+    objects, uploads = raw_state(s3_server, store)
+    assert sorted(objects) == sorted(user_keys)
+    assert uploads == [f"x{STAGING_MARKER}y/big.pt"]
+    client.abort_multipart_upload(Bucket=backend.bucket, Key=upload["Key"],
+                                  UploadId=upload["UploadId"])
+    # and such a folder holds checkpoints like any other
+    store.save({"v": 1}, f"x{STAGING_MARKER}y/ck.pt")
+    assert store.load(f"x{STAGING_MARKER}y/ck.pt") == {"v": 1}
+
+
+def test_list_skips_names_that_are_not_keys(s3_server, caplog):
+    store = make_store(s3_server)
+    backend, client = store.backend, s3_server.client()
+    store.save({"v": 1}, "ok.pt")
+    odd = ["a\\b.pt", "d/../e.pt", "f//g.pt", "./h.pt", "i/./j.pt", f"k{STAGING_MARKER}x.pt"]
+    for name in odd:
+        with contextlib.suppress(botocore.exceptions.ClientError):  # SeaweedFS refuses some
+            client.put_object(Bucket=backend.bucket, Key=backend.root + name, Body=b"odd")
+    stored, _ = raw_state(s3_server, store)
+    # SeaweedFS stores "a\\b.pt" as "a/b.pt" and "f//g.pt" as "f/g.pt": plain keys, listed
+    held = [name for name in odd if name in stored]
+    renamed = sorted(set(stored) - set(odd) - {"ok.pt"})
+    assert set(renamed) <= {"a/b.pt", "d/e.pt", "e.pt", "f/g.pt", "h.pt", "i/j.pt"}, stored
+    assert len(held) >= (6 if s3_server.name == "moto" else 1), stored
+    with caplog.at_level("WARNING", logger="virnucpro_store.backends.s3"):
+        assert list(store.list()) == sorted(["ok.pt", *renamed])
+    for name in held:
+        assert name in caplog.text
+    assert store.validate("ok.pt").ok

@@ -20,6 +20,20 @@ Commit protocol
 Every S3 request goes through :meth:`S3Backend._request`: one retry policy (capped exponential
 backoff with jitter for 5xx, SlowDown, timeouts and dropped connections) and one table,
 :data:`_ERROR_KINDS`, that turns S3 error codes into :mod:`virnucpro_store.errors`.
+
+A retried request whose first attempt went through (its answer lost) must recognise its own
+success. Every object a save writes -- the staging object (at PutObject or
+CreateMultipartUpload) and the final one (copied with it, or given it at the multipart copy's
+create) -- carries the save's id in its metadata: a retried CompleteMultipartUpload answered
+``NoSuchUpload`` (or, create-only, ``PreconditionFailed``) and a retried conditional CopyObject
+answered ``PreconditionFailed`` HEAD the object and accept it when it carries this save's id and
+size. PutObject, UploadPart(Copy), unconditional CopyObject, DeleteObject are idempotent;
+AbortMultipartUpload's ``NoSuchUpload`` is success. A retried CreateMultipartUpload may leave an
+empty upload behind (at a staging key ``gc()`` aborts it).
+
+Reads (:class:`S3Source`) are pinned to the ETag seen at HEAD: a GET after the object was
+replaced raises :class:`~virnucpro_store.errors.ObjectChanged`, on which the store's
+``validate()``/``load()`` restart on the new version.
 """
 
 from __future__ import annotations
@@ -40,8 +54,8 @@ from typing import Any, TypeVar
 import fsspec.asyn
 import s3fs
 
-from ..errors import AlreadyExists, CheckpointMissing, StorageFailure, StoreError
-from ..keys import STAGING_MARKER, is_staging_name
+from ..errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
+from ..keys import is_staging_file_name, is_valid_key, staging_file_name
 from ..source import ByteSource, SeekableReader
 from .base import Backend, Leftover, ObjectInfo, Staging
 
@@ -180,9 +194,10 @@ def _strip_etag(etag: str | None) -> str | None:
 
 
 def staging_name_for(key: str) -> str:
-    """A unique staging name next to ``key``: ``dir/.name.vnps-staging-<uuid>``."""
+    """A unique staging name next to ``key``: ``dir/.name.vnps-staging-<uuid>`` (the name cut
+    to fit 255 bytes; see :func:`virnucpro_store.keys.staging_file_name`)."""
     head, _, name = key.rpartition("/")
-    staged = f".{name}{STAGING_MARKER}{uuid.uuid4().hex}"
+    staged = staging_file_name(name, suffix="")
     return f"{head}/{staged}" if head else staged
 
 
@@ -324,8 +339,8 @@ class S3Backend(Backend):
             return _NoSuchUpload(f"{url}: the upload is gone", key=key, url=url)
         if kind == "precondition":
             if precondition == "changed":
-                return StorageFailure(f"{url}: the object changed while it was being read",
-                                      key=key, url=url)
+                return ObjectChanged(f"{url}: the object changed while it was being read",
+                                     key=key, url=url)
             return AlreadyExists(f"{url} already exists (create-only save)", key=key, url=url)
         if kind == "denied":
             return StorageFailure(f"{url}: permission refused by S3 for {op} ({what})",
@@ -372,13 +387,24 @@ class S3Backend(Backend):
         buffer = bytearray(source.size)
         source.read_into(0, memoryview(buffer))
         reader = _MemoryReader(buffer)
+        reader.etag = source.etag  # the version read: load() checks it is the one validated
         try:
             yield reader
         finally:
             reader.close()
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        keys = [name for name, _ in self._list_objects(prefix) if not is_staging_name(name)]
+        """Published keys: every object except staging objects (matched on the file name
+        only) and names no key can address (``a\\b.pt``, ``x/../y``, ``a//b``: skipped with a
+        warning, so one odd name never aborts a listing)."""
+        keys = []
+        for name, _ in self._list_objects(prefix):
+            if is_staging_file_name(name):
+                continue
+            if not is_valid_key(name):
+                log.warning("skipping %s: not a valid key", self.url_for(name))
+                continue
+            keys.append(name)
         return iter(sorted(keys))
 
     def _list_objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -409,17 +435,23 @@ class S3Backend(Backend):
             age = (now - _utc(when)).total_seconds() if when else float("inf")
             return older_than <= 0 or age >= older_than, max(age, 0.0)
 
+        # Only the store's own staging objects and the uploads of staging objects, matched
+        # on the file name: a user's folder named like one is data. (An upload at a final key,
+        # left by a multipart-copy publish killed mid-way, is not taken for ours: a bucket
+        # lifecycle rule, AbortIncompleteMultipartUpload, reclaims it.)
         found: list[Leftover] = []
         for name, entry in self._list_objects():
-            if is_staging_name(name):
+            if is_staging_file_name(name):
                 is_old, age = old(entry.get("LastModified"))
                 if is_old:
                     found.append(Leftover(name, age, "staging", int(entry.get("Size", 0))))
         for upload in self._list_uploads():
+            name = upload["Key"][len(self.root):]
+            if not is_staging_file_name(name):
+                continue
             is_old, age = old(upload.get("Initiated"))
             if is_old:
-                name = f"{upload['Key'][len(self.root):]}?uploadId={upload['UploadId']}"
-                found.append(Leftover(name, age, "upload"))
+                found.append(Leftover(f"{name}?uploadId={upload['UploadId']}", age, "upload"))
         return found
 
     def _list_uploads(self) -> list[dict[str, Any]]:
@@ -471,7 +503,7 @@ class S3Backend(Backend):
             except AlreadyExists:
                 # A retried copy whose first attempt went through (its answer was lost) finds
                 # the key taken -- by this save: the object carrying our save id is ours.
-                if await self._carries(dst, metadata, key):
+                if await self._carries(dst, metadata, key, size) is not None:
                     return
                 raise
             return
@@ -519,7 +551,7 @@ class S3Backend(Backend):
             parts = await asyncio.gather(*(copy_part(i + 1, span)
                                            for i, span in enumerate(ranges)))
             await self._complete(dst, upload_id, list(parts), key=key, create_only=create_only,
-                                 metadata=metadata)
+                                 metadata=metadata, size=size)
         except BaseException:
             with contextlib.suppress(StoreError):
                 await self._request("abort_multipart_upload", key=key, Bucket=self.bucket,
@@ -528,25 +560,36 @@ class S3Backend(Backend):
 
     async def _complete(self, path: str, upload_id: str, parts: list[dict[str, Any]], *,
                         key: str, create_only: bool = False,
-                        metadata: dict[str, str] | None = None) -> dict[str, Any]:
+                        metadata: dict[str, str] | None = None,
+                        size: int | None = None) -> dict[str, Any]:
+        """CompleteMultipartUpload, recognising its own earlier success: a retried complete
+        whose first answer was lost may be told "no such upload" (AWS) or, create-only,
+        "already exists"; the object at ``path`` is then ours when it carries this save's id
+        (``metadata``, given at CreateMultipartUpload) and the expected ``size``."""
         condition = {"IfNoneMatch": "*"} if create_only else {}
         try:
             return await self._request("complete_multipart_upload", key=key, Bucket=self.bucket,
                                        Key=path, UploadId=upload_id,
                                        MultipartUpload={"Parts": parts}, **condition)
         except (AlreadyExists, _NoSuchUpload):
-            # A retried complete whose first attempt went through answers "exists" or "no such
-            # upload": the object carrying our save id is then ours.
-            if metadata and await self._carries(path, metadata, key):
-                return {}
+            if metadata:
+                head = await self._carries(path, metadata, key, size)
+                if head is not None:
+                    return {"ETag": head.get("ETag")}
             raise
 
-    async def _carries(self, path: str, metadata: dict[str, str], key: str) -> bool:
+    async def _carries(self, path: str, metadata: dict[str, str], key: str,
+                       size: int | None = None) -> dict[str, Any] | None:
+        """The HEAD of ``path`` when the object there carries this save's id (and is ``size``
+        bytes long, when given); None when it does not, or is not there."""
         try:
             head = await self._request("head_object", key=key, Bucket=self.bucket, Key=path)
         except CheckpointMissing:
-            return False
-        return head.get("Metadata", {}).get(_METADATA_KEY) == metadata.get(_METADATA_KEY)
+            return None
+        ours = head.get("Metadata", {}).get(_METADATA_KEY) == metadata.get(_METADATA_KEY)
+        if size is not None and int(head.get("ContentLength", -1)) != size:
+            ours = False
+        return head if ours else None
 
     def close(self) -> None:
         """Nothing to release: the s3fs instance (and its connection pool) is shared."""
@@ -636,6 +679,7 @@ class _MemoryReader(SeekableReader):
         super().__init__()
         self._view = memoryview(buffer)
         self.size = len(self._view)
+        self.etag: str | None = None
 
     def read(self, size: int | None = -1) -> bytes:
         end = len(self._view) if size is None or size < 0 else self._pos + size
@@ -746,7 +790,8 @@ class _UploadWriter(io.RawIOBase):
             self._inflight.popleft().result()
         parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]
         result = backend._sync(lambda: backend._complete(
-            staging.path, self.upload_id, parts, key=staging.key))  # type: ignore[arg-type]
+            staging.path, self.upload_id, parts, key=staging.key,  # type: ignore[arg-type]
+            metadata=staging.metadata, size=self._size))
         self._done = True
         self.upload_id = None
         self._buf = bytearray()
