@@ -25,7 +25,9 @@ class ValidationReport:
     ``ok`` is True when every requested level passed. ``level`` is the highest level that
     passed (None when even ``size`` failed). ``category`` is None, "missing", "corrupted",
     "incompatible" or "unsafe". ``message`` says what failed and where. ``details`` carries
-    what helps a person: top-level keys, tensor dtypes and shapes, record count, CRC status.
+    what helps a person: top-level keys, tensor dtypes and shapes, record count, CRC status
+    (``details["crc"]``: "not checked", "ok", "bad", or "absent" for a file written without
+    CRCs). ``notes`` says what a passing report could not check (also in ``message``).
     """
 
     ok: bool
@@ -38,6 +40,8 @@ class ValidationReport:
     deep: bool = False
     schema: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    #: what a person should know about a passing file, e.g. that its CRCs could not be checked
+    notes: list[str] = field(default_factory=list)
     #: cost of the validation through the source: bytes read, read requests, wall seconds
     bytes_read: int = 0
     requests: int = 0
@@ -62,6 +66,7 @@ class ValidationReport:
             "requests": self.requests,
             "seconds": round(self.seconds, 6),
             "details": self.details,
+            "notes": self.notes,
         }
 
     def to_json(self) -> str:

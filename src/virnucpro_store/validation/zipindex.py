@@ -10,6 +10,10 @@ request per tensor): records are bound-checked against the offset of the next re
 :func:`verify_crcs` is the deep check: it streams the whole archive once, in bounded chunks,
 parses every local header and checks every record's CRC-32.
 
+**One archive view.** The validator resolves the archive the way torch's reader (miniz behind
+caffe2's ``PyTorchStreamReader``) does, or refuses it as *corrupted* where two ZIP readers could
+disagree (see :data:`ONE_VIEW_RULES`).
+
 Example:
     >>> import io, torch
     >>> from virnucpro_store.source import BytesSource
@@ -23,9 +27,13 @@ Example:
 
 from __future__ import annotations
 
+import bisect
+import operator
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..source import ByteSource
 from .problem import Problem, corrupted, incompatible
@@ -45,8 +53,59 @@ LFH_SIG = b"PK\x03\x04"
 LFH_SIZE = 30
 #: a data descriptor (flag bit 3) is at least crc + two 4-byte sizes
 MIN_DESCRIPTOR = 12
-#: refuse to hold a central directory larger than this in memory
-MAX_CENTRAL_DIRECTORY_BYTES = 1 << 30
+#: refuse to hold a central directory larger than this in memory ("incompatible"): 256 bytes per
+#: entry at MAX_RECORDS (torch writes ~100: the name, a ZIP64 extra); parsing it (names decoded
+#: and case-folded once each) stays far below the 256 MB budget of a cheap validation
+MAX_CENTRAL_DIRECTORY_BYTES = 32 << 20
+#: refuse archives with more records than this ("incompatible": a limit of this validator, not
+#: damage). torch.save writes one record per tensor storage plus at most 7 control records; a
+#: checkpoint with 2**17 separately stored tensors (an ESM file of 131,072 per-protein tensors is
+#: 1.3 GB) is past anything the pipeline writes (its files hold one matrix, or one tensor per
+#: protein per shard), and at this count the zip level stays well inside its budget (about 0.5 s
+#: CPU and 60 MB; < 2 s and < 256 MB asserted in tests/test_zip_agreement.py).
+MAX_RECORDS = 1 << 17
+#: torch.save writes control records of at most 40 bytes; a larger one is refused (corrupted)
+#: rather than read, so the cheap levels never fetch an unbounded "version"
+MAX_CONTROL_RECORD_BYTES = 4096
+#: torch's supported file format versions (caffe2/serialize/versions.h, torch 2.13):
+#: kMinSupportedFileFormatVersion, kMaxSupportedFileFormatVersion
+MIN_FORMAT_VERSION = 1
+MAX_FORMAT_VERSION = 10
+#: the highest "version needed to extract" a record may state (6.3: the newest ZIP
+#: specification zipfile reads; torch writes 2.0, or 4.5 for ZIP64)
+MAX_ZIP_VERSION = 63
+#: a data descriptor after a record's data (flag bit 3): optional signature, crc, 4- or 8-byte sizes
+DESCRIPTOR_SIG = b"PK\x07\x08"
+
+#: The rules by which the validator sees exactly the archive torch sees, or refuses the file as
+#: corrupted. Where torch would load a file that a rule refuses, the rule is a documented refusal.
+ONE_VIEW_RULES = (
+    "end record: the last end-of-central-directory signature with 22 bytes after it (miniz's "
+    "backward search) is the end record; its comment must end exactly at the end of the file; "
+    "no other signature in the searched tail may parse as an end record whose comment ends at "
+    "the end of the file or whose central directory ends where it starts",
+    "ZIP64: when a ZIP64 locator precedes the end record its values are used (as miniz does) and "
+    "every classic value must equal them or be the 0xFFFF.. sentinel; the locator must say one "
+    "disk (miniz refuses any other count) and the disk numbers must be 0 (miniz also takes 1/1, "
+    "which torch.save never writes)",
+    "entries: a record may not need a ZIP version above 6.3 to extract (zipfile refuses it, "
+    "miniz ignores it; torch writes 2.0 or 4.5), nor be compressed, encrypted or patched",
+    "names: record names are compared as torch looks them up (ASCII case-insensitively, as raw "
+    "bytes); two names equal under that rule are refused; names holding a backslash or a NUL "
+    "byte are refused (torch.save never writes them; some readers treat '\\' as '/', and torch "
+    "lists names as C strings)",
+    "top folder: the first central-directory record names the folder, every record must lie "
+    "under it (torch 2.13 checks this case-sensitively too)",
+    "layout: the first record starts at offset 0 (no prefix: torch misreads prefixed archives); "
+    "the central directory ends where the end records begin; records do not overlap; the bytes "
+    "between one record's data and the next record are empty or exactly one data descriptor "
+    "agreeing with the central directory -- checked for every record by the deep stream, and "
+    "for data.pkl and the control records at the load level",
+    "local headers: the local header of every record read (data.pkl and the control records at "
+    "the cheap levels, all of them when deep) has the central directory's name and method, and "
+    "its crc and sizes agree unless it defers them to a data descriptor",
+)
+
 #: chunk size of the deep (CRC) stream; memory stays bounded by this, whatever the file size
 DEEP_CHUNK_BYTES = 8 << 20
 
@@ -62,6 +121,7 @@ _LFH = struct.Struct("<4sHHHHHIIIHH")
 
 _TORCH_MARKERS = ("data.pkl", "version", "byteorder", ".format_version", ".storage_alignment",
                   ".data/version", ".data/serialization_id")
+_TORCH_MARKER_BYTES = frozenset(m.encode() for m in _TORCH_MARKERS)
 
 
 class CachedReader:
@@ -75,6 +135,11 @@ class CachedReader:
         self.source = source
         self.size = source.size
         self._windows: list[tuple[int, bytes]] = []
+
+    def cached(self, offset: int, length: int) -> bool:
+        """Whether a read of this range would be served from a kept window."""
+        return any(start <= offset and offset + length <= start + len(data)
+                   for start, data in self._windows)
 
     def read(self, offset: int, length: int, *, keep: bool = False) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -92,9 +157,8 @@ class CachedReader:
         return data
 
 
-@dataclass(frozen=True)
-class ZipRecord:
-    """One central-directory entry."""
+class ZipRecord(NamedTuple):
+    """One central-directory entry (a tuple: the index of a big archive stays lean)."""
 
     name: str
     offset: int  #: of the local header
@@ -105,12 +169,18 @@ class ZipRecord:
     flags: int
     name_len: int  #: in bytes, as stored in the central directory
     index: int  #: position in the central directory
+    raw: bytes = b""  #: the name's bytes, as stored
 
     @property
     def min_span(self) -> int:
         """Fewest bytes the record occupies from its local header on (local extra unknown)."""
         descriptor = MIN_DESCRIPTOR if self.flags & 0x8 else 0
         return LFH_SIZE + self.name_len + self.compressed_size + descriptor
+
+
+def lookup_key(raw: bytes) -> bytes:
+    """A record name as miniz's ``mz_zip_reader_locate_file`` compares it: ASCII lower case."""
+    return raw.lower()  # bytes.lower() folds A-Z only, like MZ_TOLOWER
 
 
 @dataclass
@@ -124,20 +194,46 @@ class ZipIndex:
     end_offset: int  #: where the (ZIP64) end records begin
     zip64: bool
     top: str = ""
-    by_name: dict[str, ZipRecord] = field(default_factory=dict)
-    _next: dict[int, int] = field(default_factory=dict, repr=False)
+    #: every record's CRC-32 is 0: written with torch's ``compute_crc32=False`` (see
+    #: :data:`CRC_LESS_RULE`); CRCs are then not compared with the data
+    crc_less: bool = False
+    top_raw: bytes = b""
+    by_key: dict[bytes, ZipRecord] = field(default_factory=dict, repr=False)
+    _offsets: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
-        self.by_name = {r.name: r for r in self.records}
-        offsets = [r.offset for r in self.records] + [self.cd_offset]
-        self._next = {r.offset: offsets[i + 1] for i, r in enumerate(self.records)}
+        if not self.by_key:
+            self.by_key = {lookup_key(r.raw): r for r in self.records}
+        self._offsets = [r.offset for r in self.records]
 
     def record(self, name: str) -> ZipRecord | None:
-        return self.by_name.get(name)
+        """The record torch resolves for the full ``name`` (ASCII case-insensitively)."""
+        head, sep, rest = name.partition("/")
+        if sep and self.top_raw and head == self.top:
+            raw = self.top_raw + b"/" + rest.encode("utf-8", "surrogatepass")
+        else:
+            raw = name.encode("utf-8", "surrogatepass")
+        return self.by_key.get(lookup_key(raw))
+
+    def member(self, relative: str) -> ZipRecord | None:
+        """The record torch resolves for ``<top>/relative``."""
+        raw = self.top_raw + b"/" + relative.encode("utf-8", "surrogatepass")
+        return self.by_key.get(lookup_key(raw))
 
     def next_offset(self, record: ZipRecord) -> int:
         """Offset of the record that follows ``record`` (or of the central directory)."""
-        return self._next[record.offset]
+        i = bisect.bisect_right(self._offsets, record.offset)
+        return self._offsets[i] if i < len(self._offsets) else self.cd_offset
+
+
+#: the rule for a file written without CRCs
+CRC_LESS_RULE = (
+    "An archive is CRC-less when every central-directory record has CRC-32 0, as torch writes "
+    "with torch.utils.serialization.config.save.compute_crc32 = False (torch never checks CRCs "
+    "when loading). Its records' data is then not compared with a CRC: the report says "
+    "details['crc'] = 'absent' and notes that the CRCs could not be checked. A zero CRC in an "
+    "archive where any other record has a non-zero CRC is compared as usual, so a record whose "
+    "data does not hash to 0 is corrupted.")
 
 
 def _not_a_zip(head: bytes, searched: int) -> Problem:
@@ -157,28 +253,28 @@ def _not_a_zip(head: bytes, searched: int) -> Problem:
 
 
 def _find_eocd(tail: bytes) -> int | None:
-    """Position in ``tail`` of an EOCD whose comment ends exactly at the end of the file."""
+    """Position in ``tail`` of the end record miniz picks: the last signature with at least
+    ``EOCD_SIZE`` bytes after it (``mz_zip_reader_locate_header_sig``)."""
+    pos = tail.rfind(EOCD_SIG, 0, len(tail) - EOCD_SIZE + 4)
+    return pos if pos >= 0 else None
+
+
+def _other_end_record(tail: bytes, chosen: int, tail_off: int) -> int | None:
+    """Position of another signature in ``tail`` that a reader could take for the end record:
+    its comment ends at the end of the file, or its central directory ends where it begins."""
     end = len(tail)
     while True:
         pos = tail.rfind(EOCD_SIG, 0, end)
         if pos < 0:
             return None
-        if pos + EOCD_SIZE <= len(tail):
-            comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
-            if pos + EOCD_SIZE + comment_len == len(tail):
-                return pos
         end = pos + 3  # a signature may overlap the previous candidate's bytes
-
-
-def _trailing_bytes(tail: bytes) -> tuple[int, int] | None:
-    """(position, count) when the last EOCD in ``tail`` is whole but followed by more bytes than
-    its comment accounts for; None when there is no such record."""
-    pos = tail.rfind(EOCD_SIG)
-    if pos < 0 or pos + EOCD_SIZE > len(tail):
-        return None
-    comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
-    extra = len(tail) - (pos + EOCD_SIZE + comment_len)
-    return (pos, extra) if extra > 0 else None
+        if pos == chosen or pos + EOCD_SIZE > len(tail):
+            continue
+        (_, _d, _cd, _nd, n_total, cd_size, cd_offset, comment_len) = _EOCD.unpack_from(tail, pos)
+        if pos + EOCD_SIZE + comment_len == len(tail):
+            return pos
+        if n_total and cd_size >= CDH_SIZE * n_total and cd_offset + cd_size == tail_off + pos:
+            return pos
 
 
 def read_index(reader: CachedReader) -> ZipIndex:
@@ -189,17 +285,27 @@ def read_index(reader: CachedReader) -> ZipIndex:
     tail = reader.read(tail_off, tail_len, keep=True)
     pos = _find_eocd(tail)
     if pos is None:
-        trailer = _trailing_bytes(tail)
-        if trailer is not None:
-            # torch (miniz) and zipfile would skip such a trailer; this validator does not:
-            # torch.save never writes one, so bytes after the end record mean the object is not
-            # what was saved (a concatenation, a padded transfer, an in-place overwrite)
-            where, extra = trailer
-            raise corrupted(f"{extra} unexpected bytes after the end of central directory at "
-                            f"offset {tail_off + where}: junk appended to the archive, or a "
-                            f"file overwritten in place without truncation")
         head = tail[:16] if tail_off == 0 else reader.read(0, min(16, size))
         raise _not_a_zip(head, tail_len)
+    comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
+    extra = len(tail) - (pos + EOCD_SIZE + comment_len)
+    if extra > 0:
+        # torch (miniz) and zipfile would skip such a trailer; this validator does not:
+        # torch.save never writes one, so bytes after the end record mean the object is not
+        # what was saved (a concatenation, a padded transfer, an in-place overwrite)
+        raise corrupted(f"{extra} unexpected bytes after the end of central directory at "
+                        f"offset {tail_off + pos}: junk appended to the archive, or a "
+                        f"file overwritten in place without truncation")
+    if extra < 0:
+        raise corrupted(f"end of central directory not found in the last {tail_len} bytes: "
+                        f"the last end record signature (offset {tail_off + pos}) announces a "
+                        f"{comment_len}-byte comment that runs {-extra} bytes past the end of "
+                        f"the file (truncated, or a signature inside the data)")
+    other = _other_end_record(tail, pos, tail_off)
+    if other is not None:
+        raise corrupted(f"two plausible end of central directory records (offsets "
+                        f"{tail_off + other} and {tail_off + pos}): ZIP readers could disagree "
+                        f"on which archive this is (a comment or data hiding an end record)")
     eocd_abs = tail_off + pos
     (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _comment_len) = \
         _EOCD.unpack_from(tail, pos)
@@ -212,7 +318,7 @@ def read_index(reader: CachedReader) -> ZipIndex:
         zip64 = True
         _, z_disk, z_offset, z_disks = _LOCATOR.unpack(
             reader.read(eocd_abs - ZIP64_LOCATOR_SIZE, ZIP64_LOCATOR_SIZE))
-        if z_disk != 0 or z_disks > 1:
+        if z_disk != 0 or z_disks != 1:  # miniz: "unsupported multidisk archive" unless 1
             raise corrupted(f"ZIP64 end locator at offset {eocd_abs - ZIP64_LOCATOR_SIZE} names "
                             f"disk {z_disk} of {z_disks}: a damaged end record (torch files are "
                             f"single-disk)")
@@ -253,72 +359,117 @@ def read_index(reader: CachedReader) -> ZipIndex:
     if cd_size < CDH_SIZE * n_total:
         raise corrupted(f"central directory of {cd_size} bytes cannot hold the {n_total} entries "
                         f"the end record announces")
+    if n_total > MAX_RECORDS:
+        raise incompatible(f"the archive announces {n_total} records, more than the validator's "
+                           f"limit of {MAX_RECORDS} (torch.save writes one record per tensor "
+                           f"storage plus a few control records)")
     if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
         raise incompatible(f"central directory of {cd_size} bytes exceeds the validator's limit "
                            f"of {MAX_CENTRAL_DIRECTORY_BYTES} bytes")
     cd = reader.read(cd_offset, cd_size)
-    records = _parse_central_directory(cd, n_total, cd_offset)
+    records, by_key = _parse_central_directory(cd, n_total, cd_offset)
+    del cd
     _check_bounds(records, cd_offset)
+    crc_less = bool(records) and not any(r.crc for r in records)
     return ZipIndex(size=size, records=records, cd_offset=cd_offset, cd_size=cd_size,
-                    end_offset=end_offset, zip64=zip64)
+                    end_offset=end_offset, zip64=zip64, crc_less=crc_less, by_key=by_key)
 
 
-def _parse_central_directory(cd: bytes, count: int, cd_offset: int) -> list[ZipRecord]:
+_COMPRESSION = {8: "deflate", 12: "bzip2", 14: "lzma", 93: "zstd"}
+
+
+def _parse_central_directory(cd: bytes, count: int, cd_offset: int
+                             ) -> tuple[list[ZipRecord], dict[bytes, ZipRecord]]:
+    """The records sorted by offset, and the map from torch's lookup key to each record.
+
+    One tuple per record and one dict entry: the cost is linear and small (see MAX_RECORDS).
+    """
     records: list[ZipRecord] = []
-    seen: set[str] = set()
+    append = records.append
+    by_key: dict[bytes, ZipRecord] = {}
+    unpack = _CDH.unpack_from
+    new = tuple.__new__
+    size = len(cd)
     pos = 0
     for i in range(count):
-        where = f"central directory entry {i} (offset {cd_offset + pos})"
-        if pos + CDH_SIZE > len(cd):
+        if pos + CDH_SIZE > size:
+            raise corrupted(f"central directory entry {i} (offset {cd_offset + pos}) runs past "
+                            f"the end of the central directory")
+        (sig, _vm, needed, flags, method, _t, _d, crc, csize, usize, nlen, elen, clen,
+         disk_start, _ia, _ea, offset) = unpack(cd, pos)
+        name_end = pos + CDH_SIZE + nlen
+        end = name_end + elen + clen
+        if sig != CDH_SIG or end > size:
+            where = f"central directory entry {i} (offset {cd_offset + pos})"
+            if sig != CDH_SIG:
+                raise corrupted(f"{where} has a bad signature {sig!r}: damaged central directory")
             raise corrupted(f"{where} runs past the end of the central directory")
-        (sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, elen, clen, disk_start,
-         _ia, _ea, offset) = _CDH.unpack_from(cd, pos)
-        if sig != CDH_SIG:
-            raise corrupted(f"{where} has a bad signature {sig!r}: damaged central directory")
-        end = pos + CDH_SIZE + nlen + elen + clen
-        if end > len(cd):
-            raise corrupted(f"{where} runs past the end of the central directory")
-        raw_name = cd[pos + CDH_SIZE: pos + CDH_SIZE + nlen]
-        try:
-            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
-        except UnicodeDecodeError:
-            raise corrupted(f"{where} has an undecodable name {raw_name!r}") from None
-        extra = cd[pos + CDH_SIZE + nlen: pos + CDH_SIZE + nlen + elen]
-        if 0xFFFFFFFF in (usize, csize, offset) or disk_start == 0xFFFF:
+        raw = cd[pos + CDH_SIZE: name_end]
+        # ASCII is the same in both encodings, and decodes in C (cp437 is a Python codec).
+        # The name is for messages only: lookups compare raw bytes, as miniz does, so a name
+        # that is not valid UTF-8 is shown escaped rather than refused (torch reads it)
+        name = raw.decode("ascii") if raw.isascii() else raw.decode(
+            "utf-8", "backslashreplace") if flags & 0x800 else raw.decode("cp437")
+        if offset == 0xFFFFFFFF or usize == 0xFFFFFFFF or csize == 0xFFFFFFFF or \
+                disk_start == 0xFFFF:
             usize, csize, offset, disk_start = _zip64_extra(
-                extra, usize, csize, offset, disk_start, name)
-        if disk_start != 0:
-            raise corrupted(f"record {name!r} claims to start on disk {disk_start}: damaged "
-                            f"central directory")
-        if flags & 0x1:
-            raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are")
-        if flags & 0x60:
-            # 0x20 "compressed patched data", 0x40 strong encryption: neither torch nor zipfile
-            # reads such a record
-            raise incompatible(f"record {name!r} has ZIP flags {flags:#06x} (patched data or "
-                               f"strong encryption); torch checkpoints never do")
-        # torch.save stores every record uncompressed (method 0) and torch.load memory-maps and
-        # aligns them. torch.load can read a re-zipped, deflated archive, but then the sizes and
-        # CRCs this validator checks by range reads no longer describe the tensor bytes, so a
-        # compressed record is "incompatible" (a whole file in a layout we do not read), not
-        # "corrupted".
-        if method != 0:
-            kind = {8: "deflate", 12: "bzip2", 14: "lzma", 93: "zstd"}.get(method, "unknown")
-            raise incompatible(f"record {name!r} is compressed (method {method}, {kind}); torch "
-                               f"checkpoints store records uncompressed")
-        if csize != usize:
-            raise corrupted(f"record {name!r} is stored uncompressed but its sizes differ "
-                            f"({csize} stored, {usize} uncompressed): damaged central directory")
-        if name in seen:
-            raise corrupted(f"duplicate record name {name!r} in the central directory")
-        seen.add(name)
-        records.append(ZipRecord(name, offset, csize, usize, crc, method, flags, nlen, i))
+                cd[name_end: name_end + elen], usize, csize, offset, disk_start, name)
+        if disk_start or flags & 0x61 or method or csize != usize or needed > MAX_ZIP_VERSION:
+            _refuse_entry(name, disk_start, flags, method, csize, usize, needed)
+        if b"\\" in raw or b"\0" in raw:
+            raise corrupted(f"record name {name!r} holds a backslash or a NUL byte; torch.save "
+                            f"never writes one and ZIP readers disagree on its meaning")
+        rec = new(ZipRecord, (name, offset, csize, usize, crc, method, flags, nlen, i, raw))
+        key = raw.lower()
+        seen = by_key.get(key)
+        if seen is not None:
+            if seen.raw == raw:
+                raise corrupted(f"duplicate record name {name!r} in the central directory")
+            raise corrupted(f"record names {seen.name!r} and {name!r} are the same name to "
+                            f"torch, which looks names up case-insensitively: ZIP readers would "
+                            f"disagree on which record is meant")
+        by_key[key] = rec
+        append(rec)
         pos = end
-    if pos != len(cd):
-        raise corrupted(f"central directory has {len(cd) - pos} bytes after the {count} entries "
+    if pos != size:
+        raise corrupted(f"central directory has {size - pos} bytes after the {count} entries "
                         f"the end record announces: damaged end record or central directory")
-    records.sort(key=lambda r: r.offset)
-    return records
+    records.sort(key=_by_offset)
+    return records, by_key
+
+
+_by_offset = operator.itemgetter(1)
+
+
+def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: int,
+                  usize: int, needed: int) -> None:
+    if needed > MAX_ZIP_VERSION:
+        # miniz ignores the field, zipfile refuses the archive: readers disagree
+        raise corrupted(f"record {name!r} needs ZIP version {needed // 10}.{needed % 10} to be "
+                        f"extracted (torch writes 2.0 or 4.5; readers stop at 6.3): damaged "
+                        f"central directory")
+    if disk_start != 0:
+        raise corrupted(f"record {name!r} claims to start on disk {disk_start}: damaged "
+                        f"central directory")
+    if flags & 0x1:
+        raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are")
+    if flags & 0x60:
+        # 0x20 "compressed patched data", 0x40 strong encryption: neither torch nor zipfile
+        # reads such a record
+        raise incompatible(f"record {name!r} has ZIP flags {flags:#06x} (patched data or "
+                           f"strong encryption); torch checkpoints never do")
+    # torch.save stores every record uncompressed (method 0) and torch.load memory-maps and
+    # aligns them. torch.load can read a re-zipped, deflated archive, but then the sizes and
+    # CRCs this validator checks by range reads no longer describe the tensor bytes, so a
+    # compressed record is "incompatible" (a whole file in a layout we do not read), not
+    # "corrupted".
+    if method != 0:
+        kind = _COMPRESSION.get(method, "unknown")
+        raise incompatible(f"record {name!r} is compressed (method {method}, {kind}); torch "
+                           f"checkpoints store records uncompressed")
+    if csize != usize:
+        raise corrupted(f"record {name!r} is stored uncompressed but its sizes differ "
+                        f"({csize} stored, {usize} uncompressed): damaged central directory")
 
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, disk: int,
@@ -346,6 +497,26 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, disk: int,
 
 
 def _check_bounds(records: list[ZipRecord], cd_offset: int) -> None:
+    limits = [r.offset for r in records[1:]]
+    limits.append(cd_offset)
+    for rec, limit in zip(records, limits):
+        if rec.offset + LFH_SIZE + rec.name_len + rec.compressed_size + \
+                (MIN_DESCRIPTOR if rec.flags & 0x8 else 0) > limit:
+            _overlap(records, cd_offset)
+    for rec in records[-1:]:
+        if rec.offset >= cd_offset:
+            raise corrupted(f"record {rec.name!r} claims a local header at offset {rec.offset}, "
+                            f"at or past the central directory (offset {cd_offset}): outside "
+                            f"the archive's data (damaged central directory)")
+    if records and records[0].offset != 0:
+        first = records[0]
+        raise corrupted(f"{first.offset} bytes before the first record {first.name!r} that the "
+                        f"central directory does not account for (torch.save writes its first "
+                        f"record at offset 0; readers disagree on prefixed archives)")
+
+
+def _overlap(records: list[ZipRecord], cd_offset: int) -> None:
+    """Raise for the first record that overlaps its successor (after the fast check found one)."""
     for rec in records[-1:]:
         if rec.offset >= cd_offset:
             raise corrupted(f"record {rec.name!r} claims a local header at offset {rec.offset}, "
@@ -364,47 +535,63 @@ def _check_bounds(records: list[ZipRecord], cd_offset: int) -> None:
 def check_torch_layout(index: ZipIndex) -> str:
     """The top-level folder of a torch archive; a :class:`Problem` when the layout is not torch's.
 
-    torch writes every record under one folder (``archive/`` or the file's stem) with at least
-    ``<top>/data.pkl`` and ``<top>/version`` (or ``<top>/.data/version``) or ``<top>/byteorder``.
+    torch takes the folder from the first central-directory record and requires every record
+    under it, with at least ``<top>/data.pkl`` and ``<top>/version`` (or ``<top>/.data/version``).
     """
-    records = sorted(index.records, key=lambda r: r.index)
-    if not records:
+    if not index.records:
         raise incompatible("an empty ZIP archive (no records): not a torch checkpoint")
-    names = [r.name for r in records]
-    looks_torch = any(n.split("/", 1)[-1] in _TORCH_MARKERS or "/data/" in n for n in names)
-    first = names[0]
-    if "/" not in first:
-        if not looks_torch:
-            raise incompatible(f"a ZIP archive but not a torch checkpoint: record {first!r} is "
-                               f"not under a top-level folder and no data.pkl exists")
-        raise corrupted(f"record {first!r} is not under a top-level folder: damaged central "
+    first = min(index.records, key=_by_index)
+
+    def looks_torch() -> bool:
+        return any(r.raw.split(b"/", 1)[-1] in _TORCH_MARKER_BYTES or b"/data/" in r.raw
+                   for r in index.records)
+
+    if b"/" not in first.raw:
+        if not looks_torch():
+            raise incompatible(f"a ZIP archive but not a torch checkpoint: record {first.name!r} "
+                               f"is not under a top-level folder and no data.pkl exists")
+        raise corrupted(f"record {first.name!r} is not under a top-level folder: damaged central "
                         f"directory")
-    top = first.split("/", 1)[0]
-    prefix = top + "/"
-    stray = [n for n in names if not n.startswith(prefix)]
-    if stray:
-        if not looks_torch:
+    top_raw = first.raw.split(b"/", 1)[0]
+    prefix = top_raw + b"/"
+    stray = next((r for r in index.records if not r.raw.startswith(prefix)), None)
+    top = first.name.split("/", 1)[0]
+    if stray is not None:
+        if not looks_torch():
             raise incompatible("a ZIP archive but not a torch checkpoint (no data.pkl record)")
-        raise corrupted(f"records are not under one top-level folder: {prefix!r} and "
-                        f"{stray[0]!r}: damaged central directory")
-    missing = [m for m in ("data.pkl",) if prefix + m not in index.by_name]
-    if not any(prefix + m in index.by_name for m in ("version", ".data/version", "byteorder")):
+        raise corrupted(f"records are not under one top-level folder: {top + '/'!r} and "
+                        f"{stray.name!r}: damaged central directory")
+    index.top, index.top_raw = top, top_raw
+    missing = [m for m in ("data.pkl",) if index.member(m) is None]
+    if index.member("version") is None and index.member(".data/version") is None:
         missing.append("version")
     if missing:
-        if not looks_torch:
+        index.top, index.top_raw = "", b""
+        if not looks_torch():
             raise incompatible("a ZIP archive but not a torch checkpoint (no data.pkl record)")
-        raise corrupted(f"torch record {prefix + missing[0]!r} is missing from the central "
-                        f"directory ({len(names)} records under {prefix!r})")
-    index.top = top
+        raise corrupted(f"torch record {top + '/' + missing[0]!r} is missing from the central "
+                        f"directory ({len(index.records)} records under {top + '/'!r})")
     return top
 
 
+_by_index = operator.itemgetter(8)
+
+
+#: the longest data descriptor: signature, crc, two 8-byte sizes
+MAX_DESCRIPTOR = 24
+
+
 def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> bytes:
-    """The bytes of one stored record, with ONE read from its local header to the next record."""
+    """The bytes of one stored record, with ONE read from its local header to the next record.
+
+    The local header must agree with the central directory, the bytes up to the next record
+    must be empty or one data descriptor, and the CRC-32 must match (unless the archive is
+    CRC-less, see :data:`CRC_LESS_RULE`).
+    """
     limit = index.next_offset(record)
+    span = limit - record.offset
     # the local extra field (torch's alignment padding) is at most 65535 bytes
-    want = min(limit - record.offset,
-               LFH_SIZE + record.name_len + 0xFFFF + record.compressed_size + 24)
+    want = min(span, LFH_SIZE + record.name_len + 0xFFFF + record.compressed_size + MAX_DESCRIPTOR)
     buf = reader.read(record.offset, want)
     start = _parse_local_header(buf, 0, record)
     end = start + record.compressed_size
@@ -413,12 +600,47 @@ def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> byt
                         f"after a {start}-byte local header at offset {record.offset}, run past "
                         f"the next record at offset {limit}")
     data = buf[start:end]
-    crc = zlib.crc32(data)
-    if crc != record.crc:
-        raise corrupted(f"CRC-32 mismatch in record {record.name!r}: stored {record.crc:08x}, "
-                        f"computed {crc:08x} over {len(data)} bytes at offset "
-                        f"{record.offset + start}")
+    if not index.crc_less:
+        crc = zlib.crc32(data)
+        if crc != record.crc:
+            raise corrupted(f"CRC-32 mismatch in record {record.name!r}: stored "
+                            f"{record.crc:08x}, computed {crc:08x} over {len(data)} bytes at "
+                            f"offset {record.offset + start}")
+    _check_gap(buf[end:] if want == span else None, record, record.offset + end, limit)
     return data
+
+
+def _is_descriptor(gap: bytes, record: ZipRecord) -> bool:
+    bodies = [gap[4:], gap] if gap[:4] == DESCRIPTOR_SIG else [gap]
+    for body in bodies:
+        if len(body) == 12:
+            values = struct.unpack("<III", body)
+        elif len(body) == 20:
+            values = struct.unpack("<IQQ", body)
+        else:
+            continue
+        if values == (record.crc, record.compressed_size, record.uncompressed_size):
+            return True
+    return False
+
+
+def _check_gap(gap: bytes | None, record: ZipRecord, at: int, limit: int) -> None:
+    """The bytes between a record's data (ending at ``at``) and the next record (``limit``):
+    none, or one data descriptor that agrees with the central directory. ``gap`` None: the gap
+    is longer than any descriptor."""
+    if gap == b"" or (gap is not None and record.flags & 0x8 and _is_descriptor(gap, record)):
+        return
+    if gap is not None and record.flags & 0x8 and gap[:4] == DESCRIPTOR_SIG and \
+            len(gap) in (16, 24):
+        crc, csize = struct.unpack_from("<II" if len(gap) == 16 else "<IQ", gap, 4)
+        what = "CRC-32 mismatch in" if crc != record.crc else "size mismatch in"
+        raise corrupted(f"{what} record {record.name!r}: its data descriptor at offset {at} says "
+                        f"crc {crc:08x}, size {csize}; the central directory says crc "
+                        f"{record.crc:08x}, size {record.compressed_size}: damaged central "
+                        f"directory or descriptor")
+    raise corrupted(f"{limit - at} bytes after the data of record {record.name!r} (offset {at} "
+                    f"to {limit}) that the central directory does not account for: not a data "
+                    f"descriptor of this record (hidden data, or a damaged header)")
 
 
 def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
@@ -430,7 +652,7 @@ def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
     if sig != LFH_SIG:
         raise corrupted(f"{where} has a bad signature {sig!r}")
     name = bytes(buf[pos + LFH_SIZE: pos + LFH_SIZE + nlen])
-    if name != record.name.encode("utf-8" if record.flags & 0x800 else "cp437"):
+    if name != record.raw:
         raise corrupted(f"{where} names {name!r}, not the central directory's name")
     if method != record.method:
         raise corrupted(f"{where} says compression method {method}, central directory says "
@@ -504,13 +726,16 @@ class _Stream:
 
 def verify_crcs(source: ByteSource, index: ZipIndex, *, chunk_size: int = DEEP_CHUNK_BYTES,
                 max_reported: int = 5) -> int:
-    """Stream the archive once; check every local header and CRC-32. Returns records checked.
+    """Stream the archive once; check every local header, every gap between records and every
+    CRC-32 (not in a CRC-less archive: :data:`CRC_LESS_RULE`). Returns records checked.
 
     Memory stays bounded by ``chunk_size`` (plus one local header), whatever the file size.
     """
     stream = _Stream(source, index.cd_offset, chunk_size)
     bad: list[str] = []
-    for rec in index.records:
+    records = index.records
+    for i, rec in enumerate(records):
+        limit = records[i + 1].offset if i + 1 < len(records) else index.cd_offset
         stream.skip_to(rec.offset)
         header = stream.take(LFH_SIZE)
         if len(header) < LFH_SIZE:
@@ -524,10 +749,113 @@ def verify_crcs(source: ByteSource, index: ZipIndex, *, chunk_size: int = DEEP_C
         if got != rec.compressed_size:
             raise corrupted(f"record {rec.name!r} is short: {got} bytes stored before offset "
                             f"{index.cd_offset}, {rec.compressed_size} expected")
-        if crc != rec.crc:
+        at = stream.pos
+        if at > limit:
+            raise corrupted(f"record {rec.name!r}: its data runs {at - limit} bytes past the "
+                            f"next record at offset {limit} (overlapping records)")
+        _check_gap(stream.take(limit - at) if limit - at <= MAX_DESCRIPTOR else None, rec, at,
+                   limit)
+        if crc != rec.crc and not index.crc_less:
             bad.append(f"CRC-32 mismatch in record {rec.name!r}: stored {rec.crc:08x}, computed "
                        f"{crc:08x} over {got} bytes at offset {data_offset}")
     if bad:
         more = f" (and {len(bad) - max_reported} more records)" if len(bad) > max_reported else ""
         raise corrupted("; ".join(bad[:max_reported]) + more)
     return len(index.records)
+
+
+#: the control records torch reads (relative to the top folder), checked at the load level
+CONTROL_RECORDS = (".format_version", ".storage_alignment", "byteorder", "version",
+                   ".data/version", ".data/serialization_id")
+#: std::stoull as caffe2 applies it to ``version``: C white space, a sign, decimal digits; the
+#: rest of the record is ignored
+_STOULL = re.compile(rb"[ \t\n\x0b\x0c\r]*([+-]?)([0-9]+)")
+
+
+def read_control_records(reader: CachedReader, index: ZipIndex) -> dict[str, bytes]:
+    """The control records' bytes, by relative name, read together with ``data.pkl``.
+
+    Records that lie next to each other (torch writes ``.format_version`` and
+    ``.storage_alignment`` after ``data.pkl``, ``version``, ``byteorder`` and the serialization
+    id just before the central directory, usually inside the tail already read) are fetched with
+    one range read per run, so the load level costs at most two reads more than ``data.pkl``.
+    """
+    present = {rel: rec for rel in CONTROL_RECORDS if (rec := index.member(rel)) is not None}
+    for rec in present.values():
+        if rec.compressed_size > MAX_CONTROL_RECORD_BYTES:
+            raise corrupted(f"control record {rec.name!r} holds {rec.compressed_size} bytes; "
+                            f"torch writes at most 40 (limit {MAX_CONTROL_RECORD_BYTES})")
+    pkl = index.member("data.pkl")
+    wanted = sorted([*present.values(), *([pkl] if pkl is not None else [])], key=_by_offset)
+    runs: list[list[ZipRecord]] = []
+    for rec in wanted:
+        if runs and index.next_offset(runs[-1][-1]) == rec.offset:
+            runs[-1].append(rec)
+        else:
+            runs.append([rec])
+    for run in runs:
+        start, end = run[0].offset, index.next_offset(run[-1])
+        # never more than the records' own reads would fetch (a record followed by a huge gap
+        # is read, capped, on its own -- and refused for the gap)
+        most = sum(LFH_SIZE + r.name_len + 0xFFFF + r.compressed_size + MAX_DESCRIPTOR
+                   for r in run)
+        if len(run) > 1 and end - start <= most and not reader.cached(start, end - start):
+            reader.read(start, end - start, keep=True)
+    return {rel: read_record(reader, index, rec) for rel, rec in present.items()}
+
+
+def parse_format_version(data: bytes, name: str) -> int:
+    """The archive format version as caffe2 reads it; a :class:`Problem` where torch refuses."""
+    match = _STOULL.match(data)
+    if match is None:
+        raise corrupted(f"record {name!r} holds {data[:40]!r}, not a format version number "
+                        f"(torch: \"couldn't parse the version\")")
+    sign, digits = match.groups()
+    value = int(digits)
+    if value >= 1 << 64:
+        raise corrupted(f"record {name!r}: format version {digits[:40].decode()} is out of range")
+    if sign == b"-":
+        value = -value % (1 << 64)  # stoull negates in unsigned arithmetic
+    if value >= 1 << 63:  # torch then compares the version as a signed 64-bit number
+        value -= 1 << 64
+    if value < MIN_FORMAT_VERSION:
+        raise corrupted(f"record {name!r}: format version {value} is below {MIN_FORMAT_VERSION}, "
+                        f"the oldest torch reads (no torch release wrote it)")
+    if value > MAX_FORMAT_VERSION:
+        raise incompatible(f"record {name!r}: format version {value} is newer than "
+                           f"{MAX_FORMAT_VERSION}, the newest this torch reads: written by a "
+                           f"newer torch")
+    return value
+
+
+def check_control_records(reader: CachedReader, index: ZipIndex) -> int:
+    """Read and check the control records as torch does; return the format version.
+
+    ``.data/version`` (else ``version``): parsed like ``std::stoull``, within torch's supported
+    range (newer: *incompatible*; malformed: *corrupted*). ``byteorder``: exactly ``little`` or
+    ``big``. ``.storage_alignment``: a Python ``int()``. ``.data/serialization_id``: UTF-8.
+    ``.format_version``: any bytes (torch only compares them with ``b"1"``).
+    """
+    records = read_control_records(reader, index)
+    top = index.top + "/"
+    rel = ".data/version" if ".data/version" in records else "version"
+    version = parse_format_version(records[rel], top + rel)
+    order = records.get("byteorder")
+    if order is not None and order not in (b"little", b"big"):
+        raise corrupted(f"record {top + 'byteorder'!r} holds {order[:40]!r}; torch reads only "
+                        f"'little' or 'big'")
+    alignment = records.get(".storage_alignment")
+    if alignment is not None:
+        try:
+            int(alignment)
+        except ValueError:
+            raise corrupted(f"record {top + '.storage_alignment'!r} holds {alignment[:40]!r}, "
+                            f"not an integer") from None
+    serial = records.get(".data/serialization_id")
+    if serial is not None:
+        try:
+            serial.decode("utf-8")
+        except UnicodeDecodeError:
+            raise corrupted(f"record {top + '.data/serialization_id'!r} is not UTF-8 text "
+                            f"(torch fails to read it)") from None
+    return version
