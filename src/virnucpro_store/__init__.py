@@ -15,7 +15,9 @@ from .errors import (
     CheckpointError,
     CheckpointIncompatible,
     CheckpointMissing,
+    DeviceUnavailable,
     InvalidKey,
+    ObjectChanged,
     SerializationError,
     StorageFailure,
     StoreError,
@@ -23,6 +25,7 @@ from .errors import (
     UnsafeCheckpoint,
 )
 from .registry import register_backend
+from .runs import AsyncWriter, Manifest, ScanReport
 from .schemas import Schema
 from .store import CheckpointStore, open_store, validate
 from .validation.report import LEVELS, ValidationReport
@@ -32,14 +35,19 @@ __version__ = "0.1.0"
 __all__ = [
     "LEVELS",
     "AlreadyExists",
+    "AsyncWriter",
     "BackendUnavailable",
     "CheckpointCorrupted",
     "CheckpointError",
     "CheckpointIncompatible",
     "CheckpointMissing",
     "CheckpointStore",
+    "DeviceUnavailable",
     "InvalidKey",
+    "Manifest",
+    "ObjectChanged",
     "ObjectInfo",
+    "ScanReport",
     "Schema",
     "SerializationError",
     "StorageFailure",

@@ -390,14 +390,10 @@ def info(url: str, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
     """
     from .registry import split_object_url
     from .targets import open_url_store
-    from .validation import inspect_source
 
     parent, key = split_object_url(url)
     store = open_url_store(parent.url, options)
-    source = store.backend.open_source(key)
-    description = inspect_source(source, deep=deep)
-    description.setdefault("url", store.url_for(key))
-    description.pop("structure", None)
+    description = store.inspect(key, deep=deep)
     if as_json:
         click.echo(json.dumps(description, default=str, indent=2))
     else:

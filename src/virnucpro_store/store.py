@@ -7,18 +7,33 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from typing import IO, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from . import registry
 from .backends.base import Backend, Leftover, ObjectInfo
-from .errors import CheckpointMissing, SerializationError, StoreError
+from .errors import (
+    CheckpointError,
+    CheckpointMissing,
+    ObjectChanged,
+    SerializationError,
+    StoreError,
+)
 from .keys import normalize_key, normalize_prefix
 from .schemas import AUTO, Schema, get_schema
 from .validation import ValidationReport, safe_torch_load, validate_source
 from .validation.report import check_level
 
+if TYPE_CHECKING:
+    from .runs import AsyncWriter, Manifest, ScanReport
+
 SchemaArg = str | Schema | None
+
+#: how many times validate()/load() read an object that keeps being replaced under them (each
+#: time from the start, on the new version) before they give up with ObjectChanged
+READ_ATTEMPTS = 3
+
+_T = TypeVar("_T")
 
 
 class CheckpointStore:
@@ -110,9 +125,14 @@ class CheckpointStore:
                 yield target
 
     def read_bytes(self, key: str) -> bytes:
-        """The raw bytes of ``key``, unvalidated."""
-        with self.open(key) as handle:
-            return handle.read()
+        """The raw bytes of ``key``, unvalidated; one whole version (restarts on a replaced
+        object as :meth:`validate` does)."""
+
+        def one_version() -> bytes:
+            with self.open(key) as handle:
+                return handle.read()
+
+        return self._restarting(one_version)
 
     def _publish(self, write: Callable[[IO[bytes], str, str], None], key: str, *,
                  schema: SchemaArg, validate: str | None, overwrite: bool,
@@ -147,38 +167,140 @@ class CheckpointStore:
 
         A bad file raises the :class:`~virnucpro_store.errors.CheckpointError` subclass of its
         category (``CheckpointCorrupted``, ``UnsafeCheckpoint``, ...), never a raw torch error.
+        What is loaded is the version that was validated: if the object is replaced meanwhile,
+        the load starts again on the new version (as :meth:`validate` does).
         """
         key = normalize_key(key)
         schema_obj = _checked_schema(schema)
         if validate is not None:
-            report = self.validate(key, schema=schema_obj, level=validate)
-            report.raise_for_error(key=key)
+            check_level(validate)
+        return self._restarting(lambda: self._load_version(
+            key, map_location=map_location, schema=schema_obj, validate=validate))
+
+    def _load_version(self, key: str, *, map_location: Any, schema: SchemaArg,
+                      validate: str | None) -> Any:
+        """One validate-then-load of one version; ObjectChanged if it is replaced meanwhile."""
+        version = None
+        if validate is not None:
+            report, version = self._validate_version(key, schema=schema, level=validate,
+                                                     deep=False)
+            if not report.ok:  # refused with the deep verdict's category, as below
+                raise self._verdict_error(key, report.error(key=key), schema=schema,
+                                          version=version,
+                                          level="keys" if validate == "keys" else "load")
         url = self.backend.url_for(key)
-        with self.backend.open_for_load(key) as f:
-            return safe_torch_load(f, map_location=map_location, url=url, key=key)
+        loaded = None
+        try:
+            with self.backend.open_for_load(key) as f:
+                loaded = getattr(f, "etag", None)
+                if version is not None and loaded is not None and loaded != version:
+                    raise ObjectChanged(f"{url}: the object changed between its validation "
+                                        f"and its load", key=key, url=url)
+                return safe_torch_load(f, map_location=map_location, url=url, key=key)
+        except CheckpointError as exc:
+            raise self._verdict_error(key, exc, schema=schema, version=loaded,
+                                      level="keys" if validate == "keys" else "load") from exc
+
+    def _verdict_error(self, key: str, exc: CheckpointError, *, schema: SchemaArg,
+                       level: str, version: str | None) -> CheckpointError:
+        """One verdict per file: the category of a failed ``torch.load`` is the validator's
+        (deep, so it includes the same safe torch.load) on the same bytes, never a guess from
+        torch's message. Only if the validator finds nothing does torch's own error stand."""
+        try:
+            report, seen = self._validate_version(key, schema=schema, level=level, deep=True)
+        except ObjectChanged:
+            raise
+        except StoreError:
+            return exc
+        if version is not None and seen is not None and seen != version:
+            url = self.backend.url_for(key)
+            raise ObjectChanged(f"{url}: the object changed between its load and its "
+                                f"validation", key=key, url=url)
+        if report.ok:
+            return exc
+        return report.error(key=key)
 
     def validate(self, key: str, *, schema: SchemaArg = None, level: str = "keys",
                  deep: bool = False) -> ValidationReport:
-        """Check ``key`` at ``level`` (size, zip, load, keys); never raises for a bad file."""
+        """Check ``key`` at ``level`` (size, zip, load, keys); never raises for a bad file.
+
+        An object replaced while it is being read (S3: its ETag changed) is checked again from
+        the start, on the new version, up to :data:`READ_ATTEMPTS` times (then
+        :class:`~virnucpro_store.errors.ObjectChanged`): the verdict is about one whole version.
+        """
         key = normalize_key(key)
         check_level(level)
         schema_obj = _checked_schema(schema)
+        return self._restarting(lambda: self._validate_version(
+            key, schema=schema_obj, level=level, deep=deep)[0])
+
+    def _validate_version(self, key: str, *, schema: SchemaArg, level: str,
+                          deep: bool) -> tuple[ValidationReport, str | None]:
+        """One validation of one version: (report, the version's etag where the backend pins
+        reads to one); ObjectChanged if the object is replaced while it is read."""
         url = self.backend.url_for(key)
         started = time.perf_counter()
         try:
-            source = self.backend.open_source(key)
-        except CheckpointMissing:
+            with self._source(key) as source:
+                report = validate_source(source, schema=schema, level=level, deep=deep,
+                                         url=url)
+                return report, getattr(source, "etag", None)
+        except CheckpointMissing:  # not there, or deleted while it was read
             return ValidationReport(ok=False, level=None, category="missing",
                                     message="no such checkpoint", size=None, url=url,
                                     requested_level=level, deep=deep,
-                                    schema=getattr(schema_obj, "name", schema_obj),
-                                    seconds=time.perf_counter() - started)
+                                    schema=getattr(schema, "name", schema),
+                                    seconds=time.perf_counter() - started), None
+
+    @contextlib.contextmanager
+    def _source(self, key: str) -> Iterator[Any]:
+        """The backend's byte source for ``key``, closed after use."""
+        source = self.backend.open_source(key)
         try:
-            return validate_source(source, schema=schema_obj, level=level, deep=deep, url=url)
+            yield source
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 close()
+
+    def inspect(self, key: str, *, deep: bool = False) -> dict[str, Any]:
+        """What ``key`` holds, without loading tensor data: keys, list lengths, tensor dtypes
+        and shapes, version/status, size, CRC status (``deep``), the schema it matches, and
+        the verdict (``ok``, ``level``, ``category``, ``message``). Restarts on a replaced
+        object as :meth:`validate` does; a missing key raises ``CheckpointMissing``.
+
+        >>> import torch, virnucpro_store as vs
+        >>> store = vs.open_store("memory://inspect-example")
+        >>> _ = store.save({"ids": ["a"], "data": torch.zeros(1, 3328)}, "m.pt")
+        >>> facts = store.inspect("m.pt")
+        >>> facts["schema"], facts["entries"]["data"]["shape"]
+        ('merged', [1, 3328])
+        """
+        from .validation import inspect_source
+
+        key = normalize_key(key)
+
+        def one_version() -> dict[str, Any]:
+            with self._source(key) as source:
+                facts = inspect_source(source, deep=deep)
+            facts.pop("structure", None)
+            facts.setdefault("url", self.backend.url_for(key))
+            return facts
+
+        return self._restarting(one_version)
+
+    def _restarting(self, read: Callable[[], _T]) -> _T:
+        """Run ``read`` (one whole read of one version) again from the start, on the new
+        version, when the object is replaced under it; at most READ_ATTEMPTS times. So every
+        verdict and every load is about one whole version, never a mix."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return read()
+            except ObjectChanged as exc:
+                if attempt == READ_ATTEMPTS:
+                    raise ObjectChanged(f"{exc} (replaced during each of {READ_ATTEMPTS} "
+                                        f"attempts)", key=exc.key, url=exc.url) from exc
+        raise AssertionError("unreachable")
 
     def exists(self, key: str) -> bool:
         return self.backend.exists(normalize_key(key))
@@ -214,6 +336,88 @@ class CheckpointStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- pipeline runs (see runs.py) -------------------------------------------------------------
+
+    def writer(self, *, max_pending: int = 2, workers: int | None = None) -> AsyncWriter:
+        """A background writer (a context manager): ``submit(obj, key, **save_kwargs)``
+        snapshots ``obj`` (tensors and arrays copied to CPU) and returns a future of its
+        :class:`ObjectInfo`; it blocks while ``max_pending`` saves are queued or in flight.
+        Saves are :meth:`save`\\ s (same staging, validation, publish); two submits to one key
+        publish in submit order. A failure is raised by the next ``submit``/``flush``/``close``.
+        ``workers`` (saves at once) defaults to 1 locally and in memory, 4 on object stores.
+
+        >>> import torch, virnucpro_store as vs
+        >>> store = vs.open_store("memory://writer-method")
+        >>> with store.writer() as w:
+        ...     f = w.submit({"ids": ["a"], "data": torch.zeros(1, 3328)}, "b.pt", schema="merged")
+        >>> f.result().size > 0
+        True
+        """
+        from .runs import AsyncWriter
+
+        return AsyncWriter(self, max_pending=max_pending, workers=workers)
+
+    def scan(self, prefix: str = "", *, schema: SchemaArg = None, level: str = "keys",
+             deep: bool = False, jobs: int = 8, pattern: str | None = None) -> ScanReport:
+        """Validate every checkpoint under the folder ``prefix`` in ``jobs`` threads.
+
+        ``report.valid`` / ``report.invalid`` sort the files; ``report.ids`` holds the sequence
+        ids of the *valid* files only (the schema's ``id_field``; at ``level="keys"``), so a
+        resume is ``expected - report.ids``. Without ``schema``, each file is checked against
+        the built-in schema its keys match. Checkpoints are ``*.pt``/``*.pth`` files (or
+        ``pattern``, a glob on file names); VirNucPro's ``manifest.json``, ``*.done`` and
+        ``*.tmp`` files go to ``report.skipped``; the run manifest is never listed.
+
+        >>> import torch, virnucpro_store as vs
+        >>> store = vs.open_store("memory://scan-method")
+        >>> _ = store.save({"ids": ["s1", "s2"], "data": torch.zeros(2, 3328)}, "r/a.pt")
+        >>> _ = store.save_bytes(b"truncated", "r/b.pt", validate=None)
+        >>> report = store.scan("r")
+        >>> report.valid, sorted(report.invalid), sorted(report.ids)
+        (['r/a.pt'], ['r/b.pt'], ['s1', 's2'])
+        """
+        from .runs import scan
+
+        return scan(self, prefix, schema=schema, level=level, deep=deep, jobs=jobs,
+                    pattern=pattern)
+
+    def commit_run(self, prefix: str, *, keys: Iterable[str] | None = None,
+                   level: str = "keys") -> Manifest:
+        """Validate the run's checkpoints (all under the folder ``prefix``, or ``keys``) and
+        publish its manifest, ``PREFIX/vnps-run-manifest.json``, last and create-only: a second
+        commit raises :class:`~virnucpro_store.errors.AlreadyExists`. An invalid file refuses
+        the commit (its ``CheckpointError`` is raised; nothing is published).
+
+        >>> import torch, virnucpro_store as vs
+        >>> store = vs.open_store("memory://commit-method")
+        >>> _ = store.save({"ids": ["s1"], "data": torch.zeros(1, 3328)}, "r/a.pt")
+        >>> m = store.commit_run("r")
+        >>> m.key, m.files["a.pt"].n_ids, m.files["a.pt"].checksum[:14]
+        ('r/vnps-run-manifest.json', 1, 'zipcrc-sha256:')
+        """
+        from .runs import commit_run
+
+        return commit_run(self, prefix, keys=keys, level=level)
+
+    def verify_run(self, prefix: str, *, deep: bool = False) -> ScanReport:
+        """Check the run under ``prefix`` against its manifest: a listed file that is gone is
+        invalid ("missing"); one whose size or checksum differs is "corrupted", even if it is
+        a valid checkpoint; unlisted checkpoints are in ``report.extra``. ``deep`` also checks
+        every record's data against its CRC-32. No manifest: ``CheckpointMissing``.
+
+        >>> import torch, virnucpro_store as vs
+        >>> store = vs.open_store("memory://verify-method")
+        >>> _ = store.save({"ids": ["s1"], "data": torch.zeros(1, 3328)}, "r/a.pt")
+        >>> _ = store.commit_run("r")
+        >>> _ = store.save({"ids": ["s1"], "data": torch.ones(1, 3328)}, "r/a.pt")
+        >>> report = store.verify_run("r")
+        >>> report.ok, report.invalid["r/a.pt"].category
+        (False, 'corrupted')
+        """
+        from .runs import verify_run
+
+        return verify_run(self, prefix, deep=deep)
 
 
 def _checked_schema(schema: SchemaArg) -> SchemaArg:
