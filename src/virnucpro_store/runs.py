@@ -1,0 +1,805 @@
+"""Pipeline runs: a bounded background writer, a resume scan, and a committed run manifest.
+
+A VirNucPro run is thousands of checkpoints written by several workers for hours. This module
+answers the questions asked about the *run* rather than one file, the same way on every backend:
+
+- :class:`AsyncWriter` (``store.writer()``): saves in background threads so the GPU does not
+  wait on the disk; it snapshots each object on submit, bounds memory by ``max_pending``, keeps
+  per-key submit order, and raises every failure at the next call.
+- :func:`scan` (``store.scan()``): validates every checkpoint under a prefix in parallel and
+  collects the sequence ids held by the *valid* files; a resume is ``expected - report.ids``.
+- :func:`commit_run` (``store.commit_run()``): validates the run and publishes one JSON manifest
+  (:data:`MANIFEST_NAME`) last, atomically and create-only.
+- :func:`verify_run` (``store.verify_run()``): checks the run against its manifest.
+
+Example:
+    >>> import torch, virnucpro_store as vs
+    >>> store = vs.open_store("memory://runs-doc")
+    >>> with store.writer() as writer:
+    ...     for i in range(3):
+    ...         ids = [f"seq{3 * i + j}" for j in range(3)]
+    ...         _ = writer.submit({"ids": ids, "data": torch.zeros(3, 3328)},
+    ...                           f"run/merged_{i}.pt", schema="merged")
+    >>> report = store.scan("run")
+    >>> report.ok, report.valid, len(report.ids)
+    (True, ['run/merged_0.pt', 'run/merged_1.pt', 'run/merged_2.pt'], 9)
+    >>> manifest = store.commit_run("run")
+    >>> manifest.key, len(manifest.files)
+    ('run/vnps-run-manifest.json', 3)
+    >>> store.verify_run("run").ok
+    True
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import dataclasses
+import fnmatch
+import hashlib
+import json
+import logging
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import schemas as _schemas
+from .backends.base import ObjectInfo
+from .errors import (
+    AlreadyExists,
+    CheckpointCorrupted,
+    CheckpointError,
+    CheckpointIncompatible,
+    CheckpointMissing,
+)
+from .keys import normalize_key, normalize_prefix
+from .source import ByteSource
+from .validation.levels import _evaluate
+from .validation.problem import Problem
+from .validation.report import ValidationReport, check_level
+from .validation.zipindex import CachedReader, read_index
+
+if TYPE_CHECKING:
+    from .store import CheckpointStore
+
+#: The run manifest's file name, under the run's prefix. It differs from VirNucPro's own
+#: ``manifest.json`` / ``manifest.lock``, and ``scan`` never takes it for a checkpoint.
+MANIFEST_NAME = "vnps-run-manifest.json"
+#: the ``format`` field of every run manifest
+MANIFEST_FORMAT = "virnucpro-store-run"
+#: the manifest layout this code writes; a manifest with a larger one is "incompatible"
+MANIFEST_VERSION = 1
+#: the largest manifest ``verify_run`` reads (a run of 10**6 files is ~200 MB of JSON)
+MAX_MANIFEST_BYTES = 1 << 30
+#: file names ``scan`` takes for checkpoints unless ``pattern`` says otherwise
+CHECKPOINT_PATTERNS = ("*.pt", "*.pth")
+#: checksum of a file whose ZIP records carry CRC-32s: SHA-256 over the central directory's
+#: (name, CRC-32, size) list; of a CRC-less archive: SHA-256 of the whole file
+ZIPCRC = "zipcrc-sha256"
+FULL = "sha256"
+
+_CHUNK = 8 << 20
+
+log = logging.getLogger(__name__)
+
+
+# -- the writer -------------------------------------------------------------------------------
+
+
+def default_workers(store: CheckpointStore) -> int:
+    """Saves in flight at once when ``workers`` is not given: the backend's
+    ``concurrent_writes`` if it declares one, else 1 on local disk and in memory (one stream
+    keeps a disk busy; more only interleave) and 4 on object stores (uploads overlap)."""
+    declared = getattr(store.backend, "concurrent_writes", None)
+    if isinstance(declared, int) and declared >= 1:
+        return declared
+    return 1 if store.backend.scheme in ("file", "memory") else 4
+
+
+class AsyncWriter:
+    """Saves checkpoints in background threads; see :meth:`CheckpointStore.writer`.
+
+    ``submit`` snapshots the object (tensors and numpy arrays are copied to CPU memory), then
+    queues its save and returns a future of the published file's
+    :class:`~virnucpro_store.ObjectInfo`. At most ``max_pending`` saves are queued or in flight:
+    ``submit`` blocks until one finishes, so memory holds about ``max_pending + 1`` objects.
+    Two submits to one key publish in submit order. A failed save is raised, as the
+    ``StoreError`` itself, by the next ``submit``, ``flush`` or ``close`` (once), and stays in
+    its own future. Use it as a context manager: leaving the block flushes and closes.
+
+    >>> import torch, virnucpro_store as vs
+    >>> store = vs.open_store("memory://writer-doc")
+    >>> with store.writer(max_pending=2) as writer:
+    ...     future = writer.submit({"ids": ["a"], "data": torch.ones(1, 3328)}, "m.pt",
+    ...                            schema="merged")
+    >>> future.result().key
+    'm.pt'
+    """
+
+    def __init__(self, store: CheckpointStore, *, max_pending: int = 2,
+                 workers: int | None = None) -> None:
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be an int >= 1, not {max_pending!r}")
+        if workers is None:
+            workers = default_workers(store)
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+        self.store = store
+        self.max_pending = max_pending
+        self.workers = workers
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="vnps-writer")
+        self._cv = threading.Condition()
+        self._inflight = 0  # submitted, and its done-callback has not run yet
+        self._failures: list[BaseException] = []  # failed saves not yet raised to the caller
+        self._last: dict[str, concurrent.futures.Future[ObjectInfo]] = {}
+        self._closed = False
+
+    def submit(self, obj: Any, key: str, **save_kwargs: Any) -> concurrent.futures.Future[
+            ObjectInfo]:
+        """Snapshot ``obj`` and queue its save under ``key``; ``save_kwargs`` are those of
+        :meth:`CheckpointStore.save` (``schema``, ``validate``, ``overwrite``, ``deep``).
+
+        Blocks while ``max_pending`` saves are queued or in flight. Raises the first failure of
+        an earlier save not yet raised (then ``obj`` is *not* submitted)."""
+        key = normalize_key(key)
+        kwargs = _checked_save_kwargs(save_kwargs)
+        with self._cv:
+            self._raise_if_failed()
+            while self._inflight >= self.max_pending:
+                self._cv.wait()
+                self._raise_if_failed()
+            self._inflight += 1
+        try:
+            # after taking the slot: the copy is one of the max_pending objects held
+            snap = snapshot(obj)
+            with self._cv:
+                previous = self._last.get(key)
+                future = self._pool.submit(self._save, snap, key, kwargs, previous)
+                self._last[key] = future
+        except BaseException:
+            with self._cv:
+                self._inflight -= 1
+                self._cv.notify_all()
+            raise
+        future.add_done_callback(lambda f: self._done(key, f))
+        return future
+
+    def _save(self, obj: Any, key: str, kwargs: dict[str, Any],
+              previous: concurrent.futures.Future[ObjectInfo] | None) -> ObjectInfo:
+        if previous is not None:
+            # FIFO pool: ``previous`` was taken by a worker before this one, so this wait ends
+            concurrent.futures.wait([previous])
+        return self.store.save(obj, key, **kwargs)
+
+    def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo]) -> None:
+        # Runs after the future is resolved: the failure is recorded before the slot frees,
+        # so a submit woken by this slot sees it.
+        with self._cv:
+            if self._last.get(key) is future:
+                del self._last[key]
+            exc = future.exception()
+            if exc is not None:
+                self._failures.append(exc)
+            self._inflight -= 1
+            self._cv.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        if self._failures:
+            first, more = self._failures[0], len(self._failures) - 1
+            self._failures.clear()
+            if more:
+                first.add_note(f"({more} more background save(s) failed as well; each "
+                               f"future holds its own exception)")
+            raise first
+        if self._closed:
+            raise RuntimeError("this AsyncWriter is closed")
+
+    @property
+    def pending(self) -> int:
+        """Saves queued or in flight now."""
+        with self._cv:
+            return self._inflight
+
+    def flush(self) -> None:
+        """Wait for every submitted save; raise the first failure not yet raised."""
+        with self._cv:
+            while self._inflight:
+                self._cv.wait()
+            if self._failures:
+                self._raise_if_failed()
+
+    def close(self) -> None:
+        """Flush (raising a failure as :meth:`flush` does) and stop the worker threads.
+        Idempotent."""
+        try:
+            if not self._closed:
+                self.flush()
+        finally:
+            self._closed = True
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> AsyncWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        # The block failed: still finish the saves, but never mask its exception; a save
+        # failure is attached to it instead of being lost.
+        try:
+            self.close()
+        except BaseException as save_exc:  # noqa: BLE001 -- reported on the block's error
+            exc.add_note(f"and a background save failed: {type(save_exc).__name__}: "
+                         f"{save_exc}")
+
+    def __del__(self) -> None:
+        # dropped without close(): a failure nobody was told of is at least logged
+        failures = getattr(self, "_failures", None)
+        if failures:
+            log.error("AsyncWriter dropped with %d background save failure(s) never raised, "
+                      "first: %s", len(failures), failures[0])
+
+    def __repr__(self) -> str:
+        return (f"AsyncWriter({self.store.url!r}, max_pending={self.max_pending}, "
+                f"workers={self.workers}, pending={self._inflight})")
+
+
+_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep")
+
+
+def _checked_save_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Refuse in ``submit`` what ``save`` would refuse later: an unknown argument, schema name
+    or level is the caller's mistake, not a background failure."""
+    unknown = sorted(set(kwargs) - set(_SAVE_KWARGS))
+    if unknown:
+        raise TypeError(f"submit() got unexpected keyword argument(s) {', '.join(unknown)}; "
+                        f"it accepts {', '.join(_SAVE_KWARGS)}")
+    if "schema" in kwargs and kwargs["schema"] != _schemas.AUTO:
+        _schemas.get_schema(kwargs["schema"])
+    if kwargs.get("validate") is not None:
+        check_level(kwargs["validate"])
+    return dict(kwargs)
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` that shares no mutable buffer with it: tensors are copied to CPU
+    memory (``detach().to("cpu", copy=True)``, from the GPU if they are there), numpy arrays
+    with ``.copy()``, dicts, lists, tuples and sets rebuilt around the copies. Immutable
+    leaves (str, int, ...) are shared. An object reached twice is copied once (sharing kept).
+
+    >>> import torch
+    >>> t = torch.zeros(2)
+    >>> snap = snapshot({"x": [t, t]})
+    >>> t.fill_(1.0); snap["x"][0].tolist(), snap["x"][0] is snap["x"][1]
+    tensor([1., 1.])
+    ([0.0, 0.0], True)
+    """
+    import torch
+
+    try:
+        import numpy
+        ndarray: type | None = numpy.ndarray
+    except ImportError:  # pragma: no cover -- numpy comes with torch
+        ndarray = None
+    memo: dict[int, Any] = {}
+
+    def copy_tensor(t: torch.Tensor) -> torch.Tensor:
+        out = t.detach().to("cpu", copy=True)
+        if isinstance(t, torch.nn.Parameter):
+            return torch.nn.Parameter(out, requires_grad=t.requires_grad)
+        if t.requires_grad:
+            out.requires_grad_(True)
+        return out
+
+    def walk(value: Any) -> Any:
+        done = memo.get(id(value))
+        if done is not None:
+            return done[1]
+        if isinstance(value, torch.Tensor):
+            out = copy_tensor(value)
+        elif ndarray is not None and isinstance(value, ndarray):
+            out = value.copy()
+        elif isinstance(value, dict):
+            out = dict() if type(value) is dict else copy.copy(value)
+            memo[id(value)] = (value, out)  # before the children: cycles end here
+            for k, v in value.items():
+                out[k] = walk(v)
+            return out
+        elif isinstance(value, list):
+            out = [] if type(value) is list else copy.copy(value)
+            memo[id(value)] = (value, out)
+            out[:] = [walk(v) for v in value]
+            return out
+        elif isinstance(value, tuple):
+            items = [walk(v) for v in value]
+            if type(value) is tuple:
+                out = tuple(items)
+            elif hasattr(value, "_fields"):  # a namedtuple
+                out = type(value)(*items)
+            else:  # torch.Size and other tuple subclasses built from one iterable
+                out = type(value)(items)
+        elif isinstance(value, (set, frozenset, bytearray)):
+            out = copy.copy(value)
+        else:
+            return value  # immutable leaves; anything else torch.save pickles as it is
+        memo[id(value)] = (value, out)  # keeps ``value`` alive, so its id is not reused
+        return out
+
+    return walk(obj)
+
+
+# -- scan, commit, verify ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One committed file: its key relative to the run's prefix, size, checksum, schema and
+    number of ids."""
+
+    key: str
+    size: int
+    checksum: str
+    schema: str | None
+    n_ids: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "size": self.size, "checksum": self.checksum,
+                "schema": self.schema, "n_ids": self.n_ids}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed run: what :func:`commit_run` published and :func:`verify_run` checks.
+
+    ``files`` maps each key (relative to ``prefix``) to its :class:`ManifestEntry`; ``key`` is
+    where the manifest itself lives."""
+
+    prefix: str
+    key: str
+    level: str
+    created: str
+    files: dict[str, ManifestEntry]
+    format_version: int = MANIFEST_VERSION
+
+    @property
+    def n_ids(self) -> int:
+        return sum(e.n_ids or 0 for e in self.files.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "format_version": self.format_version,
+            "prefix": self.prefix,
+            "created": self.created,
+            "level": self.level,
+            "checksums": {ZIPCRC: "SHA-256 over each ZIP central-directory record's name, "
+                                  "CRC-32 and size, in directory order",
+                          FULL: "SHA-256 of the whole file (archives without CRC-32s)"},
+            "n_files": len(self.files),
+            "n_ids": self.n_ids,
+            "files": [self.files[k].to_dict() for k in sorted(self.files)],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, key: str, url: str | None = None) -> Manifest:
+        """Parse a manifest; raises CheckpointCorrupted (not a manifest) or
+        CheckpointIncompatible (a newer layout)."""
+        where = url or key
+
+        def bad(why: str) -> CheckpointCorrupted:
+            return CheckpointCorrupted(f"{where}: not a valid run manifest: {why}", key=key,
+                                       url=url)
+
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise bad(f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+            raise bad(f"no 'format': {MANIFEST_FORMAT!r} field")
+        version = doc.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise bad(f"format_version {version!r}")
+        if version > MANIFEST_VERSION:
+            raise CheckpointIncompatible(
+                f"{where}: run manifest format_version {version}; this code reads "
+                f"{MANIFEST_VERSION} or older", key=key, url=url)
+        level, files = doc.get("level"), doc.get("files")
+        if level not in ("size", "zip", "load", "keys") or not isinstance(files, list):
+            raise bad("'level' or 'files' is missing or malformed")
+        entries: dict[str, ManifestEntry] = {}
+        for item in files:
+            try:
+                entry = ManifestEntry(key=item["key"], size=item["size"],
+                                      checksum=item["checksum"], schema=item.get("schema"),
+                                      n_ids=item.get("n_ids"))
+                ok = (isinstance(entry.key, str) and normalize_key(entry.key) == entry.key
+                      and _is_count(entry.size) and isinstance(entry.checksum, str)
+                      and entry.checksum.partition(":")[0] in (ZIPCRC, FULL)
+                      and (entry.schema is None or isinstance(entry.schema, str))
+                      and (entry.n_ids is None or _is_count(entry.n_ids)))
+            except Exception:  # noqa: BLE001 -- any malformed entry is the same verdict
+                ok = False
+            if not ok or entry.key in entries:
+                raise bad(f"malformed or repeated file entry {str(item)[:200]}")
+            entries[entry.key] = entry
+        prefix = doc.get("prefix")
+        return cls(prefix=prefix if isinstance(prefix, str) else "", key=key, level=level,
+                   created=str(doc.get("created", "")), files=entries, format_version=version)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass
+class ScanReport:
+    """What :func:`scan` (or :func:`verify_run`) found under a prefix.
+
+    ``valid``: sorted keys of the valid checkpoints. ``invalid``: ``{key: ValidationReport}``
+    (category "missing" for a committed file that is gone, "corrupted" for one that differs
+    from the manifest). ``ids``: the sequence ids held by the valid files only, so a resume is
+    ``expected - report.ids``. ``duplicate_ids``: ids found more than once among them.
+    ``skipped``: ``{key: reason}`` for names that are not checkpoints
+    (VirNucPro's ``manifest.json``/``.lock``, ``*.done`` sidecars, ``*.tmp`` leftovers, other
+    names). The run manifest itself never appears; ``committed`` says whether the prefix
+    holds one. ``extra`` (verify only): checkpoints present but not in the manifest.
+    ``ok``: no invalid file (``extra`` files do not make a run bad).
+    """
+
+    prefix: str
+    level: str
+    deep: bool = False
+    schema: str | None = None
+    valid: list[str] = field(default_factory=list)
+    invalid: dict[str, ValidationReport] = field(default_factory=dict)
+    ids: set[str] = field(default_factory=set)
+    duplicate_ids: set[str] = field(default_factory=set)
+    skipped: dict[str, str] = field(default_factory=dict)
+    extra: list[str] = field(default_factory=list)
+    #: the prefix holds a run manifest (``commit_run`` was done)
+    committed: bool = False
+    #: ids per valid file, in file order (rows of its data)
+    ids_by_key: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    #: verify_run only: the manifest checked against
+    manifest: Manifest | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (ids are counted, not listed)."""
+        return {
+            "prefix": self.prefix, "ok": self.ok, "level": self.level, "deep": self.deep,
+            "schema": self.schema, "n_valid": len(self.valid), "n_invalid": len(self.invalid),
+            "n_ids": len(self.ids), "n_duplicate_ids": len(self.duplicate_ids),
+            "valid": self.valid,
+            "invalid": {k: r.to_dict() for k, r in sorted(self.invalid.items())},
+            "skipped": dict(sorted(self.skipped.items())), "extra": self.extra,
+            "committed": self.committed,
+            "manifest": self.manifest.key if self.manifest else None,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass
+class _Examined:
+    key: str
+    report: ValidationReport
+    ids: list[str] | None = None
+    schema: str | None = None
+    checksum: str | None = None
+
+
+def _folder(prefix: str) -> str:
+    """A run prefix is a folder: ``run7`` means ``run7/`` (never ``run70/...``)."""
+    clean = normalize_prefix(prefix)
+    return clean if not clean or clean.endswith("/") else clean + "/"
+
+
+def _skip_reason(name: str, pattern: str | None) -> str | None:
+    """Why the file ``name`` (last key component) is not a checkpoint; None if it is one."""
+    # never checkpoints, whatever the pattern: VirNucPro's own bookkeeping and leftovers
+    if name in ("manifest.json", "manifest.lock"):
+        return "VirNucPro checkpoint manifest"
+    if name.endswith(".done"):
+        return "completion sidecar (.done)"
+    if name.endswith(".tmp"):
+        return "temporary file (.tmp) of an unfinished save"
+    if pattern is not None:
+        return None if fnmatch.fnmatchcase(name, pattern) else f"does not match {pattern!r}"
+    if any(fnmatch.fnmatchcase(name, p) for p in CHECKPOINT_PATTERNS):
+        return None
+    return f"not a checkpoint name ({', '.join(CHECKPOINT_PATTERNS)})"
+
+
+def _classify(keys: Iterable[str], pattern: str | None) -> tuple[list[str], dict[str, str]]:
+    """(checkpoint keys, {other key: why skipped}); run manifests are in neither."""
+    checkpoints, skipped = [], {}
+    for key in keys:
+        name = key.rsplit("/", 1)[-1]
+        if name == MANIFEST_NAME:
+            continue
+        reason = _skip_reason(name, pattern)
+        if reason is None:
+            checkpoints.append(key)
+        else:
+            skipped[key] = reason
+    return checkpoints, skipped
+
+
+class _Memo:
+    """Serves repeated reads of one version from memory (small reads only): the checksum's
+    ZIP index is then built from the very bytes the validation read, with no second request."""
+
+    MAX_READ = 2 << 20
+    MAX_TOTAL = 8 << 20
+
+    def __init__(self, inner: ByteSource) -> None:
+        self.inner = inner
+        self.size = inner.size
+        self._kept: dict[tuple[int, int], bytes] = {}
+        self._total = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self._kept.get((offset, length))
+        if data is None:
+            data = self.inner.read(offset, length)
+            if length <= self.MAX_READ and self._total + len(data) <= self.MAX_TOTAL:
+                self._kept[(offset, length)] = data
+                self._total += len(data)
+        return data
+
+
+def _checksum(source: ByteSource, algorithm: str | None) -> str:
+    """The file's checksum: :data:`ZIPCRC` (the default, or an archive with CRCs) or
+    :data:`FULL` (an archive without CRCs, whose directory says nothing of its data)."""
+    index = read_index(CachedReader(source))
+    if algorithm is None:
+        algorithm = FULL if index.crc_less else ZIPCRC
+    digest = hashlib.sha256()
+    if algorithm == ZIPCRC:
+        for record in sorted(index.records, key=lambda r: r.index):
+            digest.update(struct.pack("<IQQI", record.crc, record.uncompressed_size,
+                                      record.compressed_size, len(record.raw)))
+            digest.update(record.raw)
+    else:
+        for offset in range(0, source.size, _CHUNK):
+            digest.update(source.read(offset, min(_CHUNK, source.size - offset)))
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+def _fail(report: ValidationReport, category: str, message: str) -> ValidationReport:
+    return dataclasses.replace(report, ok=False, category=category, message=message)
+
+
+def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, deep: bool,
+                  want_checksum: bool, expect: ManifestEntry | None) -> _Examined:
+    """One read of one version of ``key``: validate, read ids, checksum (and compare)."""
+    url = store.backend.url_for(key)
+    started = time.perf_counter()
+    try:
+        raw = store.backend.open_source(key)
+    except CheckpointMissing:
+        message = "no such checkpoint" if expect is None else \
+            "listed in the run manifest but no longer there"
+        return _Examined(key, ValidationReport(
+            ok=False, level=None, category="missing", message=message, size=None, url=url,
+            requested_level=level, deep=deep, seconds=time.perf_counter() - started))
+    try:
+        if expect is not None and raw.size != expect.size:
+            return _Examined(key, ValidationReport(
+                ok=False, level=None, category="corrupted", size=raw.size, url=url,
+                requested_level=level, deep=deep, seconds=time.perf_counter() - started,
+                message=f"not the committed file: {raw.size} bytes, the run manifest says "
+                        f"{expect.size}"))
+        source: ByteSource = raw if deep else _Memo(raw)
+        report, structure = _evaluate(source, schema=schema, level=level, deep=deep, url=url)
+        found = _Examined(key, report)
+        if not report.ok:
+            return found
+        used = schema if isinstance(schema, _schemas.Schema) else None
+        if schema == _schemas.AUTO:
+            used = _schemas.BUILTIN_SCHEMAS.get(report.schema or "")
+        if schema is None and level == "keys":
+            # no schema named: check the built-in one the keys match, so that ids are only
+            # counted from a file whose ids fit its rows
+            used = _schemas.detect_schema(structure)
+            problems = used.check(structure) if used is not None else []
+            if problems:
+                more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+                found.report = _fail(report, "incompatible", problems[0] + more)
+                return found
+        found.schema = used.name if used is not None else None
+        if used is not None and used.id_field and level == "keys" \
+                and isinstance(structure, Mapping):
+            ids = structure.get(used.id_field)
+            if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+                found.ids = ids
+        if want_checksum or expect is not None:
+            algorithm = expect.checksum.partition(":")[0] if expect is not None else None
+            try:
+                found.checksum = _checksum(source, algorithm)
+            except Problem as exc:  # below the zip level, the directory was never checked
+                found.report = _fail(report, exc.category, f"no checksum: {exc.message}")
+                return found
+            if expect is not None and found.checksum != expect.checksum:
+                found.report = _fail(report, "corrupted",
+                                     "not the committed file: its checksum differs from the "
+                                     "run manifest's")
+        return found
+    finally:
+        close = getattr(raw, "close", None)
+        if close is not None:
+            close()
+
+
+def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
+                 examine: Callable[[str], _Examined]) -> dict[str, _Examined]:
+    """``examine`` every key in a pool of ``jobs`` threads; a storage failure (not a file's
+    fault) stops the whole scan and is raised."""
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an int >= 1, not {jobs!r}")
+    results: dict[str, _Examined] = {}
+    if not keys:
+        return results
+
+    def one(key: str) -> _Examined:
+        # restarted on the new version if the object is replaced while it is read
+        return store._restarting(lambda: examine(key))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(jobs, len(keys)),
+                                               thread_name_prefix="vnps-scan") as pool:
+        futures = [pool.submit(one, key) for key in keys]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                found = future.result()
+                results[found.key] = found
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return results
+
+
+def _collect(report: ScanReport, results: Iterable[_Examined]) -> ScanReport:
+    seen: set[str] = set()
+    for found in sorted(results, key=lambda f: f.key):
+        if not found.report.ok:
+            report.invalid[found.key] = found.report
+            continue
+        report.valid.append(found.key)
+        if found.ids is not None:
+            report.ids_by_key[found.key] = found.ids
+            for sequence_id in found.ids:
+                if sequence_id in seen:
+                    report.duplicate_ids.add(sequence_id)
+                seen.add(sequence_id)
+    report.ids = seen
+    return report
+
+
+def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level: str = "keys",
+         deep: bool = False, jobs: int = 8, pattern: str | None = None) -> ScanReport:
+    """Validate every checkpoint under ``prefix`` in ``jobs`` threads; see
+    :meth:`CheckpointStore.scan`."""
+    started = time.perf_counter()
+    check_level(level)
+    if schema != _schemas.AUTO:
+        schema = _schemas.get_schema(schema)
+    folder = _folder(prefix)
+    listed = list(store.list(folder))
+    keys, skipped = _classify(listed, pattern)
+    results = _examine_all(store, keys, jobs, lambda key: _examine_once(
+        store, key, schema=schema, level=level, deep=deep, want_checksum=False, expect=None))
+    report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
+                        schema=schema if isinstance(schema, str) else getattr(schema, "name",
+                                                                              None),
+                        committed=folder + MANIFEST_NAME in listed)
+    _collect(report, results.values())
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def manifest_key(prefix: str) -> str:
+    """Where the run manifest of ``prefix`` lives.
+
+    >>> manifest_key("runs/run7")
+    'runs/run7/vnps-run-manifest.json'
+    """
+    return _folder(prefix) + MANIFEST_NAME
+
+
+def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | None = None,
+               level: str = "keys", jobs: int = 8) -> Manifest:
+    """Validate the run's files and publish its manifest last, create-only; see
+    :meth:`CheckpointStore.commit_run`."""
+    check_level(level)
+    folder = _folder(prefix)
+    key = folder + MANIFEST_NAME
+    url = store.backend.url_for(key)
+    if keys is None:
+        files, _ = _classify(store.list(folder), None)
+    else:
+        files = sorted({normalize_key(k) for k in keys})
+        for k in files:
+            if not k.startswith(folder) or k.rsplit("/", 1)[-1] == MANIFEST_NAME:
+                raise ValueError(f"key {k!r} is not a checkpoint under the run's prefix "
+                                 f"{folder!r}")
+    if not files:
+        raise CheckpointMissing(f"{store.backend.url_for(folder)}: no checkpoints to commit",
+                                key=folder, url=store.backend.url_for(folder))
+    if store.exists(key):  # fail before validating everything; the publish decides
+        raise AlreadyExists(f"{url}: the run is already committed", key=key, url=url)
+    results = _examine_all(store, files, jobs, lambda k: _examine_once(
+        store, k, schema=None, level=level, deep=False, want_checksum=True, expect=None))
+    bad = sorted(k for k, r in results.items() if not r.report.ok)
+    if bad:
+        error: CheckpointError = results[bad[0]].report.error(key=bad[0])
+        error.add_note(f"commit_run refused: {len(bad)} of {len(files)} files are not valid "
+                       f"checkpoints ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''});"
+                       f" nothing was committed")
+        raise error
+    entries = {}
+    for k in files:
+        found = results[k]
+        assert found.checksum is not None and found.report.size is not None
+        rel = k[len(folder):]
+        entries[rel] = ManifestEntry(key=rel, size=found.report.size, checksum=found.checksum,
+                                     schema=found.schema,
+                                     n_ids=None if found.ids is None else len(found.ids))
+    manifest = Manifest(prefix=folder, key=key, level=level,
+                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        files=entries)
+    store.save_bytes(manifest.to_json().encode(), key, validate=None, overwrite=False)
+    return manifest
+
+
+def read_manifest(store: CheckpointStore, prefix: str) -> Manifest:
+    """The committed manifest of ``prefix``; raises CheckpointMissing when the run was never
+    committed, CheckpointCorrupted when the manifest is not one."""
+    key = manifest_key(prefix)
+    url = store.backend.url_for(key)
+    info = store.info(key)  # CheckpointMissing: not committed
+    if info.size > MAX_MANIFEST_BYTES:
+        raise CheckpointCorrupted(f"{url}: a run manifest of {info.size} bytes is larger than "
+                                  f"{MAX_MANIFEST_BYTES}", key=key, url=url)
+    return Manifest.from_json(store.read_bytes(key), key=key, url=url)
+
+
+def verify_run(store: CheckpointStore, prefix: str, *, deep: bool = False,
+               jobs: int = 8) -> ScanReport:
+    """Check the run under ``prefix`` against its manifest; see
+    :meth:`CheckpointStore.verify_run`."""
+    started = time.perf_counter()
+    folder = _folder(prefix)
+    manifest = read_manifest(store, folder)
+    present, skipped = _classify(store.list(folder), None)
+    listed = [folder + rel for rel in sorted(manifest.files)]
+
+    def examine(key: str) -> _Examined:
+        entry = manifest.files[key[len(folder):]]
+        schema = _schemas.BUILTIN_SCHEMAS.get(entry.schema or "")
+        return _examine_once(store, key, schema=schema, level=manifest.level, deep=deep,
+                             want_checksum=True, expect=entry)
+
+    results = _examine_all(store, listed, jobs, examine)
+    report = ScanReport(prefix=folder, level=manifest.level, deep=deep, skipped=skipped,
+                        manifest=manifest, committed=True)
+    report.extra = sorted(set(present) - set(listed))
+    _collect(report, results.values())
+    report.seconds = time.perf_counter() - started
+    return report
