@@ -49,6 +49,9 @@ class Schema:
     required_keys: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
     description: str = ""
+    #: the key holding the file's sequence ids (a list of str), which ``scan`` reads to tell
+    #: which sequences are done; None: the files of this schema name no ids
+    id_field: str | None = None
 
     def check(self, obj: Any) -> list[str]:
         """Problems found in ``obj`` (the lazy structure); empty when it fits the schema."""
@@ -234,21 +237,23 @@ BUILTIN_SCHEMAS: dict[str, Schema] = {
         "dnabert", ("nucleotide", "data"),
         (_str_list("dnabert", "nucleotide"), _dnabert_data,
          _same_length("dnabert", "nucleotide", "data")),
-        f"DNABERT-S features: nucleotide ids and {DNABERT_DIM}-float mean representations"),
+        f"DNABERT-S features: nucleotide ids and {DNABERT_DIM}-float mean representations",
+        id_field="nucleotide"),
     "esm": Schema(
         "esm", ("proteins", "data"),
         (_str_list("esm", "proteins"), _esm_data, _same_length("esm", "proteins", "data")),
-        f"ESM-2 features: protein ids and float32 ({ESM_DIM},) tensors"),
+        f"ESM-2 features: protein ids and float32 ({ESM_DIM},) tensors", id_field="proteins"),
     "merged": Schema(
         "merged", ("ids", "data"),
         (_str_list("merged", "ids"), _float_matrix("merged", "data", MERGED_DIM, "ids", False)),
-        f"merged features: ids and one float (N, {MERGED_DIM}) tensor"),
+        f"merged features: ids and one float (N, {MERGED_DIM}) tensor", id_field="ids"),
     "shard": Schema(
         "shard", ("embeddings", "sequence_ids", "metadata"),
         (_str_list("shard", "sequence_ids"),
          _float_matrix("shard", "embeddings", None, "sequence_ids", True),
          _is_dict("shard", "metadata")),
-        "an embedding shard: a float (N, D) tensor or numpy array, ids and metadata"),
+        "an embedding shard: a float (N, D) tensor or numpy array, ids and metadata",
+        id_field="sequence_ids"),
 }
 
 
@@ -308,9 +313,10 @@ def check_version(structure: Any) -> str | None:
         major = int(version) if version == version and abs(version) < 1e18 else None
     elif isinstance(version, str):
         head = version[:64].strip().lstrip("vV").split(".")[0]
-        # a digit string too long for int() (or any real version) is not a version
-        major = int(head) if head.isdigit() and len(head) <= 18 else None
-    if major is None:
+        # ASCII digits only: str.isdigit() is also true for '²' (int() raises) and '١' (a
+        # version no writer of this format produces); too long for int() is not a version
+        major = int(head) if head.isascii() and head.isdigit() and len(head) <= 18 else None
+    if major is None or major < 0:
         return f"version {_short_repr(version)} is not a version this code understands"
     if major > SUPPORTED_MAJOR:
         shown = major if major < 1 << 63 else f"of {major.bit_length()} bits"

@@ -38,21 +38,26 @@ from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
 from .safepickle import (
     ArrayMeta,
+    StorageRef,
     TensorMeta,
     _checked_numel,
     iter_tensors,
-    read_structure,
+    read_model,
     shape_text,
 )
 from .zipindex import (
     CachedReader,
     ZipIndex,
+    check_control_records,
     check_torch_layout,
     read_index,
     read_record,
     verify_crcs,
 )
 
+#: the note a deep report of a CRC-less archive carries (see zipindex.CRC_LESS_RULE)
+CRC_ABSENT_NOTE = ("CRC-32s absent: the file was written without CRCs (torch's compute_crc32="
+                   "False), so its records' data could not be checked against them")
 #: at most this many tensors are listed by path in ``details["tensors"]``
 MAX_LISTED_TENSORS = 50
 #: at most this many top-level keys are listed in ``details["keys"]``
@@ -66,6 +71,7 @@ class _Run:
         self.source = source
         self.deep = deep
         self.details: dict[str, Any] = {"crc": "not checked"}
+        self.notes: list[str] = []
         self.reader = CachedReader(source)
         self.index: ZipIndex | None = None
         self.structure: Any = None
@@ -87,14 +93,20 @@ class _Run:
             except Problem:
                 self.details["crc"] = "bad"
                 raise
-            self.details["crc"] = "ok"
+            # a CRC-less archive (compute_crc32=False): the records were streamed and their
+            # headers checked, but there was nothing to compare their data with
+            self.details["crc"] = "absent" if index.crc_less else "ok"
+            if index.crc_less:
+                self.notes.append(CRC_ABSENT_NOTE)
 
     def load(self) -> None:
         index = self.index
         assert index is not None
-        record = index.by_name[f"{index.top}/data.pkl"]
+        self.details["format_version"] = check_control_records(self.reader, index)
+        record = index.member("data.pkl")
+        assert record is not None
         try:
-            self.structure, builds = read_structure(read_record(self.reader, index, record))
+            self.structure, builds, made = read_model(read_record(self.reader, index, record))
         except Problem as exc:
             if exc.category != "unsafe" and "data.pkl" not in exc.message:
                 exc.message = f"{record.name}: {exc.message}"
@@ -102,7 +114,8 @@ class _Run:
         # a pickle that built nothing holds no tensor: no walk (a 10**6-deep nest costs one)
         self.tensors = list(iter_tensors(self.structure)) if builds else []
         self.details.update(summarize(self.structure, self.tensors))
-        _check_tensors(index, self.tensors)
+        # and every view and storage made on the way (torch checks each as it makes it)
+        _check_tensors(index, self.tensors + [("(made while unpickling)", m) for m in made])
         if self.deep:
             from .torch_load import safe_torch_load
 
@@ -139,13 +152,17 @@ class _Run:
             raise incompatible(problems[0] + more)
 
 
-def _check_tensors(index: ZipIndex, tensors: list[tuple[str, TensorMeta | ArrayMeta]]) -> None:
-    """Storage records exist with the right size; every tensor view fits in its storage."""
+def _check_tensors(index: ZipIndex, tensors: list[tuple[str, Any]]) -> None:
+    """Storage records exist with the right size; every tensor view fits in its storage.
+    ``tensors`` may hold storages (StorageRef) too: their records are checked alike."""
     sizes: dict[str, int] = {}
     for path, meta in tensors:
-        if not isinstance(meta, TensorMeta) or meta.storage is None:
+        if isinstance(meta, StorageRef):
+            storage, meta = meta, None
+        elif not isinstance(meta, TensorMeta) or meta.storage is None:
             continue  # numpy arrays were length-checked while unpickling
-        storage = meta.storage
+        else:
+            storage = meta.storage
         name = f"{index.top}/data/{storage.key}"
         nbytes = storage.nbytes
         seen = sizes.get(storage.key)
@@ -164,12 +181,15 @@ def _check_tensors(index: ZipIndex, tensors: list[tuple[str, TensorMeta | ArrayM
         elif seen != nbytes:
             raise corrupted(f"storage {storage.key!r} is described as {seen} bytes and as "
                             f"{nbytes} bytes (tensor {path!r})")
+        if meta is None:
+            continue
         where = (f"tensor {path!r} ({meta.dtype}, shape {shape_text(meta.shape)}, stride "
                  f"{shape_text(meta.stride)}, "
                  f"offset {meta.storage_offset})")
         if meta.storage_offset < 0 or any(s < 0 for s in meta.stride):
             raise corrupted(f"{where} has a negative offset or stride")
-        numel = _checked_numel(meta.shape, f"tensor {path!r}")
+        # torch takes any sizes, negative ones too, when one of them is 0 (nothing to address)
+        numel = 0 if 0 in meta.shape else _checked_numel(meta.shape, f"tensor {path!r}")
         if numel == 0:
             continue
         needed = meta.storage_offset + sum((n - 1) * s for n, s in zip(meta.shape, meta.stride)) + 1
@@ -283,7 +303,9 @@ def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level
         ok=problem is None,
         level=passed,
         category=problem.category if problem else None,
-        message=problem.message if problem else f"valid up to the {passed} level",
+        message=problem.message if problem else "; ".join(
+            [f"valid up to the {passed} level", *run.notes]),
+        notes=list(run.notes),
         size=source.size,
         url=url,
         requested_level=level,

@@ -13,11 +13,22 @@ opcode sequences hurt it without any global at all (measured with CPython 3.11):
   the stack and memo and knows, for every tuple, its depth and the number of nodes its hash
   visits; one that is hashed with more than :data:`MAX_HASHED_NODES` nodes or deeper than
   :data:`MAX_HASHED_DEPTH` is refused.
+- **hash floods**: numbers and tuples of numbers hash to values the file can choose (``n`` and
+  ``n + k * (2**61 - 1)`` share one); 30,000 such keys in one dict cost the C unpickler 8 s
+  (quadratic). The scan computes the hash of every number and tuple it sees (decoding runs of
+  numbers lazily) and refuses a container with more than :data:`MAX_KEYS_PER_HASH` keys of one
+  hash value, or more than :data:`MAX_UNKNOWN_HASH_KEYS` keys whose hash it cannot compute
+  (complex numbers, torch.Size, numpy scalars).
 
-Both are "unsafe": no writer of real checkpoints produces them. Anything the scan cannot follow
-(unknown opcode, stack underflow, truncation) is "corrupted", as the C unpickler would say.
+All three are "unsafe": no writer of real checkpoints produces them. Anything the scan cannot
+follow (unknown opcode, stack underflow, truncation) is "corrupted", as the C unpickler would say.
 
-The scan also notes the first opcode that ``torch.load(weights_only=True)`` does not implement
+The scan also follows what each stack item is (a list, a dict, an OrderedDict/Counter, an
+allow-listed object, a global) and notes the first APPEND/SETITEM/BUILD whose target torch's
+weights-only unpickler refuses (it appends to lists only, sets items of dicts, OrderedDicts and
+Counters only, builds tensors, Parameters, OrderedDicts and allow-listed objects only), NEWOBJ,
+and REDUCE with arguments that are not a tuple. It also notes the first opcode that
+``torch.load(weights_only=True)`` does not implement
 (POP, DUP, LONG4, STACK_GLOBAL, MEMOIZE, FRAME, ...: torch.save, which pickles with protocol 2,
 never writes them). Such a file unpickles here but ``load()`` would refuse it, so once the
 restricted unpickler has run (and had its chance to name a forbidden global) it is
@@ -41,6 +52,7 @@ entries before it (a memo bomb: the unpickler would allocate memory for every in
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Callable
 from itertools import repeat
 
@@ -52,6 +64,13 @@ MAX_MEMO_GAP = 1 << 16
 MAX_HASHED_NODES = 1 << 20
 #: ... and be nested at most this deep (Python's own pickler stops near 1000)
 MAX_HASHED_DEPTH = 1000
+#: one dict, OrderedDict, Counter or set may hold at most this many keys with one hash value
+#: (numbers and tuples of numbers hash to values the file can choose: 30,000 keys sharing one
+#: hash cost the C unpickler 8 s, quadratic; distinct real keys practically never share one)
+MAX_KEYS_PER_HASH = 64
+#: ... and at most this many keys built by calls whose hash the scan does not compute
+#: (complex numbers, torch.Size, numpy scalars, tuples holding one)
+MAX_UNKNOWN_HASH_KEYS = 4096
 
 _ANY = rb"[\x00-\xff]"
 _FLOATS = re.compile(rb"(?:G" + _ANY + rb"{8})+")
@@ -84,8 +103,32 @@ _OPCODE_NAMES = {
     0x70: "PUT", 0x82: "EXT1", 0x83: "EXT2", 0x84: "EXT4", 0x8B: "LONG4",
     0x8C: "SHORT_BINUNICODE", 0x8D: "BINUNICODE8", 0x8E: "BINBYTES8", 0x90: "ADDITEMS",
     0x91: "FROZENSET", 0x92: "NEWOBJ_EX", 0x93: "STACK_GLOBAL", 0x94: "MEMOIZE", 0x95: "FRAME",
-    0x96: "BYTEARRAY8", 0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER",
+    0x96: "BYTEARRAY8", 0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER", 0x81: "NEWOBJ",
+    0x61: "APPEND", 0x65: "APPENDS", 0x73: "SETITEM", 0x75: "SETITEMS", 0x62: "BUILD",
 }
+
+#: torch's weights-only unpickler renames Python 2 modules and names before its allow-list
+#: lookup (torch._utils.IMPORT_MAPPING / NAME_MAPPING); the entries that can reach an allowed
+#: global or a forbidden module's name
+_IMPORT_MAPPING = {"__builtin__": "builtins", "copy_reg": "copyreg", "Queue": "queue",
+                   "repr": "reprlib", "_abcoll": "collections.abc", "UserDict": "collections",
+                   "UserList": "collections", "UserString": "collections", "whichdb": "dbm",
+                   "StringIO": "io", "cStringIO": "io"}
+_NAME_MAPPING = {("__builtin__", "reduce"): ("functools", "reduce"),
+                 ("__builtin__", "intern"): ("sys", "intern")}
+
+
+def torch_qualname(module: str, name: str) -> str:
+    """The dotted name torch's weights-only unpickler looks up for ``GLOBAL module name``.
+
+    >>> torch_qualname("__builtin__", "set"), torch_qualname("UserDict", "OrderedDict")
+    ('builtins.set', 'collections.OrderedDict')
+    """
+    if (module, name) in _NAME_MAPPING:
+        module, name = _NAME_MAPPING[(module, name)]
+    else:
+        module = _IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
 
 
 def opcode_name(op: int) -> str:
@@ -94,17 +137,83 @@ def opcode_name(op: int) -> str:
 
 #: a memo slot never stored (the unpickler itself reports a GET of one)
 _HOLE = object()
+#: the hash of a key the file controls but the scan cannot compute (complex, torch.Size, ...)
+_UNK = object()
+
+
+class _Kind:
+    """What the scan knows about a non-atom on the stack, for torch's target rules."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_K_LIST = _Kind("list")  #: an exact list: the only APPEND(S) target torch accepts
+_K_OBJ = _Kind("object")  #: an allow-listed object torch may BUILD (tensor, storage, ...)
+_K_UNKOBJ = _Kind("object")  #: the same, hashable with a value the file controls (complex)
+
+
+class _Container:
+    """A dict, OrderedDict, Counter or set: its keys' hash values are counted (hash floods)."""
+
+    __slots__ = ("kind", "counts", "unknown")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "dict", "map" (OrderedDict, Counter) or "set"
+        self.counts: dict[int, int] | None = None
+        self.unknown = 0
+
+    def add(self, keys: list, what: str) -> None:
+        counts = self.counts
+        for key in keys:
+            h = key.hash if type(key) is _Tup else _UNK if key is _K_UNKOBJ else key
+            if type(h) is int:
+                if counts is None:
+                    counts = self.counts = {}
+                n = counts.get(h, 0) + 1
+                counts[h] = n
+                if n > MAX_KEYS_PER_HASH:
+                    raise unsafe(f"pickle puts more than {MAX_KEYS_PER_HASH} {what}s with the "
+                                 f"same hash value into one container (a hash flood: building "
+                                 f"it would take quadratic time)")
+            elif h is _UNK:
+                self.unknown += 1
+                if self.unknown > MAX_UNKNOWN_HASH_KEYS:
+                    raise unsafe(f"pickle puts more than {MAX_UNKNOWN_HASH_KEYS} {what}s built "
+                                 f"by calls (complex, torch.Size) into one container (a possible "
+                                 f"hash flood)")
+
+
+class _Glob:
+    """A global the stream named (GLOBAL), by the name torch looks up."""
+
+    __slots__ = ("qualname",)
+
+    def __init__(self, qualname: str) -> None:
+        self.qualname = qualname
+
+
+#: globals whose calls return an OrderedDict/Counter, and those returning a value whose hash
+#: the file controls
+_MAP_MAKERS = frozenset({"collections.OrderedDict", "collections.Counter"})
+_VALUE_MAKERS = frozenset({"builtins.complex", "torch.Size", "numpy._core.multiarray.scalar",
+                           "numpy.core.multiarray.scalar"})
 
 
 class _Tup:
-    """What the scan knows about a tuple on the stack or in the memo."""
+    """What the scan knows about a tuple on the stack or in the memo: its size and depth (for
+    hash bombs) and its hash value (an int, _UNK, or None when it is not the file's to choose:
+    a string or an object hashed by identity is in it)."""
 
-    __slots__ = ("nodes", "depth")
+    __slots__ = ("nodes", "depth", "hash")
 
-    def __init__(self, nodes: int, depth: int) -> None:
+    def __init__(self, nodes: int, depth: int, hash_: object = None) -> None:
         # saturate: a DAG doubles every level
         self.nodes = nodes if nodes <= MAX_HASHED_NODES else MAX_HASHED_NODES + 1
         self.depth = depth
+        self.hash = hash_
 
 
 class _Str:
@@ -117,27 +226,56 @@ class _Str:
         self.size = size
 
 
+class _Run:
+    """Items pushed by one run of fixed-size number opcodes (a float list: one object, not one
+    per item); an item's value is decoded from the stream only when needed (a tuple element, a
+    key), from its position on the stack, which does not change while it is there."""
+
+    __slots__ = ("op", "start", "base")
+
+    def __init__(self, op: int, start: int, base: int) -> None:
+        self.op = op
+        self.start = start
+        self.base = base
+
+
 #: the stream's strings, by opcode
-_STRINGS = frozenset({0x58, 0x8C, 0x8D})  # BINUNICODE, SHORT_BINUNICODE, BINUNICODE8
+_STRINGS = frozenset({0x58, 0x8C, 0x8D, 0x55})  # BINUNICODE(8), SHORT_BINUNICODE, SHORT_BINSTRING
+_NUMBER_FORMATS = {ord("K"): ("<B", 2), ord("M"): ("<H", 3), ord("J"): ("<i", 5),
+                   ord("G"): (">d", 9)}
+_PUSH_ITEM = {ord("N"): hash(None), 0x88: 1, 0x89: 0, 0x5D: _K_LIST, 0x8F: None}
 
 
-#: tuples of atoms only (the common case: a tensor's size, stride and storage id) never
-#: change once made, so one shared record per length serves them all
-_ATOM_TUPLES = [_Tup(1 + n, 1) for n in range(16)]
+_INT_ONLY = frozenset({int})
 
 
 def _tuple_of(items: list) -> _Tup:
-    if len(items) < 16 and _Tup not in set(map(type, items)):
-        return _ATOM_TUPLES[len(items)]
+    if set(map(type, items)) <= _INT_ONLY:  # numbers only (sizes, strides): at C speed
+        return _Tup(1 + len(items), 1, hash(tuple(items)))
     nodes, depth = 1, 0
+    hashes: list[object] | None = []
     for item in items:
-        if type(item) is not _Tup:
-            nodes += 1
-        else:
+        if type(item) is _Tup:
             nodes += item.nodes
             if item.depth > depth:
                 depth = item.depth
-    return _Tup(nodes, depth + 1)
+            h = item.hash
+        else:
+            nodes += 1
+            h = item if type(item) is int else _UNK if item is _K_UNKOBJ else None
+        if hashes is not None:
+            if h is None:
+                hashes = None
+            else:
+                hashes.append(h)
+    if hashes is None or depth >= MAX_HASHED_DEPTH or nodes > MAX_HASHED_NODES:
+        value: object = None  # not the file's to choose, or refused if ever hashed
+    elif _UNK in hashes:
+        value = _UNK
+    else:
+        # hash(h) == h for every hash value h, so this is the hash of the tuple itself
+        value = hash(tuple(hashes))  # type: ignore[arg-type]
+    return _Tup(nodes, depth + 1, value)
 
 
 def _check_hashed(items: list, what: str) -> None:
@@ -160,48 +298,103 @@ def _underflow(op: int, pos: int) -> Exception:
 
 class Scan:
     """What :func:`scan` learned: whether the stream builds anything (REDUCE, NEWOBJ, BUILD, a
-    persistent id, ...; without that it holds only plain containers and atoms, no tensor), and
-    the first opcode torch's weights-only loader would refuse, with its offset."""
+    persistent id, ...; without that it holds only plain containers and atoms, no tensor), the
+    first form torch's weights-only loader would refuse (an opcode it does not implement, or a
+    target it refuses), whether a global was named in a way the scan could not read (so only the
+    unpickler can name it), and where PROTO says a protocol the C unpickler rejects but torch
+    ignores."""
 
-    __slots__ = ("builds", "unsupported")
+    __slots__ = ("builds", "unsupported", "unresolved", "protocols", "form")
 
-    def __init__(self, builds: bool, unsupported: tuple[int, int] | None) -> None:
+    def __init__(self, builds: bool, unsupported: str | None, unresolved: bool = False,
+                 protocols: tuple[int, ...] = (), form: bool = False) -> None:
         self.builds = builds
         self.unsupported = unsupported
+        self.unresolved = unresolved
+        self.protocols = protocols
+        #: the problem is a form (target, NEWOBJ, REDUCE arguments) the C unpickler may choke
+        #: on in its own words, rather than an opcode torch does not implement
+        self.form = form
 
     def torch_problem(self) -> str | None:
-        if self.unsupported is None:
-            return None
-        op, at = self.unsupported
-        return (f"data.pkl uses pickle opcode {opcode_name(op)} (offset {at}), which torch.save "
-                f"never writes and torch.load(weights_only=True) refuses")
+        return self.unsupported
+
+    def patched(self, data: bytes) -> bytes:
+        """``data`` with every PROTO above 5 set to 2: torch only warns about the number."""
+        if not self.protocols:
+            return data
+        out = bytearray(data)
+        for at in self.protocols:
+            out[at + 1] = 2
+        return bytes(out)
 
 
-def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) -> Scan:
+def _opcode_problem(op: int, at: int) -> str:
+    return (f"data.pkl uses pickle opcode {opcode_name(op)} (offset {at}), which torch.save "
+            f"never writes and torch.load(weights_only=True) refuses")
+
+
+def _target_problem(op: int, at: int, target: object, wants: str) -> str:
+    kind = (target.name if isinstance(target, _Kind) else target.kind
+            if type(target) is _Container else "global" if type(target) is _Glob
+            else "tuple" if type(target) is _Tup else "string" if type(target) is _Str
+            else "value")
+    return (f"data.pkl applies {opcode_name(op)} (offset {at}) to a {kind}; "
+            f"torch.load(weights_only=True) only accepts {wants} there")
+
+
+def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) -> Scan:
     """Walk ``data``'s opcodes once without building anything; raise :class:`Problem` for a
-    memo or hash bomb ("unsafe") or a stream the unpickler could not follow ("corrupted").
+    memo, hash or hash-flood bomb ("unsafe") or a stream the unpickler could not follow
+    ("corrupted").
 
     ``check_global(module, name)`` is called for every global the stream names (GLOBAL, INST,
     STACK_GLOBAL of two literal strings), in stream order, so that a forbidden one is reported
     as such even when the stream is broken further on; it raises to refuse."""
     end = len(data)
-    stack: list[object] = []  # per item: a _Tup, a _Str, or None (anything else)
+    stack: list[object] = []  # per item: see _Tup, _Str, _Run, _Kind, _Container, _Glob, int
     marks: list[int] = []
     memo: list[object] = []
     stored = 0  # memo entries set so far (what MEMOIZE numbers the next one)
     pos = 0
     fence = 0
     builds = False
-    unsupported: tuple[int, int] | None = None
+    unsupported: str | None = None
+    unresolved = False
+    protocols: list[int] = []
+    globs: dict[str, _Glob] = {}
 
-    def pop_mark(op: int, at: int) -> list[object]:
+    def value(item: object, at: int) -> object:
+        """A stack item at position ``at`` as stored anywhere else (a run item decoded)."""
+        if type(item) is not _Run:
+            return item
+        fmt, step = _NUMBER_FORMATS[item.op]
+        return hash(struct.unpack_from(fmt, data, item.start + (at - item.base) * step + 1)[0])
+
+    def values(start: int, step: int = 1) -> list[object]:
+        """The items from stack position ``start`` (every ``step``-th), run items decoded."""
+        items = stack[start::step]
+        if _Run not in set(map(type, items)):
+            return items
+        first = items[0]
+        if step == 1 and type(first) is _Run and items.count(first) == len(items):
+            # one run (a long size tuple): decoded in bulk
+            fmt, width = _NUMBER_FORMATS[first.op]
+            at = first.start + (start - first.base) * width
+            raw = data[at: at + width * len(items)]
+            return list(map(hash, (v for (v,) in struct.iter_unpack(
+                fmt[0] + "x" + fmt[1:], raw))))
+        return [value(x, start + i * step) for i, x in enumerate(items)]
+
+    def pop_mark(op: int, at: int, step: int = 0) -> list[object]:
+        """Pop to the last MARK; return the items (every ``step``-th, decoded; none for 0)."""
         nonlocal fence
         if not marks:
             raise corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at "
                             f"offset {at} finds no MARK")
         start = marks.pop()
         fence = marks[-1] if marks else 0
-        items = stack[start:]
+        items = values(start, step) if step else []
         del stack[start:]
         return items
 
@@ -217,26 +410,38 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             memo.extend([_HOLE] * (index + 1 - len(memo)))
         if memo[index] is _HOLE:
             stored += 1
-        memo[index] = stack[-1]
+        memo[index] = value(stack[-1], len(stack) - 1)
 
     def get(index: int) -> object:
         # an index never stored is an error the unpickler reports itself; lenient here
-        value = memo[index] if 0 <= index < len(memo) else None
-        return value if type(value) is _Tup or type(value) is _Str else None
+        found = memo[index] if 0 <= index < len(memo) else None
+        return None if found is _HOLE else found
 
-    def named(module: bytes, name: bytes) -> None:
+    def named(module: bytes, name: bytes) -> object:
+        try:
+            text = module.decode("utf-8"), name.decode("utf-8")
+        except UnicodeDecodeError:
+            return None  # the unpickler refuses it itself
         if check_global is not None:
-            try:
-                text = module.decode("utf-8"), name.decode("utf-8")
-            except UnicodeDecodeError:
-                return  # the unpickler refuses it itself
             check_global(*text)
+        qualname = torch_qualname(*text)
+        found = globs.get(qualname)
+        if found is None:
+            found = globs[qualname] = _Glob(qualname)
+        return found
 
     def line(at: int) -> tuple[bytes, int]:
         nl = data.find(b"\n", at)
         if nl < 0:
             raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
         return data[at:nl], nl + 1
+
+    def refuse_target(op: int, at: int, target: object, wants: str) -> None:
+        nonlocal unsupported
+        if type(target) is _Glob and op == 0x62:
+            raise unsafe(f"pickle tries to set the attributes of global {target.qualname!r}")
+        if unsupported is None:
+            unsupported = _target_problem(op, at, target, wants)
 
     while True:
         if pos >= end:
@@ -250,7 +455,19 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             m = run.match(data, pos)
             if m is None:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
-            stack.extend(repeat(None, (m.end() - pos) // (_PUSH_FIXED[op] + 1)))
+            if run is _PUSHES:
+                chunk = data[pos: m.end()]
+                if 0x7D in chunk:  # every empty dict is a container of its own
+                    stack.extend(_Container("dict") if b == 0x7D else _Container("set")
+                                 if b == 0x8F else _PUSH_ITEM[b] for b in chunk)
+                elif 0x8F in chunk:
+                    stack.extend(_Container("set") if b == 0x8F else _PUSH_ITEM[b]
+                                 for b in chunk)
+                else:
+                    stack.extend(map(_PUSH_ITEM.__getitem__, chunk))
+            else:
+                stack.extend(repeat(_Run(op, pos, len(stack)),
+                                    (m.end() - pos) // (_PUSH_FIXED[op] + 1)))
             pos = m.end()
             continue
         if op == 0x68:  # BINGET runs: a list of ids repeating memoized strings
@@ -265,20 +482,25 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             if pos + 2 * count > end:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
             indices = data[pos + 1: pos + 2 * count: 2]
-            values = {i: get(i) for i in set(indices)}
-            if len(set(map(id, values.values()))) == 1:
-                stack.extend(repeat(values[indices[0]], count))
+            memoized = {i: get(i) for i in set(indices)}
+            if len(set(map(id, memoized.values()))) == 1:
+                stack.extend(repeat(memoized[indices[0]], count))
             else:
-                stack.extend(map(values.__getitem__, indices))
+                stack.extend(map(memoized.__getitem__, indices))
             pos += 2 * count
             continue
         pos += 1
         if unsupported is None and op not in TORCH_OPCODES:
-            unsupported = (op, at)
+            unsupported = _opcode_problem(op, at)
         if op == 0x61:  # APPEND (runs of them: a nest of lists)
             count = _APPENDS.match(data, at).end() - at
             if len(stack) - fence < count + 1:
                 raise _underflow(op, at)
+            if unsupported is None:
+                for target in stack[-count - 1: -1]:
+                    if target is not _K_LIST:
+                        refuse_target(op, at, target, "a list")
+                        break
             del stack[-count:]
             pos = at + count
         elif op in _COUNTED:
@@ -290,7 +512,14 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             if size < 0 or size > end - pos:
                 raise corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at "
                                 f"offset {at} claims {size} bytes, {end - pos} remain")
-            stack.append(_Str(pos, size) if op in _STRINGS else None)
+            if op in _STRINGS:
+                stack.append(_Str(pos, size))
+            elif op == 0x8A:  # LONG1: a number whose hash the file chooses
+                stack.append(hash(int.from_bytes(data[pos: pos + size], "little", signed=True)))
+            elif op == 0x8B:  # LONG4
+                stack.append(_UNK)
+            else:
+                stack.append(None)
             pos += size
         elif op == 0x71 or op == 0x72:  # BINPUT, LONG_BINPUT
             width = 1 if op == 0x71 else 4
@@ -298,7 +527,7 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
             index = int.from_bytes(data[pos: pos + width], "little")
             if index == len(memo) and len(stack) > fence:  # the usual: the next entry
-                memo.append(stack[-1])
+                memo.append(value(stack[-1], len(stack) - 1))
                 stored += 1
             else:
                 put(index, at)
@@ -309,75 +538,128 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             marks.append(len(stack))
             fence = len(stack)
         elif op == 0x65 or op == 0x6C or op == 0x31:  # APPENDS, LIST, POP_MARK
-            items = pop_mark(op, at)
+            pop_mark(op, at)
             if op == 0x65:
                 if len(stack) <= fence:
                     raise _underflow(op, at)
+                if stack[-1] is not _K_LIST:
+                    refuse_target(op, at, stack[-1], "a list")
             elif op == 0x6C:
-                stack.append(None)
+                stack.append(_K_LIST)
         elif op == 0x75 or op == 0x64:  # SETITEMS, DICT
-            items = pop_mark(op, at)
-            if op == 0x75 and len(stack) <= fence:
-                raise _underflow(op, at)
-            _check_hashed(items[0::2], "dict key")
-            if op == 0x64:
-                stack.append(None)
+            keys = pop_mark(op, at, 2)
+            _check_hashed(keys, "dict key")
+            if op == 0x75:
+                if len(stack) <= fence:
+                    raise _underflow(op, at)
+                target = stack[-1]
+            else:
+                target = _Container("dict")
+                stack.append(target)
+            if type(target) is _Container and target.kind != "set":
+                target.add(keys, "dict key")
+            else:
+                refuse_target(op, at, target, "a dict, OrderedDict or Counter")
         elif op == 0x90:  # ADDITEMS
-            items = pop_mark(op, at)
+            items = pop_mark(op, at, 1)
             if len(stack) <= fence:
                 raise _underflow(op, at)
             _check_hashed(items, "set element")
+            if type(stack[-1]) is _Container:
+                stack[-1].add(items, "set element")
         elif op == 0x91:  # FROZENSET: hashes its elements; its own hash is cached
-            _check_hashed(pop_mark(op, at), "set element")
+            items = pop_mark(op, at, 1)
+            _check_hashed(items, "set element")
+            _Container("set").add(items, "set element")
             stack.append(None)
         elif op == 0x74:  # TUPLE
-            stack.append(_tuple_of(pop_mark(op, at)))
+            stack.append(_tuple_of(pop_mark(op, at, 1)))
+        elif op == 0x85 and len(stack) > fence and type(stack[-1]) is _Tup:
+            # TUPLE1 of a tuple (a 10**6-deep nest is a hash bomb's shape): no list, no loop
+            inner = stack[-1]
+            h = inner.hash
+            depth = inner.depth + 1
+            stack[-1] = _Tup(inner.nodes + 1, depth,
+                             None if h is None or depth >= MAX_HASHED_DEPTH or inner.nodes >=
+                             MAX_HASHED_NODES else _UNK if h is _UNK else hash((h,)))
         elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
             n = op - 0x84
             if len(stack) - fence < n:
                 raise _underflow(op, at)
-            items = stack[-n:]
+            items = values(len(stack) - n)
             del stack[-n:]
             stack.append(_tuple_of(items))
         elif op == 0x29:  # EMPTY_TUPLE
-            stack.append(_ATOM_TUPLES[0])
+            stack.append(_tuple_of([]))
         elif op == 0x73:  # SETITEM
             if len(stack) - fence < 3:
                 raise _underflow(op, at)
-            _check_hashed([stack[-2]], "dict key")
+            key = value(stack[-2], len(stack) - 2)
+            _check_hashed([key], "dict key")
+            target = stack[-3]
+            if type(target) is _Container and target.kind != "set":
+                target.add([key], "dict key")
+            else:
+                refuse_target(op, at, target, "a dict, OrderedDict or Counter")
             del stack[-2:]
-        elif op in (0x61, 0x62, 0x51, 0x30):  # APPEND, BUILD, BINPERSID, POP
+        elif op in (0x62, 0x51, 0x30):  # BUILD, BINPERSID, POP
             builds = builds or op != 0x30
             if op == 0x30 and marks and marks[-1] == len(stack):
                 marks.pop()  # POP of a MARK, as the C unpickler does it
                 fence = marks[-1] if marks else 0
                 continue
-            need = 2 if op in (0x61, 0x62) else 1
+            need = 2 if op == 0x62 else 1
             if len(stack) - fence < need:
                 raise _underflow(op, at)
+            if op == 0x62:
+                target = stack[-2]
+                if not (target is _K_OBJ or target is _K_UNKOBJ or (
+                        type(target) is _Container and target.kind != "dict")):
+                    refuse_target(op, at, target, "a tensor, Parameter, OrderedDict or "
+                                                  "another allow-listed object")
             del stack[-1]
             if op == 0x51:
-                stack.append(None)
+                stack.append(_K_OBJ)
         elif op in (0x52, 0x81, 0x93):  # REDUCE, NEWOBJ, STACK_GLOBAL: two in, one out
             builds = builds or op != 0x93
             if len(stack) - fence < 2:
                 raise _underflow(op, at)
-            module, name = stack[-2:]
-            if op == 0x93 and type(module) is _Str and type(name) is _Str:
-                named(data[module.start: module.start + module.size],
-                      data[name.start: name.start + name.size])
+            first, second = stack[-2:]
+            result: object = None
+            if op == 0x93:
+                if type(first) is _Str and type(second) is _Str:
+                    result = named(data[first.start: first.start + first.size],
+                                   data[second.start: second.start + second.size])
+                else:
+                    unresolved = True
+            elif op == 0x81:
+                result = _K_OBJ
+                if unsupported is None:
+                    unsupported = (f"data.pkl uses pickle opcode NEWOBJ (offset {at}): torch.save "
+                                   f"never writes it for the classes torch allows, and this "
+                                   f"validator does not model it")
+            elif type(second) is not _Tup and second is not _K_UNKOBJ:  # torch.Size: a tuple
+                # torch calls func(*args) with any iterable; the C unpickler wants a tuple
+                if unsupported is None:
+                    unsupported = (f"data.pkl calls a global (REDUCE, offset {at}) with "
+                                   f"arguments that are not a tuple (not modelled)")
+            if op == 0x52 and type(first) is _Glob:
+                result = (_Container("map") if first.qualname in _MAP_MAKERS
+                          else _Container("set") if first.qualname == "builtins.set"
+                          else _K_UNKOBJ if first.qualname in _VALUE_MAKERS
+                          else None if first.qualname == "_codecs.encode" else _K_OBJ)
             del stack[-2:]
-            stack.append(None)
+            stack.append(result)
         elif op == 0x92:  # NEWOBJ_EX
             builds = True
             if len(stack) - fence < 3:
                 raise _underflow(op, at)
             del stack[-3:]
-            stack.append(None)
+            stack.append(_K_OBJ)
         elif op == 0x32:  # DUP
             if len(stack) <= fence:
                 raise _underflow(op, at)
-            stack.append(stack[-1])
+            stack.append(value(stack[-1], len(stack) - 1))
         elif op == 0x6A:  # LONG_BINGET (BINGET runs are handled above)
             if pos + 4 > end:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
@@ -400,12 +682,11 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
         elif op in _LINE_PUSH:
             builds = builds or op == 0x50  # PERSID
             _, pos = line(pos)
-            stack.append(None)
+            stack.append(_K_OBJ if op == 0x50 else None if op in (0x53, 0x56) else _UNK)
         elif op == 0x63:  # GLOBAL: module and name lines
             module, pos = line(pos)
             name, pos = line(pos)
-            named(module, name)
-            stack.append(None)
+            stack.append(named(module, name))
         elif op == 0x69:  # INST: (MARK first) two lines, then the arguments since MARK
             builds = True
             if not marks:
@@ -414,16 +695,18 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             name, pos = line(pos)
             named(module, name)
             pop_mark(op, at)
-            stack.append(None)
+            stack.append(_K_OBJ)
         elif op == 0x6F:  # OBJ: class and arguments since MARK
             builds = True
-            if not pop_mark(op, at):
+            if not pop_mark(op, at, 1):
                 raise _underflow(op, at)
-            stack.append(None)
+            stack.append(_K_OBJ)
         elif op in _EXT:
             pos += _EXT[op]
             stack.append(None)
-        elif op == 0x80:  # PROTO
+        elif op == 0x80:  # PROTO: torch reads any number; the C unpickler only up to 5
+            if pos < end and data[pos] > 5:
+                protocols.append(at)
             pos += 1
         elif op == 0x95:  # FRAME: the unpickler insists the whole frame is there
             if pos + 8 > end or int.from_bytes(data[pos: pos + 8], "little") > end - pos - 8:
@@ -434,7 +717,10 @@ def scan(data: bytes, check_global: Callable[[str, str], None] | None = None) ->
             if op == 0x97:
                 stack.append(None)
         elif op == 0x2E:  # STOP
-            return Scan(builds, unsupported)
+            form = unsupported is not None and (
+                "NEWOBJ" in unsupported
+                or not unsupported.startswith("data.pkl uses pickle opcode "))
+            return Scan(builds, unsupported, unresolved, tuple(protocols), form)
         else:
             raise corrupted(f"data.pkl is not a readable pickle: invalid load key "
                             f"{bytes([op])!r} at offset {at}")

@@ -31,12 +31,13 @@ import io
 import math
 import pickle
 import struct
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .pickleguard import check_hashable, scan
+from .pickleguard import MAX_KEYS_PER_HASH, check_hashable, scan, torch_qualname
 from .problem import Problem, corrupted, incompatible, unsafe
 
 #: refuse to unpickle a data.pkl larger than this (a guard against resource exhaustion)
@@ -98,10 +99,25 @@ _TORCH_KNOWN_UNSUPPORTED = frozenset({
     "torch.quint4x2", "torch.quint2x4", "torch.QInt8Storage", "torch.QInt32Storage",
     "torch.QUInt8Storage", "torch.QUInt4x2Storage", "torch.QUInt2x4Storage",
     *(f"torch.{k}{n}" for k in ("int", "uint") for n in range(1, 8)),
+    # legacy tensor classes: calling one makes a tensor from sizes or data, not from a record
+    *(f"torch.{m}{k}Tensor" for m in ("", "cuda.", "sparse.", "cuda.sparse.")
+      for k in ("BFloat16", "Bool", "Byte", "Char", "Double", "Float", "Half", "Int", "Long",
+                "Short")),
 })
 
 
 # --------------------------------------------------------------------------- lazy values
+
+#: per thread, while a pickle is read: every tensor view and storage the pickle makes, as torch
+#: would make it (torch checks each one when it is made, reachable from the result or not)
+_MADE = threading.local()
+
+
+def _note(obj: Any) -> None:
+    made = getattr(_MADE, "items", None)
+    if made is not None:
+        made.append(obj)
+
 
 
 class _NoBuild:
@@ -129,6 +145,11 @@ class StorageRef(_NoBuild):
     def nbytes(self) -> int:
         return self.numel * (1 if self.untyped else TORCH_DTYPES[self.dtype])
 
+    def __setstate__(self, state: Any) -> None:
+        # torch accepts BUILD on a storage with no state (a no-op); anything else is not modelled
+        if state is not None:
+            raise incompatible("pickle sets the attributes of a storage (not modelled)")
+
 
 @dataclass(frozen=True)
 class TensorMeta(_NoBuild):
@@ -145,10 +166,32 @@ class TensorMeta(_NoBuild):
     storage_key: str
     requires_grad: bool = False
     storage: StorageRef | None = field(default=None, compare=False, repr=False)
+    #: a torch.nn.Parameter rather than a plain tensor (BUILD treats the two differently)
+    parameter: bool = field(default=False, compare=False, repr=False)
+    #: what torch keeps on the tensor object besides its data (grad, _grad, _backward_hooks,
+    #: and "<metadata>"): every tensor in them is materialized too, so the walk visits them
+    attrs: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
+    #: the object's ``__dict__`` (attributes set by pickled state), the very dict object torch
+    #: would hold: state may install a dict that the pickle goes on filling; None when empty
+    pydict: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    # by identity, as torch hashes tensors: two tensors with equal metadata are two dict keys,
+    # and a file cannot choose metadata that collide in a hash table
+    def __hash__(self) -> int:
+        return id(self) >> 4
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    # BUILD on a tensor: torch calls ``tensor.set_(*state)`` on a plain tensor and
+    # ``Tensor.__setstate__(state)`` on a Parameter; the result replaces this object's fields
+    def __setstate__(self, state: Any) -> None:
+        changed = _build_tensor(self, state)
+        _note(replace(self))  # the view as it was: torch made (and checked) it
+        _note(changed)
+        for name in self.__dataclass_fields__:
+            object.__setattr__(self, name, getattr(changed, name))
 
     @property
     def ndim(self) -> int:
@@ -190,8 +233,7 @@ class ArrayMeta:
             return NotImplemented
         return (self.dtype, self.shape) == (other.dtype, other.shape)
 
-    def __hash__(self) -> int:
-        return hash((self.dtype, self.shape))
+    __hash__ = None  # type: ignore[assignment]  # numpy arrays are unhashable: no dict key
 
     # called by the pickle BUILD opcode with ndarray.__reduce__'s state
     def __setstate__(self, state: Any) -> None:
@@ -201,7 +243,7 @@ class ArrayMeta:
         if len(state) == 5 and state[0] != 1:
             raise corrupted(f"numpy array state has version {_short(state[0])}; numpy writes 1")
         shape, dtype, fortran, raw = state[-4:]
-        if type(fortran) is not bool:
+        if type(fortran) not in (bool, int):  # numpy takes its truth value
             raise corrupted("numpy array state has a non-boolean Fortran-order flag")
         if not isinstance(dtype, _NpDType):
             raise corrupted("numpy array state carries no numpy dtype")
@@ -212,7 +254,7 @@ class ArrayMeta:
             raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
         shape = _int_tuple(shape, "numpy array shape")
         numel = _checked_numel(shape, "numpy array")
-        if not isinstance(raw, (bytes, bytearray)):
+        if type(raw) is not bytes:  # numpy: "pickle not returning string" for a bytearray
             raise corrupted(f"numpy array data is a {type(raw).__name__}, not bytes")
         expected = numel * dtype.itemsize
         if len(raw) != expected:
@@ -235,6 +277,12 @@ class TorchDType(_NoBuild):
 class _StorageType(_NoBuild):
     dtype: str
     untyped: bool = False
+
+    def __call__(self, *args: Any) -> Any:
+        if self.untyped:  # torch.UntypedStorage(...) makes a storage that is not a record
+            raise incompatible("pickle calls torch.UntypedStorage to make a storage that is not "
+                               "a record of the file (not modelled)")
+        raise corrupted("pickle calls a legacy storage type, which torch cannot call")
 
 
 class _NpDType:
@@ -262,16 +310,17 @@ class _NpDType:
         if (not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4)
                 or state[1] not in ("<", ">", "|", "=")
                 or not all(type(v) is int for v in state[5:8])):
-            raise corrupted(f"numpy dtype {self.spec!r} has a state numpy does not write: "
-                            f"{_short(state)}")
+            raise incompatible(f"numpy dtype {self.spec!r} has a state numpy does not write: "
+                               f"{_short(state)} (not modelled)")
         self.byteorder = state[1]
         if any(v is not None for v in state[2:5]):
             self.problem = "structured and sub-array numpy dtypes are not supported"
         elif not self.problem and state[5:8] != (-1, -1, 0):
             # every numeric dtype pickles as (..., -1, -1, 0); other values make numpy treat
             # the bytes as something else (a flagged object or structured dtype)
-            raise corrupted(f"numpy dtype {self.spec!r} has element size, alignment and flags "
-                            f"{state[5:8]}, not the (-1, -1, 0) of a numeric dtype")
+            raise incompatible(f"numpy dtype {self.spec!r} has element size, alignment and "
+                               f"flags {state[5:8]}, not the (-1, -1, 0) numpy writes for a "
+                               f"numeric dtype (not modelled)")
 
     def __repr__(self) -> str:
         return f"dtype({self.spec!r})"
@@ -291,7 +340,7 @@ class _StandIn:
 
     def __call__(self, *args: Any) -> Any:
         if self.fn is None:
-            raise corrupted(f"pickle calls {self.qualname!r}, which is not callable")
+            raise incompatible(f"pickle calls {self.qualname!r} directly (not modelled)")
         try:
             return self.fn(*args)
         except TypeError as exc:
@@ -362,22 +411,85 @@ def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_gra
         raise corrupted(f"tensor storage offset is {_short(offset)}, not a 64-bit integer")
     shape = _int_tuple(size, "tensor size")
     strides = _int_tuple(stride, "tensor stride")
-    if len(shape) != len(strides):
+    if len(shape) != len(strides) and strides:
         raise corrupted(f"tensor has {len(shape)} sizes but {len(strides)} strides")
+    if any(s < 0 for s in strides):
+        if 0 not in shape and any(s < 0 and n > 1 for n, s in zip(shape, strides)):
+            raise corrupted(f"tensor has a negative offset or stride: stride "
+                            f"{shape_text(strides)} is negative for a dimension of size above 1 "
+                            f"(torch refuses)")
+        # torch's set_ infers each such stride from the dimension after it, last first
+        fixed = list(strides)
+        for k in range(len(fixed) - 1, -1, -1):
+            if fixed[k] < 0:
+                fixed[k] = fixed[k + 1] * max(shape[k + 1], 1) if k + 1 < len(fixed) else 1
+        strides = tuple(fixed)
+    if not strides and shape:  # no strides: contiguous, as torch's set_ does
+        strides = _contiguous(shape)
     dtype = dtype or storage.dtype
     if dtype not in TORCH_DTYPES:
         raise incompatible(f"tensor dtype {dtype!r} is not supported")
-    return TensorMeta(dtype, shape, strides, offset, storage.key, bool(requires_grad), storage)
+    made = TensorMeta(dtype, shape, strides, offset, storage.key, bool(requires_grad), storage)
+    _note(made)
+    return made
+
+
+#: tensor dtypes that may require gradients (torch refuses requires_grad on the others)
+_GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128", "complex64",
+                          "complex32", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+                          "float8_e5m2fnuz", "float8_e8m0fnu"})
+_COMPLEX_DTYPES = frozenset({"complex128", "complex64", "complex32"})
+
+
+def _grad_flag(value: Any, dtype: str, what: str) -> bool:
+    """``requires_grad`` as torch takes it: a bool, True only for floating and complex dtypes."""
+    if type(value) is not bool:
+        raise corrupted(f"{what}: requires_grad is {_short(value)}; torch requires a bool")
+    if value and dtype not in _GRAD_DTYPES:
+        raise corrupted(f"{what}: a {dtype} tensor cannot require gradients (torch refuses)")
+    return value
+
+
+def _with_attr(meta: TensorMeta, name: str, value: Any) -> TensorMeta:
+    attrs = tuple((k, v) for k, v in meta.attrs if k != name) + ((name, value),)
+    return replace(meta, attrs=attrs)
+
+
+def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
+    acc, out = 1, []
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(out))
 
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorMeta:
     return _make_tensor(storage, storage_offset, size, stride, False, None)
 
 
+def _tensor_extras(meta: TensorMeta, requires_grad: Any, backward_hooks: Any,
+                   metadata: Any, what: str) -> TensorMeta:
+    grad = _grad_flag(requires_grad, meta.dtype, what)
+    if metadata:  # torch: set_tensor_metadata(tensor, metadata) when truthy
+        # torch._C._set_tensor_metadata takes a dict of str -> bool (ints pass as bools)
+        if not isinstance(metadata, dict) or not all(
+                type(k) is str and type(v) in (bool, int) for k, v in metadata.items()):
+            raise corrupted(f"{what}: tensor metadata is {_short(metadata)}, not a dict of "
+                            f"flags")
+        if metadata.get("conj") and meta.dtype not in _COMPLEX_DTYPES:
+            raise corrupted(f"{what}: a {meta.dtype} tensor cannot have the conjugate bit")
+    meta = replace(meta, requires_grad=grad)
+    for name, value in (("_backward_hooks", backward_hooks), ("<metadata>", metadata)):
+        if type(value) not in _ATOMIC_TYPES:  # whatever it holds is materialized too
+            meta = _with_attr(meta, name, value)
+    return meta
+
+
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None,
+                       requires_grad: Any, backward_hooks: Any,
                        metadata: Any = None) -> TensorMeta:
-    return _make_tensor(storage, storage_offset, size, stride, requires_grad, None)
+    meta = _make_tensor(storage, storage_offset, size, stride, False, None)
+    return _tensor_extras(meta, requires_grad, backward_hooks, metadata, "_rebuild_tensor_v2")
 
 
 def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
@@ -385,14 +497,157 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
                        metadata: Any = None) -> TensorMeta:
     if not isinstance(dtype, TorchDType):
         raise corrupted(f"tensor dtype is {_short(dtype)}, not a torch dtype")
-    return _make_tensor(storage, storage_offset, size, stride, requires_grad, dtype.name)
+    meta = _make_tensor(storage, storage_offset, size, stride, False, dtype.name)
+    if requires_grad is True:  # torch.empty(requires_grad=True), then set_: an in-place error
+        raise corrupted("_rebuild_tensor_v3 with requires_grad=True: torch refuses (set_ on a "
+                        "leaf that requires gradients)")
+    return _tensor_extras(meta, requires_grad, backward_hooks, metadata, "_rebuild_tensor_v3")
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any,
-                       state: Any = None) -> TensorMeta:
+def _parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorMeta:
+    """``torch.nn.Parameter(data, requires_grad)`` and ``param._backward_hooks = hooks``."""
+    if data is None:  # Parameter(None) is an empty float32 tensor
+        data = TensorMeta("float32", (0,), (1,), 0, "", False)
     if not isinstance(data, TensorMeta):
         raise corrupted(f"parameter rebuilt from {_short(data)} instead of a tensor")
-    return replace(data, requires_grad=bool(requires_grad))
+    grad = _grad_flag(requires_grad, data.dtype, "nn.Parameter")
+    # a new tensor object over the same data: no attributes, no gradient yet
+    meta = replace(data, requires_grad=grad, parameter=True, pydict=None, attrs=())
+    return _with_attr(meta, "_backward_hooks", backward_hooks)
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorMeta:
+    return _parameter(data, requires_grad, backward_hooks)
+
+
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any,
+                                  state: Any) -> TensorMeta:
+    return _set_obj_state(_parameter(data, requires_grad, backward_hooks), state)
+
+
+#: attributes of torch.nn.Parameter's classes that are data descriptors (torch 2.13): setting
+#: one is refused by torch (read-only) or changes the tensor in ways not modelled here; the
+#: modelled ones (data, requires_grad, grad, _grad, _backward_hooks, __dict__, __class__) are
+#: handled in _set_attr
+_TENSOR_DESCRIPTORS = frozenset({
+    "H", "T", "__cuda_array_interface__", "__weakref__", "_base", "_cdata", "_grad_fn",
+    "_has_symbolic_sizes_strides", "_post_accumulate_grad_hooks", "_python_dispatch",
+    "_version", "device", "dtype", "grad_dtype", "grad_fn", "imag", "is_cpu", "is_cuda",
+    "is_ipu", "is_leaf", "is_maia", "is_meta", "is_mkldnn", "is_mps", "is_mtia", "is_nested",
+    "is_quantized", "is_sparse", "is_sparse_csr", "is_vulkan", "is_xla", "is_xpu", "itemsize",
+    "layout", "mH", "mT", "name", "nbytes", "ndim", "output_nr", "real", "retains_grad",
+    "shape", "volatile",
+})
+
+
+def _set_attr(meta: TensorMeta, name: Any, value: Any) -> TensorMeta:
+    """``setattr(tensor, name, value)`` as torch does it, on the lazy tensor."""
+    if not isinstance(name, str):
+        raise corrupted(f"tensor state sets an attribute named by {_short(name)}; torch "
+                        f"requires a string")
+    if name == "data":
+        if not isinstance(value, TensorMeta):
+            raise corrupted(f"tensor state sets data to {_short(value)}, not a tensor")
+        if meta.requires_grad and value.dtype not in _GRAD_DTYPES:
+            raise corrupted(f"tensor state sets the data of a tensor that requires gradients "
+                            f"to a {value.dtype} tensor (torch refuses)")
+        return replace(meta, dtype=value.dtype, shape=value.shape, stride=value.stride,
+                       storage_offset=value.storage_offset, storage_key=value.storage_key,
+                       storage=value.storage)
+    if name == "requires_grad":
+        return replace(meta, requires_grad=_grad_flag(value, meta.dtype, "tensor state"))
+    if name == "_backward_hooks":
+        return _with_attr(meta, name, value)
+    if name in ("grad", "_grad"):
+        if value is not None and not (isinstance(value, TensorMeta) and value.dtype == meta.dtype
+                                      and value.shape == meta.shape):
+            raise corrupted(f"tensor state sets {name} to {_short(value)}, not None or a "
+                            f"tensor of the same dtype and shape")
+        return _with_attr(meta, name, value)
+    if name == "__class__":
+        if not isinstance(value, _StandIn) or value.qualname not in _TENSOR_CLASSES:
+            raise incompatible("tensor state changes the tensor's class to something other "
+                               "than torch.Tensor or torch.nn.Parameter")
+        return replace(meta, parameter=value.qualname == "torch.nn.parameter.Parameter")
+    if name == "__dict__":
+        if type(value) is not dict:
+            raise incompatible("tensor state replaces the tensor's __dict__ with something "
+                               "other than a dict")
+        return replace(meta, pydict=value)  # that very dict, as torch installs it
+    if name in _TENSOR_DESCRIPTORS:
+        raise incompatible(f"tensor state sets the tensor attribute {name!r}, which torch "
+                           f"refuses or which changes the tensor in ways this validator does "
+                           f"not model")
+    # a plain attribute: an entry of the object's __dict__ (the state applies to a new object,
+    # so its dict is this object's own, or one installed by "__dict__" above)
+    if meta.pydict is None:
+        meta = replace(meta, pydict={})
+    meta.pydict[name] = value  # type: ignore[index]
+    return meta
+
+
+def _state_items(part: Any, what: str) -> list[tuple[Any, Any]]:
+    """The (name, value) pairs of one half of a pickled object state (``if part: part.items()``
+    in torch)."""
+    if part is None or (type(part) in _ATOMIC_TYPES or type(part) in (list, tuple)) and not part:
+        return []
+    if isinstance(part, dict):
+        return list(part.items())
+    if isinstance(part, (TensorMeta, ArrayMeta)):
+        raise incompatible(f"{what} is a tensor or array (torch would test its truth value)")
+    raise corrupted(f"{what} is {_short(part)}, not a dict of attributes")
+
+
+def _set_obj_state(meta: TensorMeta, state: Any) -> TensorMeta:
+    """torch._utils._set_obj_state: a dict of attributes, or a (dict, slots dict) pair."""
+    if isinstance(state, tuple):
+        if len(state) != 2:
+            raise corrupted(f"tensor state is a tuple of {len(state)} items; torch accepts "
+                            f"(dict state, slots state) only")
+        pairs = _state_items(state[0], "tensor state") + _state_items(state[1], "slots state")
+    else:
+        pairs = _state_items(state, "tensor state")
+    for name, value in pairs:
+        meta = _set_attr(meta, name, value)
+    return meta
+
+
+def _build_tensor(meta: TensorMeta, state: Any) -> TensorMeta:
+    """What BUILD makes of a tensor: ``tensor.set_(*state)`` for a plain tensor;
+    ``Tensor.__setstate__(state)`` for a Parameter (4 items: set_, 5: legacy Variable,
+    3: (requires_grad, _, backward_hooks))."""
+    if isinstance(state, dict) and not state and not meta.parameter:
+        state = ()  # set_(*{}) is set_()
+    if not isinstance(state, (tuple, list)):
+        raise corrupted(f"BUILD on a tensor with a {type(state).__name__} state; torch expects "
+                        f"a tuple")
+    if not meta.parameter or len(state) == 4:
+        if meta.requires_grad:
+            raise corrupted("BUILD calls set_ on a tensor that requires gradients (torch "
+                            "refuses an in-place change of such a leaf)")
+        if len(state) == 0:  # set_() empties the tensor
+            return replace(meta, shape=(0,), stride=(1,), storage_offset=0, storage_key="",
+                           storage=None)
+        if len(state) == 4 and isinstance(state[0], StorageRef):
+            if state[0].dtype != meta.dtype:
+                raise corrupted(f"BUILD sets a {meta.dtype} tensor to a {state[0].dtype} "
+                                f"storage (torch refuses)")
+            made = _make_tensor(state[0], state[1], state[2], state[3], meta.requires_grad,
+                                meta.dtype)
+            return replace(meta, shape=made.shape, stride=made.stride,
+                           storage_offset=made.storage_offset, storage_key=made.storage_key,
+                           storage=made.storage)
+        raise incompatible(f"BUILD on a tensor with a state of {len(state)} items other than "
+                           f"(storage, offset, size, stride) or (): not modelled by this "
+                           f"validator")
+    if len(state) == 5:
+        meta = _set_attr(meta, "data", state[0])
+        state = (state[3], state[4], state[2])
+    if len(state) != 3:
+        raise corrupted(f"BUILD on a Parameter with a state of {len(state)} items (torch "
+                        f"accepts 3, 4 or 5)")
+    meta = replace(meta, requires_grad=_grad_flag(state[0], meta.dtype, "Parameter state"))
+    return _with_attr(meta, "_backward_hooks", state[2])
 
 
 _TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter")
@@ -406,7 +661,25 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
                            "supported")
     if not isinstance(args, tuple):
         raise corrupted("_rebuild_from_type_v2 arguments are not a tuple")
-    return func(*args)
+    made = func(*args)
+    if not isinstance(made, TensorMeta):
+        raise incompatible(f"_rebuild_from_type_v2 calls {func.qualname!r}, which does not "
+                           f"make a tensor: not modelled by this validator")
+    # ret.as_subclass(new_type) when the class differs: a new Python object over the same
+    # tensor (gradient kept; attributes and backward hooks not); then _set_obj_state (neither
+    # class has its own __setstate__)
+    parameter = new_type.qualname == "torch.nn.parameter.Parameter"
+    if parameter != made.parameter and made.requires_grad:
+        # as_subclass of a tensor that requires gradients is not a leaf: torch refuses to
+        # change its requires_grad flag
+        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
+        if any(k == "requires_grad" for part in parts for k, _ in _state_items(part, "state")):
+            raise corrupted("tensor state sets requires_grad of a tensor that is not a leaf "
+                            "(as_subclass of one that requires gradients): torch refuses")
+    if parameter != made.parameter:
+        made = replace(made, parameter=parameter, pydict=None, attrs=tuple(
+            (k, v) for k, v in made.attrs if k in ("grad", "_grad")))
+    return _set_obj_state(made, state)
 
 
 def _torch_size(values: Any = ()) -> tuple[int, ...]:
@@ -423,7 +696,8 @@ def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
     if not isinstance(subtype, _StandIn) or subtype.qualname != "numpy.ndarray":
         raise incompatible("numpy array subclasses are not supported")
     if shape != (0,) or code not in (b"b", "b"):
-        raise corrupted("numpy _reconstruct called with arguments numpy never writes")
+        raise incompatible("numpy _reconstruct called with arguments numpy never writes (not "
+                           "modelled)")
     return ArrayMeta("int8", (0,))  # what numpy makes before BUILD fills it in
 
 
@@ -447,7 +721,8 @@ def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
 
 def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
     if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii"):
-        raise corrupted("unexpected _codecs.encode call")
+        raise incompatible("_codecs.encode called with something other than a string and "
+                           "latin1/utf-8/ascii (not modelled)")
     return obj.encode(encoding)
 
 
@@ -457,7 +732,8 @@ def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
         return bytearray(_codecs_encode(source, encoding))
     if isinstance(source, (bytes, bytearray)) and encoding is None:
         return bytearray(source)
-    raise corrupted("bytearray built from something other than bytes or a string")
+    raise incompatible("bytearray built from something other than bytes or a string (not "
+                       "modelled: bytearray(n) would allocate what the file asks for)")
 
 
 def _check_keys(items: Any, what: str) -> None:
@@ -468,31 +744,91 @@ def _check_keys(items: Any, what: str) -> None:
             check_hashable(item, what)
 
 
+def _check_flood(keys: Any, what: str) -> None:
+    """Refuse more than MAX_KEYS_PER_HASH keys sharing one hash value (a hash flood would make
+    building the container quadratic); one pass at C speed."""
+    if len(keys) > MAX_KEYS_PER_HASH:
+        _, most = Counter(map(hash, keys)).most_common(1)[0]
+        if most > MAX_KEYS_PER_HASH:
+            raise unsafe(f"pickle puts more than {MAX_KEYS_PER_HASH} {what}s with the same hash "
+                         f"value into one container (a hash flood)")
+
+
 def _set(items: Any = ()) -> set[Any]:
     if not isinstance(items, (list, tuple, set)):
-        raise corrupted("set built from something other than a list")
+        raise incompatible("set built from something other than a list (not modelled)")
     _check_keys(items, "set element")
+    _check_flood(items, "set element")
     return set(items)
+
+
+def _tensor_class(qualname: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        raise incompatible(f"pickle calls {qualname!r} to make a tensor from sizes or data, not "
+                           f"from a storage record (torch.save never writes this)")
+    return call
 
 
 def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
     if not all(type(v) in (int, float) for v in (real, imag)):
-        raise corrupted("complex built from non-numbers")
+        raise incompatible("complex built from something other than two numbers (not "
+                           "modelled)")
     return complex(real, imag)
 
 
-def _ordered_dict(items: Any = ()) -> OrderedDict[Any, Any]:
+class _TorchBuilt:
+    """BUILD on an OrderedDict or Counter as torch's weights-only unpickler does it: an
+    OrderedDict gets ``inst.__dict__.update(state)``; a Counter the generic
+    ``(state, slotstate)`` update. The attributes are walked for tensors like any value."""
+
+    def __setstate__(self, state: Any) -> None:
+        slots = None
+        if isinstance(self, OrderedDict):
+            if not isinstance(state, dict):
+                raise incompatible(f"BUILD on an OrderedDict with {_short(state)} (only a dict "
+                                   f"of attributes is modelled)")
+        else:
+            if isinstance(state, tuple) and len(state) == 2:
+                state, slots = state
+            state = dict(_state_items(state, "Counter state"))
+            slots = dict(_state_items(slots, "Counter slots state"))
+        for part in (state, slots or {}):
+            if not all(isinstance(k, str) for k in part) or "__class__" in part \
+                    or "__dict__" in part:
+                raise incompatible("BUILD sets an OrderedDict or Counter attribute that is not "
+                                   "a plain name (not modelled)")
+            self.__dict__.update(part)
+
+
+class TorchOrderedDict(_TorchBuilt, OrderedDict):  # type: ignore[type-arg]
+    """An OrderedDict from the pickle (it may carry attributes set by BUILD)."""
+
+
+class TorchCounter(_TorchBuilt, Counter):  # type: ignore[type-arg]
+    """A Counter from the pickle (it may carry attributes set by BUILD)."""
+
+
+def _ordered_dict(*args: Any) -> OrderedDict[Any, Any]:
+    if len(args) > 1:
+        raise corrupted(f"OrderedDict called with {len(args)} arguments (torch refuses)")
+    items = args[0] if args else ()
     if not isinstance(items, (list, tuple, dict)):
-        raise corrupted("OrderedDict built from something other than a list or dict")
+        raise incompatible("OrderedDict built from something other than a list or dict (not "
+                           "modelled)")
     if not isinstance(items, dict):
-        _check_keys([p[0] for p in items if isinstance(p, (list, tuple)) and p], "dict key")
-    return OrderedDict(items)
+        keys = [p[0] for p in items if isinstance(p, (list, tuple)) and p]
+        _check_keys(keys, "dict key")
+        _check_flood(keys, "dict key")
+    return TorchOrderedDict(items)
 
 
-def _counter(items: Any = None) -> Counter[Any]:
+def _counter(*args: Any) -> Counter[Any]:
+    if len(args) > 1:
+        raise corrupted(f"Counter called with {len(args)} arguments (torch refuses)")
+    items = args[0] if args else None
     if items is not None and not isinstance(items, dict):
-        raise corrupted("Counter built from something other than a dict")
-    return Counter(items or {})
+        raise incompatible("Counter built from something other than a dict (not modelled)")
+    return TorchCounter(items or {})
 
 
 def _build_allowed() -> dict[str, _StandIn | TorchDType]:
@@ -505,22 +841,21 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
     add("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2)
     add("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3)
     add("torch._utils._rebuild_parameter", _rebuild_parameter)
-    add("torch._utils._rebuild_parameter_with_state", _rebuild_parameter)
+    add("torch._utils._rebuild_parameter_with_state", _rebuild_parameter_with_state)
     add("torch._tensor._rebuild_from_type_v2", _rebuild_from_type_v2)
     add("torch.Size", _torch_size)
     add("torch.device", _torch_device)
     for name in _TENSOR_CLASSES:
-        add(name)
+        add(name, _tensor_class(name))
     for name, dtype in _STORAGE_TYPES.items():
         for module in ("torch", "torch.cuda"):
             table[f"{module}.{name}"] = _StorageType(dtype)
     table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True)
     for name in TORCH_DTYPES:
         table[f"torch.{name}"] = TorchDType(name)
-    for module in ("builtins", "__builtin__"):
-        add(f"{module}.set", _set)
-        add(f"{module}.complex", _complex)
-        add(f"{module}.bytearray", _bytearray)
+    add("builtins.set", _set)
+    add("builtins.complex", _complex)
+    add("builtins.bytearray", _bytearray)
     add("collections.OrderedDict", _ordered_dict)
     add("collections.Counter", _counter)
     add("_codecs.encode", _codecs_encode)
@@ -539,15 +874,15 @@ _ALLOWED = _build_allowed()
 
 def _resolve(module: str, name: str) -> Any:
     """The stand-in for an allowed global; a :class:`Problem` for any other (nothing imported)."""
-    qualname = f"{module}.{name}"
+    qualname = torch_qualname(module, name)  # Python 2 names, renamed as torch renames them
     found = _ALLOWED.get(qualname)
     if found is not None:
         return found
     if qualname in _TORCH_KNOWN_UNSUPPORTED:
         raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
-                           f"nested or sub-byte tensors), which this validator does not "
-                           f"support")
-    raise unsafe(f"pickle imports forbidden global {_short_name(qualname)!r}")
+                           f"nested, sub-byte or legacy tensor classes), which this validator "
+                           f"does not support")
+    raise unsafe(f"pickle imports forbidden global {_short_name(f'{module}.{name}')!r}")
 
 
 def _short_name(qualname: str, limit: int = 200) -> str:
@@ -555,23 +890,57 @@ def _short_name(qualname: str, limit: int = 200) -> str:
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """The C unpickler, with globals limited to this module's stand-ins."""
+    """The C unpickler, with globals limited to this module's stand-ins, strings read as torch
+    reads them (SHORT_BINSTRING as UTF-8), and storages cached by key as torch caches them."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, encoding="utf-8")
+        self.storages: dict[Any, StorageRef] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         return _resolve(module, name)
 
     def persistent_load(self, pid: Any) -> StorageRef:
-        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
-            raise corrupted(f"pickle has an unknown persistent id ({_short(pid)}); torch writes "
-                            f"('storage', type, key, location, numel)")
+        """torch.serialization._load's persistent_load: ``('storage', type, key, location,
+        numel)``; a key seen before (with a non-empty storage) returns that first storage,
+        whatever dtype and size this id names -- torch keeps the first in ``loaded_storages``."""
+        if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
+            raise corrupted(f"pickle has an unknown persistent id ({_short(pid)}); torch reads "
+                            f"('storage', type, key, location, numel) only")
         _, stype, key, location, numel = pid
-        if not isinstance(stype, _StorageType):
+        if isinstance(stype, TensorMeta):  # torch only asks the type for its .dtype
+            stype = _StorageType(stype.dtype)
+        # torch reads storage_type.dtype first (any object with that attribute), then returns a
+        # storage already loaded under this key without looking at the type again
+        tensor_class = isinstance(stype, _StandIn) and stype.qualname in _TENSOR_CLASSES
+        if not isinstance(stype, _StorageType) and not tensor_class:
             raise corrupted(f"storage type is {_short(stype)}, not a torch storage class")
-        if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int:
-            raise corrupted("storage persistent id has wrong field types")
+        if type(key) is int and -_INT64 <= key < _INT64:
+            name = str(key)  # torch names the record f"data/{key}"
+        elif isinstance(key, str):
+            name = key
+        else:
+            raise incompatible(f"storage key is {_short(key)}; only strings (and integers) are "
+                               f"modelled")
+        cached = self.storages.get(key)
+        if cached is not None:
+            return cached
+        if tensor_class:  # its .dtype is a descriptor, not a dtype: torch cannot size it
+            raise corrupted(f"storage type is the class {stype.qualname!r}, which has no dtype")
+        if not isinstance(location, str):
+            # torch passes it to map_location as it is (decoding bytes): a loader that maps
+            # every storage to the CPU never looks at it
+            location = (location.decode("ascii", "replace") if isinstance(location, bytes)
+                        else f"<{type(location).__name__}>")
+        if type(numel) not in (int, bool):
+            raise corrupted(f"storage {name!r} has {_short(numel)} as its size")
         if numel < 0 or numel > MAX_ELEMENTS:
-            raise corrupted(f"storage {key!r} claims {numel} elements")
-        return StorageRef(key, stype.dtype, numel, location, stype.untyped)
+            raise corrupted(f"storage {name!r} claims {numel} elements")
+        ref = StorageRef(name, stype.dtype, int(numel), location, stype.untyped)
+        _note(ref)  # torch reads its record now, whether a tensor uses it or not
+        if ref.nbytes:  # torch caches a storage only when it has data
+            self.storages[key] = ref
+        return ref
 
 
 def load_structure(data: bytes) -> Any:
@@ -596,17 +965,43 @@ def _without_gc(load: Callable[[], Any]) -> Any:
 def read_structure(data: bytes) -> tuple[Any, bool]:
     """:func:`load_structure`, and whether the pickle built anything (False: it holds plain
     containers and atoms only, so no tensor or array needs looking for)."""
+    structure, builds, _ = read_model(data)
+    return structure, builds
+
+
+def read_model(data: bytes) -> tuple[Any, bool, list[TensorMeta | StorageRef]]:
+    """:func:`read_structure`, and every tensor view and storage the pickle made on the way
+    (torch makes and checks each, whether the result still holds it or not)."""
+    made: list[TensorMeta | StorageRef] = []
+    _MADE.items = made
+    try:
+        structure, builds = _read(data)
+    finally:
+        _MADE.items = None
+    return structure, builds, made
+
+
+def _read(data: bytes) -> tuple[Any, bool]:
     if len(data) > MAX_PICKLE_BYTES:
         raise incompatible(f"data.pkl is {len(data)} bytes, above the validator's limit of "
                            f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)")
     # memo and hash bombs the C unpickler would not survive, and forbidden globals named before
     # any damage, are refused before it runs
     scanned = scan(data, _resolve)
-    unpickler = RestrictedUnpickler(io.BytesIO(data))
+    problem = scanned.torch_problem()
+    unpickler = RestrictedUnpickler(io.BytesIO(scanned.patched(data)))
     try:
-        structure = _without_gc(unpickler.load)
+        try:
+            structure = _without_gc(unpickler.load)
+        except Problem:
+            raise
+        except Exception:
+            # a form torch reads but the C unpickler words its own way (NEWOBJ of a stand-in,
+            # REDUCE of a list, a SETITEM on a list): the form is what to report
+            if problem and scanned.form:
+                raise incompatible(problem) from None
+            raise
         # after the load, so that a forbidden global is named as "unsafe" first
-        problem = scanned.torch_problem()
         if problem:
             raise incompatible(problem)
         return structure, scanned.builds
@@ -685,6 +1080,13 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
         kind = type(obj)
         if kind is TensorMeta or kind is ArrayMeta:
             yield _render(chain), obj
+            if kind is TensorMeta and (obj.attrs or obj.pydict) and id(obj) not in seen:
+                # tensors in attributes torch sets on it (grad, state) are materialized too
+                seen.add(id(obj))
+                pairs = list(obj.attrs) + list((obj.pydict or {}).items())
+                nodes += len(pairs)
+                stack.extend(((chain, _attr_part(k)), v) for k, v in reversed(pairs)
+                             if type(v) not in _ATOMIC_TYPES)
             continue
         if kind in _ATOMIC_TYPES or id(obj) in seen:
             continue
@@ -700,6 +1102,17 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
             items: Any = enumerate(obj)
         elif isinstance(obj, dict):
             nodes += len(obj)
+            extra = vars(obj) if isinstance(obj, _TorchBuilt) else None
+            if not set(map(type, obj)) <= _ATOMIC_TYPES:
+                # tensors (or tuples holding them) as keys: torch materializes them too
+                seen.add(id(obj))
+                stack.extend(((chain, f"<key {_path_part(k)}>"), k) for k in obj
+                             if type(k) not in _ATOMIC_TYPES)
+            if extra:
+                seen.add(id(obj))
+                nodes += len(extra)
+                stack.extend(((chain, _attr_part(k)), v) for k, v in extra.items()
+                             if type(v) not in _ATOMIC_TYPES)
             if set(map(type, obj.values())) <= _ATOMIC_TYPES:
                 continue
             items = obj.items()
@@ -723,3 +1136,8 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
 
 
 _ATOMIC_TYPES = frozenset({str, int, float, bool, bytes, type(None), complex})
+
+
+def _attr_part(name: Any) -> str:
+    return f".{name}" if isinstance(name, str) and name.isidentifier() and len(name) <= 40 \
+        else f".<{_short_key(name)}>"
