@@ -1,11 +1,13 @@
 """``virnucpro-store``: the command line a pipeline operator lives in.
 
 Exit codes: 0 all good, 3 a checkpoint problem (VirNucPro's code for it), 2 a usage error
-(bad option, bad URL), 1 the storage itself failed (network, credentials, permission, disk).
+(bad option, bad URL), 1 the storage itself failed or refused (network, credentials,
+permission, disk; ``commit`` of a run already committed: the create-only publish refused).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -164,6 +166,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
       virnucpro-store info /scratch/run7/esm_000.pt
       virnucpro-store cp /scratch/run7 s3://lab-bucket/run7
       virnucpro-store gc s3://lab-bucket/run7 --older-than 1h --dry-run
+      virnucpro-store scan /scratch/run7 --expected ids.txt --todo todo.txt
+      virnucpro-store commit s3://lab-bucket/run7 && virnucpro-store verify s3://lab-bucket/run7
     """
     levels = (logging.WARNING, logging.INFO, logging.DEBUG)
     level = logging.ERROR if quiet else levels[min(verbose, 2)]
@@ -528,15 +532,19 @@ class _Counting:
 @click.option("--older-than", "older_than", default="1h", show_default=True,
               help="Only leftovers older than this (90s, 15m, 1h, 2d).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--virnucpro-tmp", is_flag=True,
+              help="Also remove the *.tmp files VirNucPro's own killed saves left.")
 @storage_options
 @handle_errors
-def gc(url: str | None, older_than: str, dry_run: bool, options: dict[str, Any]) -> None:
+def gc(url: str | None, older_than: str, dry_run: bool, virnucpro_tmp: bool,
+       options: dict[str, Any]) -> None:
     """Remove staging leftovers and incomplete uploads of killed saves.
 
     \b
     Examples:
       virnucpro-store gc /scratch/run7 --dry-run
       virnucpro-store gc s3://lab-bucket/run7 --older-than 6h
+      virnucpro-store gc /scratch/v1-run --virnucpro-tmp --older-than 1d
     """
     from .targets import open_url_store
 
@@ -549,7 +557,231 @@ def gc(url: str | None, older_than: str, dry_run: bool, options: dict[str, Any])
             store.backend.remove_leftover(leftover)
         console.print(f"{'would remove' if dry_run else 'removed'} {leftover.kind:<8} "
                       f"{leftover.name}  ({leftover.age_seconds / 60:.0f} min old)")
-    console.print(f"{len(leftovers)} leftover(s) {'found' if dry_run else 'removed'}")
+    count = len(leftovers)
+    if virnucpro_tmp:
+        from .runs import remove_virnucpro_tmp, virnucpro_tmp_files
+
+        tmp_files = (virnucpro_tmp_files if dry_run else remove_virnucpro_tmp)(store, seconds)
+        for key in tmp_files:
+            console.print(f"{'would remove' if dry_run else 'removed'} {'tmp':<8} {key}")
+        count += len(tmp_files)
+    console.print(f"{count} leftover(s) {'found' if dry_run else 'removed'}")
+
+
+# -- pipeline runs: scan, commit, verify -----------------------------------------------------
+
+def _schema_option(schema: str | None) -> str | None:
+    from .schemas import AUTO, get_schema
+
+    if schema is not None and schema != AUTO:
+        try:
+            get_schema(schema)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--schema") from None
+    return schema
+
+
+def _read_ids(path: str) -> list[str]:
+    """One id per line; blank lines ignored, surrounding white space stripped, order kept."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            ids = [line.strip() for line in handle]
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: {exc.strerror or exc}",
+                                 param_hint="--expected") from None
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def _write_ids(path: str, ids: list[str]) -> None:
+    """Write ``ids`` one per line, replacing ``path`` atomically (a reader never sees half)."""
+    tmp = f"{path}.{os.getpid()}.partial"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{i}\n" for i in ids)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint="--todo") from None
+
+
+def _print_invalid(console, store, report) -> None:
+    for key, bad in sorted(report.invalid.items()):
+        console.print(f"[red]FAIL[/]  {bad.category:<12} {store.url_for(key)}: {bad.message}",
+                      markup=True)
+
+
+def _print_skipped(console, report) -> None:
+    for reason, count in sorted(Counter(report.skipped.values()).items()):
+        console.print(f"skipped {count} file(s): {reason}")
+
+
+@cli.command()
+@click.argument("url", required=False)
+@click.option("--schema", default=None,
+              help="dnabert, esm, merged, shard, or auto; omit to check each file against the "
+                   "built-in schema its keys match.")
+@click.option("--level", type=click.Choice(LEVELS), default="keys", show_default=True,
+              help="Highest level to check; ids are read at 'keys' only.")
+@click.option("--deep", is_flag=True,
+              help="Also check every record's CRC-32 and do a full safe load.")
+@click.option("--pattern", default=None,
+              help="Glob on file names taken for checkpoints (default '*.pt', '*.pth').")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Files validated in parallel.")
+@click.option("--expected", "expected_file", default=None, metavar="IDS_FILE",
+              help="Text file of the run's sequence ids, one per line (needs --todo).")
+@click.option("--todo", "todo_file", default=None, metavar="OUT_FILE",
+              help="Write the ids to requeue (expected, not in a valid file), sorted, one per "
+                   "line.")
+@click.option("--json", "as_json", is_flag=True, help="The scan report as one JSON object.")
+@storage_options
+@handle_errors
+def scan(url: str | None, schema: str | None, level: str, deep: bool, pattern: str | None,
+         jobs: int, expected_file: str | None, todo_file: str | None, as_json: bool,
+         options: dict[str, Any]) -> None:
+    """Validate every checkpoint of a run folder/prefix and collect the sequence ids held by
+    the valid files: what a resume needs. The ids of an invalid file are never counted as
+    done. Sidecars (*.done), leftovers (*.tmp) and VirNucPro's manifest.json are listed apart.
+
+    Exit 0 when no checkpoint is invalid (an empty run included: everything is to do), 3 when
+    any is, 2 on a usage error.
+
+    \b
+    Examples:
+      virnucpro-store scan /scratch/run7
+      virnucpro-store scan s3://lab-bucket/run7 --expected ids.txt --todo todo.txt
+      virnucpro-store scan /scratch/run7 --schema shard --json > scan.json
+    """
+    from .targets import open_url_store
+
+    schema = _schema_option(schema)
+    if (expected_file is None) != (todo_file is None):
+        raise click.UsageError("--expected and --todo go together: the ids to requeue are "
+                               "the expected ones no valid file holds")
+    expected = _read_ids(expected_file) if expected_file is not None else None
+    store = open_url_store(_urls_or_default((url,) if url else ())[0], options)
+    report = store.scan("", schema=schema, level=level, deep=deep, jobs=jobs, pattern=pattern)
+    todo = sorted(set(expected) - report.ids) if expected is not None else None
+    if todo is not None:
+        assert todo_file is not None
+        _write_ids(todo_file, todo)
+    err = _console(stderr=True)
+    if as_json:
+        row = report.to_dict()
+        if expected is not None and todo is not None:
+            row |= {"n_expected": len(expected), "n_todo": len(todo),
+                    "n_unexpected_ids": len(report.ids - set(expected))}
+        click.echo(json.dumps(row, default=str))
+    else:
+        console = _console()
+        _print_invalid(console, store, report)
+        _print_skipped(console, report)
+        n = len(report.valid) + len(report.invalid)
+        console.print(f"{n} checkpoint(s) under {store.url}: {len(report.valid)} valid, "
+                      f"{len(report.invalid)} invalid; {len(report.ids)} sequence id(s) in "
+                      f"the valid files" + (" (run committed)" if report.committed else ""))
+        if report.duplicate_ids:
+            err.print(f"[yellow]warning:[/] {len(report.duplicate_ids)} id(s) are in more "
+                      f"than one valid file", markup=True)
+        if expected is not None and todo is not None:
+            console.print(f"{len(expected) - len(todo)} of {len(expected)} expected id(s) "
+                          f"done; {len(todo)} to requeue -> {todo_file}")
+            unexpected = report.ids - set(expected)
+            if unexpected:
+                err.print(f"[yellow]warning:[/] {len(unexpected)} id(s) in valid files are "
+                          f"not in {expected_file}", markup=True)
+    if not report.valid and not report.invalid:
+        err.print(f"[yellow]no checkpoints under {store.url}[/]", markup=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
+
+
+@cli.command()
+@click.argument("url", required=False)
+@click.option("--level", type=click.Choice(LEVELS), default="keys", show_default=True,
+              help="Validation of each file before it is committed.")
+@storage_options
+@handle_errors
+def commit(url: str | None, level: str, options: dict[str, Any]) -> None:
+    """Validate every checkpoint of a run and publish its manifest (vnps-run-manifest.json:
+    each file's key, size, checksum, schema and number of ids) last and create-only.
+
+    Exit 0 when committed; 3 when a file is invalid or there is nothing to commit (nothing is
+    published); 1 when the run is already committed (the storage refused the create-only
+    publish, as for any other refused write); 2 on a usage error.
+
+    \b
+    Examples:
+      virnucpro-store commit /scratch/run7
+      virnucpro-store commit s3://lab-bucket/run7 && virnucpro-store verify s3://lab-bucket/run7
+    """
+    from .targets import open_url_store
+
+    store = open_url_store(_urls_or_default((url,) if url else ())[0], options)
+    try:
+        manifest = store.commit_run("", level=level)
+    except errors.AlreadyExists:
+        _fail(f"{store.url}: the run is already committed ({store.url_for(_manifest_name())} "
+              f"exists); check it with `virnucpro-store verify`", EXIT_STORAGE)
+    except errors.CheckpointError as exc:
+        if click.get_current_context().obj.get("debug"):
+            raise
+        notes = " ".join(getattr(exc, "__notes__", ()))
+        _fail(f"{exc.category}: {exc}" + (f"\n{notes}" if notes else ""), EXIT_CHECKPOINT)
+    sizes = sum(entry.size for entry in manifest.files.values())
+    _console().print(f"committed {len(manifest.files)} file(s), {human_size(sizes)}, "
+                     f"{manifest.n_ids} sequence id(s): {store.url_for(manifest.key)}")
+
+
+def _manifest_name() -> str:
+    from .runs import MANIFEST_NAME
+
+    return MANIFEST_NAME
+
+
+@cli.command()
+@click.argument("url", required=False)
+@click.option("--deep", is_flag=True, help="Also check the CRC-32 of every record's data.")
+@click.option("--json", "as_json", is_flag=True, help="The verify report as one JSON object.")
+@storage_options
+@handle_errors
+def verify(url: str | None, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
+    """Check a committed run against its manifest: every listed file is there, valid, and the
+    one committed (same size and checksum). Checkpoints not in the manifest are listed as
+    extra; they do not fail the run.
+
+    Exit 0 when the run is intact, 3 when a file is missing, changed or invalid, or the run
+    was never committed, 2 on a usage error.
+
+    \b
+    Examples:
+      virnucpro-store verify /scratch/run7
+      virnucpro-store verify s3://lab-bucket/run7 --deep --json
+    """
+    from .targets import open_url_store
+
+    store = open_url_store(_urls_or_default((url,) if url else ())[0], options)
+    try:
+        report = store.verify_run("", deep=deep)
+    except errors.CheckpointMissing as exc:
+        if exc.key != _manifest_name():
+            raise
+        _fail(f"missing: {store.url} is not committed (no {_manifest_name()}); commit it with "
+              f"`virnucpro-store commit`", EXIT_CHECKPOINT)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), default=str))
+    else:
+        console = _console()
+        _print_invalid(console, store, report)
+        for key in report.extra:
+            console.print(f"[yellow]EXTRA[/] {store.url_for(key)}: not in the run manifest",
+                          markup=True)
+        listed = len(report.manifest.files) if report.manifest else 0
+        verdict = "[green]intact[/]" if report.ok else "[red]NOT intact[/]"
+        console.print(f"{store.url}: {verdict}: {len(report.valid)} of {listed} committed "
+                      f"file(s) ok, {len(report.invalid)} invalid, {len(report.extra)} extra; "
+                      f"{len(report.ids)} sequence id(s)", markup=True)
+    sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
 
 
 @cli.command()

@@ -714,6 +714,35 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     return report
 
 
+def virnucpro_tmp_files(store: CheckpointStore, older_than: float = 3600) -> list[str]:
+    """Keys of the ``*.tmp`` files (VirNucPro's unfinished saves) last modified at least
+    ``older_than`` seconds ago; ``scan`` lists the same names in ``skipped``."""
+    now = datetime.now(timezone.utc)
+    found = []
+    for key in store.list():
+        if not key.endswith(".tmp"):
+            continue
+        try:
+            modified = store.info(key).modified
+        except CheckpointMissing:  # removed since the listing
+            continue
+        if modified is not None and (now - modified).total_seconds() >= older_than:
+            found.append(key)
+    return found
+
+
+def remove_virnucpro_tmp(store: CheckpointStore, older_than: float = 3600) -> list[str]:
+    """Delete :func:`virnucpro_tmp_files`; return their keys (``store.gc(virnucpro_tmp=True)``)."""
+    removed = []
+    for key in virnucpro_tmp_files(store, older_than):
+        try:
+            store.delete(key)
+        except CheckpointMissing:  # someone else removed it meanwhile
+            continue
+        removed.append(key)
+    return removed
+
+
 def manifest_key(prefix: str) -> str:
     """Where the run manifest of ``prefix`` lives.
 

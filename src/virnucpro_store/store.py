@@ -115,9 +115,14 @@ class CheckpointStore:
 
     @contextlib.contextmanager
     def open(self, key: str) -> Iterator[IO[bytes]]:
-        """A readable binary file over the raw, unvalidated bytes of ``key``."""
+        """A readable binary file over the raw, unvalidated bytes of ``key``: one whole version
+        (S3 downloads it on entry, restarting on a replaced object as :meth:`read_bytes` does;
+        local and memory hand out one file/snapshot)."""
         key = normalize_key(key)
-        with self.backend.open_for_load(key) as target:
+        with contextlib.ExitStack() as stack:
+            # the context is registered only once entered, so a refused download is dropped
+            target = self._restarting(
+                lambda: stack.enter_context(self.backend.open_for_load(key)))
             if isinstance(target, (str, os.PathLike)):
                 with open(target, "rb") as handle:  # noqa: PTH123 -- a backend-given path
                     yield handle
@@ -319,13 +324,18 @@ class CheckpointStore:
         """Staging objects and incomplete uploads older than ``older_than`` seconds."""
         return self.backend.leftovers(older_than)
 
-    def gc(self, older_than: float = 3600) -> list[str]:
+    def gc(self, older_than: float = 3600, *, virnucpro_tmp: bool = False) -> list[str]:
         """Remove staging leftovers and incomplete uploads older than ``older_than`` seconds;
-        return the names of what was removed."""
+        return the names of what was removed. ``virnucpro_tmp=True`` also removes the
+        ``*.tmp`` files VirNucPro's own killed saves left (published keys, so opt-in)."""
         removed = []
         for leftover in self.backend.leftovers(older_than):
             self.backend.remove_leftover(leftover)
             removed.append(leftover.name)
+        if virnucpro_tmp:
+            from .runs import remove_virnucpro_tmp
+
+            removed += remove_virnucpro_tmp(self, older_than)
         return removed
 
     def close(self) -> None:

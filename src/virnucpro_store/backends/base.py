@@ -97,6 +97,10 @@ class Backend(ABC):
     scheme: str
     #: the store's root as a URL, e.g. ``file:///scratch/run7`` or ``s3://bucket/run7``
     url: str
+    #: saves an :class:`~virnucpro_store.runs.AsyncWriter` runs at once by default (one
+    #: stream keeps a disk busy; object-store uploads overlap); a backend that does not set
+    #: it gets :func:`~virnucpro_store.runs.default_workers`' guess from its scheme
+    concurrent_writes: int
 
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"

@@ -164,6 +164,7 @@ class LocalBackend(Backend):
     """A folder on a local (or network-mounted POSIX) filesystem."""
 
     scheme = "file"
+    concurrent_writes = 1
 
     def __init__(self, location: str, **storage_options: object) -> None:
         if storage_options:

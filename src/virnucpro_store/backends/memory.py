@@ -97,6 +97,7 @@ class MemoryStaging(Staging):
 
 class MemoryBackend(Backend):
     scheme = "memory"
+    concurrent_writes = 1
 
     def __init__(self, location: str, **storage_options: object) -> None:
         if storage_options:

@@ -220,6 +220,7 @@ class S3Backend(Backend):
     """
 
     scheme = "s3"
+    concurrent_writes = 4
     copy_threshold: int = MULTIPART_COPY_THRESHOLD
     copy_part_size: int = COPY_PART_SIZE
     download_chunk: int = DOWNLOAD_CHUNK
