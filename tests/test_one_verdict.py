@@ -8,11 +8,13 @@ proves nothing.
 
 from __future__ import annotations
 
+import gc
 import io
 import warnings
 
 import corpus
 import hostile
+import numpy as np
 import pytest
 import torch
 from helpers import malicious_checkpoint
@@ -20,6 +22,7 @@ from helpers import malicious_checkpoint
 import virnucpro_store as vs
 from virnucpro_store import damage
 from virnucpro_store.samples import sample
+from virnucpro_store.validation.torch_load import _quiet_failed_load, numpy_safe_globals
 
 #: a CUDA device no machine has (CPU-only CI and the GPU machine alike)
 ABSENT_DEVICE = "cuda:63"
@@ -212,3 +215,130 @@ def test_load_restarts_when_the_key_is_replaced_after_its_validation(tmp_path, u
     with pytest.raises(vs.CheckpointCorrupted, match="after the end of central directory"):
         store.load("k.pt")
     assert replaced
+
+
+# --- numpy dtypes numpy unpickles but cannot use (B's finding on 40530.pt) ---------------------
+
+def _with_attribute():
+    t = torch.zeros(2)
+    t.extra = np.arange(3, dtype=np.float32)
+    return {"t": t}
+
+
+NUMPY_PLACES = {
+    "value": lambda: {"np": np.arange(3, dtype=np.float32)},
+    "nested": lambda: {"x": [torch.zeros(2), (np.ones((2, 2), np.float64),)]},
+    "dtype": lambda: {"d": np.dtype("float32")},
+    "attribute": _with_attribute,
+}
+#: numpy's pickled dtype state for a numeric dtype ends (..., None, None, None, -1, -1, flags=0)
+_DTYPE_STATE = b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00"
+
+
+def _odd_dtype_file(place: str, flags: int) -> bytes:
+    buf = io.BytesIO()
+    torch.save(NUMPY_PLACES[place](), buf)
+    data = buf.getvalue()
+    pkl = corpus.record(data, "/data.pkl")
+    old = bytes(data[pkl.data_offset: pkl.data_offset + pkl.size])
+    assert old.count(_DTYPE_STATE) == 1
+    return corpus.rewrite(data, {"/data.pkl": old.replace(_DTYPE_STATE, _DTYPE_STATE[:-1]
+                                                          + bytes([flags]))})
+
+
+@pytest.mark.parametrize("place", sorted(NUMPY_PLACES))
+@pytest.mark.parametrize("flags", [0, 1, 8, 16, 0x3F])
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_numpy_dtype_numpy_cannot_use_never_escapes_load(place, flags, capfd):
+    """numpy unpickles a float dtype whose state sets the "holds objects" flag (or others); torch
+    returns it, and the array then raises raw errors when printed or freed. load() refuses
+    such a file with validate()'s category, with or without validation, and never lets numpy's
+    error out (not even on stderr when the refused object is freed)."""
+    data = _odd_dtype_file(place, flags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            try:  # the oracle: torch returns the odd dtype (or refuses the file outright)
+                loaded = torch.load(io.BytesIO(data), weights_only=True)
+            except Exception as exc:  # noqa: BLE001 -- the oracle refused: any reason
+                _quiet_failed_load(exc)  # its half-built array is freed with exc
+                loaded = None
+    holder = _first_numpy(loaded) if loaded is not None else None
+    dtype = holder if isinstance(holder, np.dtype) else getattr(holder, "dtype", None)
+    torch_clean = dtype is not None and dtype.flags == 0
+    if isinstance(holder, np.ndarray):
+        holder.dtype = np.dtype(holder.dtype.str)  # so that freeing it here stays quiet
+    del loaded, holder, dtype
+    assert torch_clean == (flags == 0)
+    store = vs.open_store("memory://odd-dtype")
+    store.save_bytes(data, "f.pt", validate=None)
+    verdict = store.validate("f.pt", level="keys", deep=True)
+    assert verdict.ok == (flags == 0), verdict.message
+    attempts = [{}, {"validate": None}, {"validate": "keys"}]
+    if flags:  # a device that is not there: still not "fine" (the CPU retry is checked too)
+        attempts.append({"validate": None, "map_location": ABSENT_DEVICE})
+    for kwargs in attempts:
+        try:
+            store.load("f.pt", **kwargs)
+        except vs.CheckpointError as exc:
+            assert flags and exc.category == verdict.category == "incompatible", (kwargs, exc)
+        else:
+            assert flags == 0, kwargs
+        gc.collect()  # a refused (half-built) array is freed here: numpy must stay quiet
+    assert "get_clear_loop" not in capfd.readouterr().err
+
+
+def _first_numpy(obj):
+    """The first numpy array or dtype in a loaded object (values, lists, tuples, tensor
+    attributes)."""
+    if isinstance(obj, (np.dtype, np.ndarray)):
+        return obj
+    items = list(obj.values()) if isinstance(obj, dict) else list(obj) \
+        if isinstance(obj, (list, tuple)) else list(vars(obj).values()) \
+        if isinstance(obj, torch.Tensor) else []
+    for item in items:
+        found = _first_numpy(item)
+        if found is not None:
+            return found
+    return None
+
+
+@pytest.mark.parametrize("call", ["read_bytes", "open", "inspect", "inspect-deep"])
+def test_reads_of_a_replaced_s3_object_restart_on_the_new_version(moto_server, monkeypatch, call):
+    """read_bytes(), open() and inspect() (and so the CLI's info) describe one whole version: an
+    object replaced between two of their range reads is read again from the start (D's 18:57
+    note)."""
+    from virnucpro_store.backends import s3 as s3mod
+
+    store = moto_server.factory()()
+    writer = vs.open_store(store.url, **moto_server.storage_options())
+    old = {"ids": [f"o{i}" for i in range(60)], "data": torch.zeros(60, 3328)}
+    new = {"ids": [f"n{i}" for i in range(50)], "data": torch.ones(50, 3328)}
+    store.save(old, "m.pt", schema="merged")
+    # inspect: replaced right after its first range read (the tail); read_bytes: right after
+    # the download's HEAD, before its ranged GETs
+    cls, method = (s3mod.S3Backend, "open_source") if call in ("read_bytes", "open") else \
+        (s3mod.S3Source, "read")
+    original = getattr(cls, method)
+    reads: list[int] = []
+
+    def read(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        reads.append(1)
+        if len(reads) == 1:
+            writer.save(new, "m.pt", schema="merged")
+        return result
+
+    monkeypatch.setattr(cls, method, read)
+    store.backend.download_chunk = 128 * 1024
+    if call in ("read_bytes", "open"):
+        if call == "open":
+            with store.open("m.pt") as handle:
+                raw = handle.read()
+        else:
+            raw = store.read_bytes("m.pt")
+        assert torch.load(io.BytesIO(raw), weights_only=True)["ids"] == new["ids"]
+    else:
+        facts = store.inspect("m.pt", deep=call == "inspect-deep")
+        assert facts["ok"] and facts["entries"]["ids"]["len"] == len(new["ids"]), facts
+    assert len(reads) >= 2

@@ -63,22 +63,28 @@ def records(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def write_zip(recs: list[tuple[bytes, bytes]], *, comment: bytes = b"", prefix: bytes = b"",
               shift: bool = True, gaps: dict[int, bytes] | None = None, crc: bool = True,
-              cd_order: list[int] | None = None) -> bytes:
+              cd_order: list[int] | None = None, descriptors: dict[int, bytes] | None = None,
+              plain: frozenset[int] = frozenset(), align: int = 64) -> bytes:
     """A stored archive laid out as torch writes it: data aligned to 64 bytes by an 'FB' local
-    extra field, flag bit 3 with a signed data descriptor, a classic end record."""
+    extra field, flag bit 3 with a signed data descriptor, a classic end record.
+    ``descriptors[i]``: the bytes written instead of record i's descriptor; records in ``plain``
+    have flag bit 3 cleared (crc and sizes in the local header). ``align=1``: no padding."""
     out = bytearray(prefix)
     entries = []
     for i, (name, payload) in enumerate(recs):
         offset = len(out)
-        pad = -(offset + 30 + len(name) + 4) % 64
+        pad = -(offset + 30 + len(name) + 4) % align
         extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
         value = zlib.crc32(payload) if crc else 0
-        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0x808, 0, 0, 0, 0, 0, 0,
+        flags, local = (0x800, (value, len(payload), len(payload))) if i in plain else \
+            (0x808, (0, 0, 0))
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, flags, 0, 0, 0, *local,
                            len(name), len(extra)) + name + extra + payload
-        out += struct.pack("<4sIII", b"PK\x07\x08", value, len(payload), len(payload))
+        descriptor = struct.pack("<4sIII", b"PK\x07\x08", value, len(payload), len(payload))
+        out += (descriptors or {}).get(i, descriptor)
         out += (gaps or {}).get(i, b"")
         where = offset - (0 if shift else len(prefix))
-        entries.append(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, 0x808, 0, 0,
+        entries.append(struct.pack("<4sHHHHHHIIIHHHHHII", b"PK\x01\x02", 20, 20, flags, 0, 0,
                                    0, value, len(payload), len(payload), len(name), 0, 0, 0, 0,
                                    0, where) + name)
     cd_offset = len(out) - (0 if shift else len(prefix))
@@ -279,6 +285,74 @@ def test_bytes_between_records_are_found(kind, size):
         # the load level reads data.pkl and the control records, so it sees the gap after them
         if not name.startswith(b"archive/data/"):
             assert not shallow.ok, (name, shallow.message)
+
+
+#: damage to a storage record's local header: (label, field offset, struct format, new value
+#: (None: one more), whether torch refuses it -- else it loads shifted bytes or ignores the field)
+LOCAL_HEADER_DAMAGE = [("signature", 0, "<I", 0x04034B51, True),
+                       ("name-length-past-end", 26, "<H", 0x8000, True),
+                       ("extra-length-past-end", 28, "<H", 0xFFFF, True),
+                       ("name-length+1", 26, "<H", None, False), ("method", 8, "<H", 8, False)]
+
+
+@pytest.mark.parametrize("kind", sorted(OBJECTS))
+@pytest.mark.parametrize("label,rel,fmt,value,refused", LOCAL_HEADER_DAMAGE,
+                         ids=[d[0] for d in LOCAL_HEADER_DAMAGE])
+def test_storage_local_header_damage_is_found_by_deep_validation(kind, label, rel, fmt, value,
+                                                                 refused):
+    """torch reads a storage's local header only when it loads that storage ("failed reading
+    file data/N: invalid header"); the cheap levels do not read it (one request per tensor is
+    what they exist to avoid, see the zipindex docstring), deep validation does, and refuses
+    every such file as corrupted -- those torch refuses and those it loads with shifted bytes."""
+    data = base(kind)
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        storages = [i for i in z.infolist() if "/data/" in i.filename]
+    assert storages
+    for info in storages:
+        at = info.header_offset + rel
+        new = value if value is not None else struct.unpack_from(fmt, data, at)[0] + 1
+        mutant = _patch(data, at, fmt, new)
+        loads, _ = torch_outcome(mutant)
+        deep = validate_source(BytesSource(mutant), level="keys", deep=True)
+        assert not deep.ok and deep.category == "corrupted", (info.filename, label, loads)
+        assert info.filename in deep.message, deep.message
+        assert loads != refused, (info.filename, label)  # the oracle says what it is
+        shallow = validate_source(BytesSource(mutant), level="keys")
+        assert shallow.ok, (info.filename, label, shallow.message)  # the documented scope
+
+def _descriptor(how: str, payload_: bytes) -> bytes:
+    crc, n = zlib.crc32(payload_), len(payload_)
+    return {"missing": b"", "zip64": struct.pack("<4sIQQ", b"PK\x07\x08", crc, n, n),
+            "no-signature": struct.pack("<III", crc, n, n),
+            "wrong-size": struct.pack("<4sIII", b"PK\x07\x08", crc, n + 1, n + 1),
+            "wrong-crc": struct.pack("<4sIII", b"PK\x07\x08", crc ^ 1, n, n)}[how]
+
+
+@pytest.mark.parametrize("kind", sorted(OBJECTS))
+@pytest.mark.parametrize("how", ["missing", "zip64", "no-signature", "wrong-size", "wrong-crc",
+                                 "plain", "plain-kept"])
+@pytest.mark.parametrize("align", [64, 1])
+def test_data_descriptors_agree_with_torch(kind, how, align):
+    """Flag bit 3 with the descriptor absent (torch and zipfile take the sizes from the central
+    directory) is read, whatever record it is on and whatever follows it -- one rule, also when
+    the next record starts right after the data; a descriptor that contradicts the directory,
+    or one after a record without flag bit 3, is bytes the directory does not account for."""
+    recs = records(base(kind))
+    for i, (name, data) in enumerate(recs):
+        if how.startswith("plain"):
+            mutant = write_zip(recs, plain=frozenset([i]), align=align,
+                               descriptors=None if how == "plain-kept" else {i: b""})
+        else:
+            mutant = write_zip(recs, descriptors={i: _descriptor(how, data)}, align=align)
+        loads, (shallow, deep) = assert_agreement(
+            mutant, documented=("does not account for", "CRC-32 mismatch", "size mismatch"))
+        assert loads, (name, how)
+        accepted = how in ("missing", "zip64", "no-signature", "plain")
+        assert deep.ok == accepted, (name, how, deep.message)
+        if accepted:
+            assert shallow.ok, (name, how, shallow.message)
+        elif not name.startswith(b"archive/data/"):
+            assert not shallow.ok, (name, how, shallow.message)
 
 
 @pytest.mark.parametrize("kind", sorted(OBJECTS))

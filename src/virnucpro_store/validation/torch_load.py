@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 import zipfile
 from typing import Any, BinaryIO
 
@@ -123,6 +124,105 @@ def _device_error(exc: BaseException, map_location: Any, where: str, key: str | 
         f"(or a device this machine has)", key=key, url=url)
 
 
+def _odd_dtype(dtype: Any) -> bool:
+    """True for a dtype that differs from the one numpy builds from its own type string: a
+    pickled dtype state numpy accepts but never writes (flags, item size, alignment, fields)."""
+    import numpy as np
+
+    try:
+        canon = np.dtype(dtype.str)
+    except (TypeError, ValueError):
+        return True
+    return (type(dtype) is not type(canon) or dtype.hasobject or dtype.flags != canon.flags
+            or dtype.itemsize != canon.itemsize or dtype.alignment != canon.alignment
+            or dtype.fields is not None or dtype.subdtype is not None)
+
+
+_LEAVES = (str, bytes, int, float, complex, type(None))
+
+
+def _odd_numpy(roots: list[Any]) -> list[Any]:
+    """The numpy arrays, scalars and dtypes reachable from ``roots`` (values, keys, items,
+    attributes) whose dtype is odd (:func:`_odd_dtype`); each odd array is given back its
+    canonical dtype, so that freeing it is harmless."""
+    if "numpy" not in sys.modules:  # no numpy object can have been loaded
+        return []
+    import numpy as np
+    import torch
+
+    stack, seen, odd = list(roots), set(), []
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, np.dtype):
+            if _odd_dtype(item):
+                odd.append(item)
+        elif isinstance(item, (np.ndarray, np.generic)):
+            if _odd_dtype(item.dtype):
+                odd.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        if isinstance(item, (torch.Tensor, dict)):
+            # attributes set by a pickled state (of tensors, Parameters, OrderedDicts)
+            state = getattr(item, "__dict__", None)
+            if type(state) is dict:
+                stack.append(state)
+    for item in odd:
+        if isinstance(item, np.ndarray):
+            try:
+                item.dtype = np.dtype(item.dtype.str)
+            except Exception:  # noqa: BLE001 -- best effort: only the freeing is at stake
+                pass
+    return odd
+
+
+def _refuse_odd_numpy(obj: Any, where: str, key: str | None, url: str | None) -> None:
+    """Raise CheckpointIncompatible when a loaded numpy array, scalar or dtype has an odd dtype.
+
+    numpy unpickles a dtype state with, e.g., the "holds objects" flag on float32; the array
+    then fails later, outside the loader (printing it, or freeing it: "get_clear_loop not set"),
+    so ``load()`` would hand out an object that raises raw errors. The validator refuses the
+    same states as incompatible ("not modelled").
+    """
+    odd = _odd_numpy([obj])
+    if not odd:
+        return
+    import numpy as np
+
+    first = odd[0] if isinstance(odd[0], np.dtype) else odd[0].dtype
+    raise CheckpointIncompatible(
+        f"{where}: numpy dtype {first.str!r} has flags {first.flags}, item size "
+        f"{first.itemsize} and alignment {first.alignment}, which numpy never writes for that "
+        f"type (a dtype state that is not modelled; numpy mis-handles such arrays)",
+        key=key, url=url)
+
+
+def _quiet_failed_load(exc: BaseException) -> None:
+    """Give the half-built odd numpy arrays of a failed load their canonical dtype, so that
+    freeing the failure's frames does not make numpy print (or leave pending) a raw error."""
+    if "numpy" not in sys.modules:
+        return
+    import numpy as np
+
+    roots: list[Any] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, (np.ndarray, np.generic, list, tuple)):
+                roots.append(value)
+            for name in ("stack", "metastack", "memo"):  # torch's weights-only Unpickler
+                inner = getattr(value, name, None) if not isinstance(value, _LEAVES) else None
+                if isinstance(inner, (list, dict)):
+                    roots.append(inner)
+        tb = tb.tb_next
+    _odd_numpy(roots)
+
+
 def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource, *,
                     map_location: Any = "cpu", url: str | None = None,
                     key: str | None = None, mmap: bool = False) -> Any:
@@ -169,7 +269,7 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
                 return torch.load(f, map_location=location, weights_only=True)
 
         try:
-            return attempt(map_location)
+            result = attempt(map_location)
         except (StoreError, OSError):
             raise
         except Exception as exc:
@@ -177,11 +277,17 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
                 raise
             # Structural, not a guess at torch's message: the same bytes load on the CPU, so
             # the mapping failed, not the file.
+            _quiet_failed_load(exc)
             try:
-                attempt("cpu")
-            except Exception:
+                on_cpu = attempt("cpu")
+            except Exception as again:
+                _quiet_failed_load(again)
                 raise exc from None
+            _refuse_odd_numpy(on_cpu, where, key, url)  # the file is not fine after all
+            del on_cpu
             raise _device_error(exc, map_location, where, key, url) from exc
+        _refuse_odd_numpy(result, where, key, url)
+        return result
     except StoreError:  # our own CheckpointErrors, and backend StorageFailures
         raise
     except FileNotFoundError as exc:
@@ -191,6 +297,7 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
         raise StorageFailure(f"{where}: I/O error while loading: {exc}", key=key,
                              url=url) from exc
     except Exception as exc:
+        _quiet_failed_load(exc)
         failure = getattr(getattr(f, "raw", f), "failure", None)  # see SourceReader.failure
         if isinstance(failure, StoreError):
             raise failure from None

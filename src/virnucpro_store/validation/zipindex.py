@@ -6,6 +6,11 @@ torch writes for large files, and the central directory itself. :func:`read_inde
 one tail read (``TAIL_BYTES``) plus, when the central directory does not lie in that tail, one
 read of the central directory. Local headers are *not* read per record (on S3 that would be one
 request per tensor): records are bound-checked against the offset of the next record instead.
+The load level reads the local headers of ``data.pkl`` and the control records only, so damage
+confined to a storage record's local header or bytes (torch: "failed reading file data/N:
+invalid header") is found by the deep stream alone, like a CRC mismatch in its data: a cheap
+"ok" says the directory, the pickle, the control records and every tensor's bounds are sound,
+not that every storage record can be read (``deep=True`` says that).
 
 :func:`verify_crcs` is the deep check: it streams the whole archive once, in bounded chunks,
 parses every local header and checks every record's CRC-32.
@@ -51,7 +56,7 @@ CDH_SIG = b"PK\x01\x02"
 CDH_SIZE = 46
 LFH_SIG = b"PK\x03\x04"
 LFH_SIZE = 30
-#: a data descriptor (flag bit 3) is at least crc + two 4-byte sizes
+#: a data descriptor (flag bit 3, optional) is at least crc + two 4-byte sizes
 MIN_DESCRIPTOR = 12
 #: refuse to hold a central directory larger than this in memory ("incompatible"): 256 bytes per
 #: entry at MAX_RECORDS (torch writes ~100: the name, a ZIP64 extra); parsing it (names decoded
@@ -99,8 +104,9 @@ ONE_VIEW_RULES = (
     "layout: the first record starts at offset 0 (no prefix: torch misreads prefixed archives); "
     "the central directory ends where the end records begin; records do not overlap; the bytes "
     "between one record's data and the next record are empty or exactly one data descriptor "
-    "agreeing with the central directory -- checked for every record by the deep stream, and "
-    "for data.pkl and the control records at the load level",
+    "agreeing with the central directory (flag bit 3 does not require one: torch and zipfile "
+    "read a record whose descriptor is absent) -- checked for every record by the deep stream, "
+    "and for data.pkl and the control records at the load level",
     "local headers: the local header of every record read (data.pkl and the control records at "
     "the cheap levels, all of them when deep) has the central directory's name and method, and "
     "its crc and sizes agree unless it defers them to a data descriptor",
@@ -173,9 +179,12 @@ class ZipRecord(NamedTuple):
 
     @property
     def min_span(self) -> int:
-        """Fewest bytes the record occupies from its local header on (local extra unknown)."""
-        descriptor = MIN_DESCRIPTOR if self.flags & 0x8 else 0
-        return LFH_SIZE + self.name_len + self.compressed_size + descriptor
+        """Fewest bytes the record occupies from its local header on (local extra unknown).
+
+        Flag bit 3 does not reserve room for a data descriptor: torch (miniz) and zipfile take
+        the sizes from the central directory and load a record whose descriptor is absent, so
+        the gap after the data is checked instead (none, or one matching descriptor)."""
+        return LFH_SIZE + self.name_len + self.compressed_size
 
 
 def lookup_key(raw: bytes) -> bytes:
@@ -500,8 +509,7 @@ def _check_bounds(records: list[ZipRecord], cd_offset: int) -> None:
     limits = [r.offset for r in records[1:]]
     limits.append(cd_offset)
     for rec, limit in zip(records, limits):
-        if rec.offset + LFH_SIZE + rec.name_len + rec.compressed_size + \
-                (MIN_DESCRIPTOR if rec.flags & 0x8 else 0) > limit:
+        if rec.offset + LFH_SIZE + rec.name_len + rec.compressed_size > limit:
             _overlap(records, cd_offset)
     for rec in records[-1:]:
         if rec.offset >= cd_offset:
