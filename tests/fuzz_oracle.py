@@ -269,7 +269,10 @@ def count_tensors(obj: Any, seen: set[int] | None = None, depth: int = 0) -> int
         return 0
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         n = 1
-        if isinstance(obj, torch.Tensor):
+        # a tensor's attributes once per tensor object, as the walk expands them (per
+        # occurrence would be quadratic: a tensor shared n times whose hooks chain n tensors)
+        if isinstance(obj, torch.Tensor) and id(obj) not in seen:
+            seen.add(id(obj))
             if obj.grad is not None:
                 n += count_tensors(obj.grad, seen, depth + 1)
             hooks = getattr(obj, "_backward_hooks", None)

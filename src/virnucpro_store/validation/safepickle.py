@@ -254,6 +254,7 @@ class ArrayMeta:
             raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
         shape = _int_tuple(shape, "numpy array shape")
         numel = _checked_numel(shape, "numpy array")
+        raw = _latin1(raw, "numpy array data")
         if type(raw) is not bytes:  # numpy: "pickle not returning string" for a bytearray
             raise corrupted(f"numpy array data is a {type(raw).__name__}, not bytes")
         expected = numel * dtype.itemsize
@@ -501,6 +502,8 @@ def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any
     if requires_grad is True:  # torch.empty(requires_grad=True), then set_: an in-place error
         raise corrupted("_rebuild_tensor_v3 with requires_grad=True: torch refuses (set_ on a "
                         "leaf that requires gradients)")
+    if requires_grad is None:  # torch.empty's argument parser takes None as the default, False
+        requires_grad = False
     return _tensor_extras(meta, requires_grad, backward_hooks, metadata, "_rebuild_tensor_v3")
 
 
@@ -701,15 +704,35 @@ def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
     return ArrayMeta("int8", (0,))  # what numpy makes before BUILD fills it in
 
 
-def _np_scalar(dtype: Any, raw: Any = None) -> Any:
+_NO_DATA = object()
+
+
+def _latin1(raw: Any, what: str) -> Any:
+    """numpy encodes a str given as pickled data to latin1 (Python 2 pickles), else refuses."""
+    if type(raw) is not str:
+        return raw
+    try:
+        return raw.encode("latin1")
+    except UnicodeEncodeError:
+        raise corrupted(f"{what} is a string that is not latin1 (numpy refuses)") from None
+
+
+def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
+    """numpy's ``scalar(dtype, data)``: data must be bytes (or a latin1 str), at least one item
+    long (numpy reads the first item); a bytearray or None is refused; no data is a zero."""
     if not isinstance(dtype, _NpDType):
         raise corrupted("numpy scalar without a numpy dtype")
     if dtype.code == "O":
         raise unsafe("numpy object scalar: arbitrary pickled Python object")
     if dtype.problem:
         raise incompatible(f"numpy scalar of dtype {dtype.spec!r}: {dtype.problem}")
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) != dtype.itemsize:
-        raise corrupted(f"numpy {dtype.name} scalar data is not {dtype.itemsize} bytes")
+    raw = bytes(dtype.itemsize) if raw is _NO_DATA else _latin1(raw, "numpy scalar data")
+    if type(raw) is not bytes:
+        raise corrupted(f"numpy scalar data is a {type(raw).__name__}, not bytes (numpy refuses)")
+    if len(raw) < dtype.itemsize:
+        raise corrupted(f"numpy {dtype.name} scalar data is {len(raw)} bytes, less than "
+                        f"{dtype.itemsize} (numpy refuses)")
+    raw = raw[:dtype.itemsize]
     order = ">" if dtype.byteorder == ">" else "<"
     values = struct.unpack(order + dtype.struct, raw)
     return complex(*values) if len(values) == 2 else values[0]
