@@ -5,6 +5,7 @@ the file runs (an audit hook watches); each validation is bounded in time and me
 from __future__ import annotations
 
 import codecs
+import gc
 import json
 import os
 import random
@@ -121,13 +122,24 @@ def check_report(v: hostile.Variant, level: str, deep: bool, report: ValidationR
 def run_variant(v: hostile.Variant, *, trace_memory: bool) -> None:
     for deep in (False, True):
         for level in (v.deep_levels if deep else LEVELS):
-            # CPU time of this process, not wall time: the bound is on the validator's work,
-            # and wall time on a shared 2-core machine also counts whoever else is running
-            started = time.process_time()
+            # CPU time of this thread, not wall time: the bound is on the validator's work
+            # (it runs in the calling thread), and wall time on a shared 2-core machine also
+            # counts whoever else is running -- as process time counts the other threads that
+            # earlier tests left in this process. Garbage earlier tests left is collected
+            # first, so that its collection is not charged to the validator.
+            gc.collect()
+            started = time.thread_time()
             with armed():
                 report = validate_source(BytesSource(v.data), schema=v.schema, level=level,
                                          deep=deep)
-            seconds = time.process_time() - started
+            seconds = time.thread_time() - started
+            if v.heavy and not deep:
+                # a heavy file's cheap-level CPU bound is measured in a fresh process, as a
+                # user's `validate` meets it (test_heavy_variants_stay_under_the_bounds):
+                # here, after other 10**6-node files, the allocator's state is the test
+                # run's, not the validator's
+                check_report(v, level, deep, report)
+                continue
             torch_ran = deep and ("torch_load" in report.details or
                                   "torch.load(weights_only=True) failed" in report.message)
             limit = MAX_TORCH_SECONDS if torch_ran else MAX_SECONDS
@@ -186,6 +198,7 @@ def test_corpus_covers_every_class_and_schema():
 
 _MEMORY_SCRIPT = r"""
 import sys
+import time
 from virnucpro_store.source import BytesSource
 from virnucpro_store.validation import validate_source
 
@@ -204,19 +217,24 @@ validate_source(BytesSource(open(warm, "rb").read()), schema="merged")
 validate_source(BytesSource(open(warm, "rb").read()), level="zip", deep=True)
 data = open(path, "rb").read()
 base = peak_rss()
+slowest = 0.0
 for level in ("size", "zip", "load", "keys"):
+    started = time.thread_time()
     validate_source(BytesSource(data), schema=schema or None, level=level)
+    slowest = max(slowest, time.thread_time() - started)
 validate_source(BytesSource(data), schema=schema or None, level="zip", deep=True)
 assert "torch" not in sys.modules
+print(slowest)
 print(peak_rss() - base)
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
-def test_heavy_variants_stay_under_the_memory_bound(tmp_path):
-    """Peak RSS growth per heavy file, each in a fresh process (a peak only grows, and
-    tracemalloc would slow a 10**7-element list twentyfold). One process per file, two at a
-    time, so that one file's peak is not hidden under another's."""
+def test_heavy_variants_stay_under_the_bounds(tmp_path):
+    """Peak RSS growth and the CPU time of each non-deep level per heavy file, each in a
+    fresh process (a peak only grows, and tracemalloc would slow a 10**7-element list
+    twentyfold). One process per file, two at a time, so that one file's peak is not hidden
+    under another's; CPU time is the validating thread's own."""
     warm = tmp_path / "warm.pt"
     warm.write_bytes(hostile.bases()["merged"][0])
     procs = []
@@ -231,8 +249,9 @@ def test_heavy_variants_stay_under_the_memory_bound(tmp_path):
     for v, proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, f"{v.name}: {err[-2000:]}"
-        growth = int(out.strip().splitlines()[-1])
-        assert growth < v.max_extra_bytes, f"{v.name}: {growth >> 20} MB"
+        slowest, growth = out.strip().splitlines()[-2:]
+        assert float(slowest) < MAX_SECONDS, f"{v.name}: {float(slowest):.2f} s"
+        assert int(growth) < v.max_extra_bytes, f"{v.name}: {int(growth) >> 20} MB"
 
 
 # --------------------------------------------------------------------------- the CLI
