@@ -5,7 +5,6 @@ the file runs (an audit hook watches); each validation is bounded in time and me
 from __future__ import annotations
 
 import codecs
-import gc
 import json
 import os
 import random
@@ -125,9 +124,7 @@ def run_variant(v: hostile.Variant, *, trace_memory: bool) -> None:
             # CPU time of this thread, not wall time: the bound is on the validator's work
             # (it runs in the calling thread), and wall time on a shared 2-core machine also
             # counts whoever else is running -- as process time counts the other threads that
-            # earlier tests left in this process. Garbage earlier tests left is collected
-            # first, so that its collection is not charged to the validator.
-            gc.collect()
+            # earlier tests left in this process.
             started = time.thread_time()
             with armed():
                 report = validate_source(BytesSource(v.data), schema=v.schema, level=level,
