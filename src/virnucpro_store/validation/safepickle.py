@@ -916,7 +916,7 @@ class RestrictedUnpickler(pickle.Unpickler):
     """The C unpickler, with globals limited to this module's stand-ins, strings read as torch
     reads them (SHORT_BINSTRING as UTF-8), and storages cached by key as torch caches them."""
 
-    def __init__(self, file: io.BytesIO) -> None:
+    def __init__(self, file: io.BufferedIOBase) -> None:
         super().__init__(file, encoding="utf-8")
         self.storages: dict[Any, StorageRef] = {}
 
@@ -1012,7 +1012,10 @@ def _read(data: bytes) -> tuple[Any, bool]:
     # any damage, are refused before it runs
     scanned = scan(data, _resolve)
     problem = scanned.torch_problem()
-    unpickler = RestrictedUnpickler(io.BytesIO(scanned.patched(data)))
+    # a reader with peek(): the C unpickler then reads 64 KiB ahead instead of calling read()
+    # once per opcode of an unframed (protocol 2) pickle, five times faster on 10**7 opcodes
+    stream = io.BufferedReader(io.BytesIO(scanned.patched(data)), 1 << 16)
+    unpickler = RestrictedUnpickler(stream)
     try:
         try:
             structure = _without_gc(unpickler.load)
