@@ -48,9 +48,9 @@ import mutator  # noqa: E402
 
 import virnucpro_store as vs  # noqa: E402
 from virnucpro_store.errors import CheckpointError, StoreError  # noqa: E402
+from virnucpro_store.lazy import ArrayMeta, TensorMeta  # noqa: E402
 from virnucpro_store.source import BytesSource  # noqa: E402
 from virnucpro_store.validation import levels  # noqa: E402
-from virnucpro_store.validation.safepickle import ArrayMeta, TensorMeta  # noqa: E402
 from virnucpro_store.validation.torch_load import numpy_safe_globals  # noqa: E402
 
 DISAGREEMENTS_DIR = "/tmp/fuzz-disagreements"
@@ -73,12 +73,13 @@ _ENVIRONMENT_HINTS = ("cuda", "device", "mps", "xpu", "hpu", "not compiled with"
                       "no backend", "privateuse")
 
 
-def torch_load(data: bytes) -> TorchOutcome:
-    """``torch.load(weights_only=True, map_location="cpu")`` with the store's numpy globals."""
+def torch_load(data: bytes, extra_globals: tuple[Any, ...] = ()) -> TorchOutcome:
+    """``torch.load(weights_only=True, map_location="cpu")`` with the store's numpy globals
+    (and ``extra_globals``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.serialization.safe_globals(numpy_safe_globals()):
+            with torch.serialization.safe_globals(numpy_safe_globals() + list(extra_globals)):
                 value = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         return TorchOutcome(True, value)
     except Exception as exc:  # noqa: BLE001 -- every torch failure is an outcome
@@ -199,7 +200,7 @@ def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
         return None if str(lazy) == str(real) or lazy == real else \
             f"{path}: device {lazy!r} vs {real}"
     if isinstance(real, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        from virnucpro_store.validation.safepickle import StorageRef
+        from virnucpro_store.lazy import StorageRef
 
         if not isinstance(lazy, StorageRef):
             return f"{path}: torch has a storage, the validator a {type(lazy).__name__}"
@@ -804,8 +805,11 @@ def _verdict(report: Any) -> str:
     return "ok" if report.ok else f"{report.category} at {report.level}: {report.message[:200]}"
 
 
-def check(seed: int, description: str, data: bytes, *, store: bool = True) -> Result:
-    """Run the oracle on one mutant."""
+def check(seed: int, description: str, data: bytes, *, store: bool = True,
+          oracle: bytes | None = None, oracle_globals: tuple[Any, ...] = ()) -> Result:
+    """Run the oracle on one mutant. ``oracle``: the bytes torch judges instead of ``data``
+    (an equivalent file torch can read: a protocol 4/5 mutant translated to protocol 2 by
+    ``p45translate``), with ``oracle_globals`` allowed besides the numpy ones."""
 
     def result(verdict: str, rule: str = "", detail: str = "") -> Result:
         return Result(seed, description, verdict, rule, detail,
@@ -813,20 +817,22 @@ def check(seed: int, description: str, data: bytes, *, store: bool = True) -> Re
                       "ok" if real.ok else real.error)
 
     deep = None
-    real = torch_load(data)
+    real = torch_load(data if oracle is None else oracle, oracle_globals)
     try:
         deep, structure = _report(data, level="keys", deep=True)
         cheap, _ = _report(data, level="load", deep=False)
     except Exception as exc:  # noqa: BLE001
         return result("disagree", "validator-crash", f"{type(exc).__name__}: {exc}"[:300])
-    facts = Facts(data)
+    # the documented rules read the pickle in the protocol-2 forms torch.save writes: with an
+    # oracle, the translated file's (its ZIP layout is the mutant's)
+    facts = Facts(data if oracle is None else oracle)
     if cheap.seconds > MAX_CHEAP_SECONDS:
         return result("disagree", "slow-cheap-validation", f"{cheap.seconds:.2f} s")
     if not real.ok:
         if real.environment:
             return result("documented", "environment")
         if deep.ok:
-            if unrestricted_oracle_allowed(facts.pickle()):
+            if oracle is None and unrestricted_oracle_allowed(facts.pickle()):
                 real = torch_load_unrestricted(data)
             if not real.ok:
                 return result("disagree", "deep-ok-torch-refuses", real.error)

@@ -24,17 +24,14 @@ import numpy as np
 import pytest
 import torch
 
+from virnucpro_store.lazy import ArrayMeta, StorageRef, TensorMeta, TorchDType
 from virnucpro_store.schemas import check_version
 from virnucpro_store.source import BytesSource
 from virnucpro_store.validation.levels import _evaluate, validate_source
 from virnucpro_store.validation.pickleguard import MAX_KEYS_PER_HASH
-from virnucpro_store.validation.safepickle import (
+from virnucpro_store.validation.standins import (
     _ALLOWED,
     _TORCH_KNOWN_UNSUPPORTED,
-    ArrayMeta,
-    StorageRef,
-    TensorMeta,
-    TorchDType,
     _StandIn,
     _StorageType,
 )

@@ -7,7 +7,7 @@ strings (empty when the rule holds). A missing key or a broken rule makes a file
 "incompatible": whole, but not what the pipeline reads.
 
 Example:
-    >>> from virnucpro_store.validation import TensorMeta
+    >>> from virnucpro_store.lazy import TensorMeta
     >>> esm = get_schema("esm")
     >>> ok = TensorMeta("float32", (ESM_DIM,), (1,), 0, "0")
     >>> esm.check({"proteins": ["p1"], "data": [ok]})
@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .validation.safepickle import FLOAT_DTYPES, ArrayMeta, TensorMeta, shape_text
+from .lazy import FLOAT_DTYPES, ArrayMeta, TensorMeta, shape_text
 
 DNABERT_DIM = 768
 ESM_DIM = 2560

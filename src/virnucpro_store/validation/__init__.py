@@ -1,9 +1,9 @@
 """Validation of stored torch checkpoints through range reads: a ladder of levels
 (size, zip, load, keys), a ZIP index, a restricted pickle reader and a safe loader."""
 
+from ..lazy import ArrayMeta, TensorMeta
 from .levels import inspect_source, validate_source
 from .report import LEVELS, ValidationReport
-from .safepickle import ArrayMeta, TensorMeta
 from .torch_load import safe_torch_load
 
 __all__ = [

@@ -30,21 +30,15 @@ import io
 import time
 from typing import Any
 
-# a module import, not names: schemas imports validation.safepickle, so this is circular
 from .. import schemas as _schemas
 from ..errors import CheckpointError, StoreError
+from ..lazy import ArrayMeta, StorageRef, TensorMeta, shape_text
 from ..source import ByteSource, CountingSource, FileSource, SourceReader
 from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
-from .safepickle import (
-    ArrayMeta,
-    StorageRef,
-    TensorMeta,
-    _checked_numel,
-    iter_tensors,
-    read_model,
-    shape_text,
-)
+from .safepickle import read_model
+from .standins import _checked_numel
+from .walk import iter_tensors
 from .zipindex import (
     CachedReader,
     ZipIndex,
@@ -58,6 +52,11 @@ from .zipindex import (
 #: the note a deep report of a CRC-less archive carries (see zipindex.CRC_LESS_RULE)
 CRC_ABSENT_NOTE = ("CRC-32s absent: the file was written without CRCs (torch's compute_crc32="
                    "False), so its records' data could not be checked against them")
+#: the note of a file whose pickle the library's own loader reads (``details["loader"]``)
+LIBRARY_LOADER_NOTE = ("data.pkl is a protocol {protocol} pickle, whose opcodes "
+                       "torch.load(weights_only=True) does not implement: load() reads it with "
+                       "virnucpro_store's own allow-list loader (the same allow-list and "
+                       "rules), never with weights_only=False")
 #: at most this many tensors are listed by path in ``details["tensors"]``
 MAX_LISTED_TENSORS = 50
 #: at most this many top-level keys are listed in ``details["keys"]``
@@ -106,13 +105,17 @@ class _Run:
         record = index.member("data.pkl")
         assert record is not None
         try:
-            self.structure, builds, made = read_model(read_record(self.reader, index, record))
+            model = read_model(read_record(self.reader, index, record))
         except Problem as exc:
             if exc.category != "unsafe" and "data.pkl" not in exc.message:
                 exc.message = f"{record.name}: {exc.message}"
             raise
+        self.structure, made = model.structure, model.made
+        self.details["loader"] = "torch" if model.library is None else "virnucpro_store"
+        if model.library is not None:
+            self.notes.append(LIBRARY_LOADER_NOTE.format(protocol=model.library))
         # a pickle that built nothing holds no tensor: no walk (a 10**6-deep nest costs one)
-        self.tensors = list(iter_tensors(self.structure)) if builds else []
+        self.tensors = list(iter_tensors(self.structure)) if model.builds else []
         self.details.update(summarize(self.structure, self.tensors))
         # and every view and storage made on the way (torch checks each as it makes it)
         _check_tensors(index, self.tensors + [("(made while unpickling)", m) for m in made])

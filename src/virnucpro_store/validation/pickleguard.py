@@ -96,6 +96,15 @@ _EXT = {0x82: 1, 0x83: 2, 0x84: 4}
 #: the opcodes torch's weights-only unpickler implements (torch 2.6 - 2.13); any other one makes
 #: torch.load(weights_only=True) fail with "Unsupported operand"
 TORCH_OPCODES = frozenset(b"cRb\x81ae}su(t\x85\x86\x87N\x88\x89)]\x8fJKMGXUQhjqr\x8a\x80.")
+#: opcodes of pickle protocols 3 to 5 that encode what torch's opcodes encode another way:
+#: FRAME, MEMOIZE, the short and 8-byte string headers, bytes and bytearrays written as such
+#: (protocol 2 writes them as _codecs.encode / bytearray calls, which torch allows), a global
+#: named by two strings (STACK_GLOBAL) and a set filled in place (ADDITEMS). torch's weights-only
+#: unpickler implements none of them; in a pickle that *declares* protocol 3, 4 or 5 the
+#: library's own loader reads them (see :func:`library_protocol`)
+LIBRARY_OPCODES = frozenset(b"\x95\x94\x8c\x8d\x93BC\x8e\x96\x90")
+#: the protocols whose pickles the library's own loader reads (VirNucPro v2 saves with 4)
+LIBRARY_PROTOCOLS = frozenset({3, 4, 5})
 _OPCODE_NAMES = {
     0x30: "POP", 0x31: "POP_MARK", 0x32: "DUP", 0x46: "FLOAT", 0x49: "INT", 0x4C: "LONG",
     0x50: "PERSID", 0x53: "STRING", 0x54: "BINSTRING", 0x56: "UNICODE", 0x42: "BINBYTES",
@@ -304,10 +313,11 @@ class Scan:
     unpickler can name it), and where PROTO says a protocol the C unpickler rejects but torch
     ignores."""
 
-    __slots__ = ("builds", "unsupported", "unresolved", "protocols", "form")
+    __slots__ = ("builds", "unsupported", "unresolved", "protocols", "form", "library")
 
     def __init__(self, builds: bool, unsupported: str | None, unresolved: bool = False,
-                 protocols: tuple[int, ...] = (), form: bool = False) -> None:
+                 protocols: tuple[int, ...] = (), form: bool = False,
+                 library: int | None = None) -> None:
         self.builds = builds
         self.unsupported = unsupported
         self.unresolved = unresolved
@@ -315,6 +325,8 @@ class Scan:
         #: the problem is a form (target, NEWOBJ, REDUCE arguments) the C unpickler may choke
         #: on in its own words, rather than an opcode torch does not implement
         self.form = form
+        #: the protocol (3-5) of a pickle the library's own loader reads; None: torch's
+        self.library = library
 
     def torch_problem(self) -> str | None:
         return self.unsupported
@@ -343,6 +355,19 @@ def _target_problem(op: int, at: int, target: object, wants: str) -> str:
             f"torch.load(weights_only=True) only accepts {wants} there")
 
 
+def library_protocol(data: bytes) -> int | None:
+    """The protocol a pickle declares when it is one the library's own loader reads (its first
+    opcode is PROTO 3, 4 or 5, as Python's pickler writes it); None for every other pickle,
+    which is judged by torch's weights-only rules alone.
+
+    >>> library_protocol(b"\\x80\\x04\\x95"), library_protocol(b"\\x80\\x02]")
+    (4, None)
+    """
+    if len(data) >= 2 and data[0] == 0x80 and data[1] in LIBRARY_PROTOCOLS:
+        return data[1]
+    return None
+
+
 def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) -> Scan:
     """Walk ``data``'s opcodes once without building anything; raise :class:`Problem` for a
     memo, hash or hash-flood bomb ("unsafe") or a stream the unpickler could not follow
@@ -350,8 +375,13 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
 
     ``check_global(module, name)`` is called for every global the stream names (GLOBAL, INST,
     STACK_GLOBAL of two literal strings), in stream order, so that a forbidden one is reported
-    as such even when the stream is broken further on; it raises to refuse."""
+    as such even when the stream is broken further on; it raises to refuse.
+
+    A pickle that declares protocol 3, 4 or 5 (:func:`library_protocol`) may use
+    :data:`LIBRARY_OPCODES` without a torch problem; every other rule is the same."""
     end = len(data)
+    library = library_protocol(data)
+    allowed_ops = TORCH_OPCODES | LIBRARY_OPCODES if library else TORCH_OPCODES
     stack: list[object] = []  # per item: see _Tup, _Str, _Run, _Kind, _Container, _Glob, int
     marks: list[int] = []
     memo: list[object] = []
@@ -490,7 +520,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             pos += 2 * count
             continue
         pos += 1
-        if unsupported is None and op not in TORCH_OPCODES:
+        if unsupported is None and op not in allowed_ops:
             unsupported = _opcode_problem(op, at)
         if op == 0x61:  # APPEND (runs of them: a nest of lists)
             count = _APPENDS.match(data, at).end() - at
@@ -565,8 +595,11 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             if len(stack) <= fence:
                 raise _underflow(op, at)
             _check_hashed(items, "set element")
-            if type(stack[-1]) is _Container:
-                stack[-1].add(items, "set element")
+            target = stack[-1]
+            if type(target) is _Container:
+                target.add(items, "set element")
+            if library and not (type(target) is _Container and target.kind == "set"):
+                refuse_target(op, at, target, "a set")
         elif op == 0x91:  # FROZENSET: hashes its elements; its own hash is cached
             items = pop_mark(op, at, 1)
             _check_hashed(items, "set element")
@@ -720,7 +753,11 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             form = unsupported is not None and (
                 "NEWOBJ" in unsupported
                 or not unsupported.startswith("data.pkl uses pickle opcode "))
-            return Scan(builds, unsupported, unresolved, tuple(protocols), form)
+            if library and protocols and unsupported is None:
+                unsupported = (f"data.pkl declares protocol {library} but names protocol "
+                               f"{data[protocols[0] + 1]} at offset {protocols[0]} (not "
+                               f"modelled)")
+            return Scan(builds, unsupported, unresolved, tuple(protocols), form, library)
         else:
             raise corrupted(f"data.pkl is not a readable pickle: invalid load key "
                             f"{bytes([op])!r} at offset {at}")

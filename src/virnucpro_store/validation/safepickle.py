@@ -1,7 +1,7 @@
 """A restricted unpickler for torch's ``data.pkl`` that builds a *lazy structure*.
 
 The pickle is read by a subclass of the C :class:`pickle.Unpickler` whose ``find_class`` returns
-only this module's own stand-ins, from an allow-list. Nothing named by the file is ever imported,
+only the stand-ins of ``standins.py`` (an allow-list). Nothing named by the file is ever imported,
 and nothing from outside the allow-list is ever called: a global outside it stops the load with an
 "unsafe" :class:`Problem` that names it. Tensors become :class:`TensorMeta` (dtype, shape, stride,
 storage key; no data), numpy arrays become :class:`ArrayMeta` (dtype, shape; the raw bytes are
@@ -28,900 +28,41 @@ from __future__ import annotations
 
 import gc
 import io
-import math
 import pickle
-import struct
-import threading
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from .pickleguard import MAX_KEYS_PER_HASH, check_hashable, scan, torch_qualname
+from ..lazy import INT64, StorageRef, TensorMeta
+from ..lazy import short_value as _short
+from .pickleguard import library_protocol, scan
 from .problem import Problem, corrupted, incompatible, unsafe
+from .standins import (
+    _MADE,
+    _TENSOR_CLASSES,
+    MAX_ELEMENTS,
+    _note,
+    _resolve,
+    _resolve_library,
+    _StandIn,
+    _StorageType,
+)
 
 #: refuse to unpickle a data.pkl larger than this (a guard against resource exhaustion)
 MAX_PICKLE_BYTES = 512 << 20
-#: the walk over the loaded structure visits at most this many nodes
-MAX_WALK_NODES = 200_000_000
-#: a tensor or array with more elements than this is not a real one
-MAX_ELEMENTS = 1 << 48
-
-#: torch dtype name -> item size in bytes (dtypes whose storages this validator can size-check)
-TORCH_DTYPES: dict[str, int] = {
-    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
-    "uint16": 2, "uint32": 4, "uint64": 8,
-    "complex128": 16, "complex64": 8, "complex32": 4,
-    "float8_e4m3fn": 1, "float8_e4m3fnuz": 1, "float8_e5m2": 1, "float8_e5m2fnuz": 1,
-    "float8_e8m0fnu": 1, "float4_e2m1fn_x2": 1,
-    "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
-}
-FLOAT_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
-
-#: legacy typed-storage class name -> dtype
-_STORAGE_TYPES: dict[str, str] = {
-    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
-    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
-    "BoolStorage": "bool", "ComplexDoubleStorage": "complex128",
-    "ComplexFloatStorage": "complex64",
-}
-
-#: numpy dtype string (without byte order) -> (name, item size, struct code)
-NUMPY_DTYPES: dict[str, tuple[str, int, str]] = {
-    "b1": ("bool", 1, "?"), "i1": ("int8", 1, "b"), "u1": ("uint8", 1, "B"),
-    "i2": ("int16", 2, "h"), "u2": ("uint16", 2, "H"), "i4": ("int32", 4, "i"),
-    "u4": ("uint32", 4, "I"), "i8": ("int64", 8, "q"), "u8": ("uint64", 8, "Q"),
-    "f2": ("float16", 2, "e"), "f4": ("float32", 4, "f"), "f8": ("float64", 8, "d"),
-    "c8": ("complex64", 8, "ff"), "c16": ("complex128", 16, "dd"),
-}
-_NUMPY_DTYPE_CLASSES: dict[str, str] = {
-    "BoolDType": "b1", "Int8DType": "i1", "UInt8DType": "u1", "Int16DType": "i2",
-    "UInt16DType": "u2", "Int32DType": "i4", "UInt32DType": "u4", "Int64DType": "i8",
-    "UInt64DType": "u8", "LongLongDType": "i8", "ULongLongDType": "u8", "Float16DType": "f2",
-    "Float32DType": "f4", "Float64DType": "f8", "Complex64DType": "c8",
-    "Complex128DType": "c16",
-}
-
-#: globals torch's own weights_only loader accepts but this lazy reader does not model
-#: (quantized, sparse, nested, meta and subclass tensors): the file is not unsafe, just not
-#: something this validator (or a feature file) uses
-_TORCH_KNOWN_UNSUPPORTED = frozenset({
-    "torch._utils._rebuild_qtensor", "torch._utils._rebuild_sparse_tensor",
-    "torch._utils._rebuild_nested_tensor", "torch._utils._rebuild_wrapper_subclass",
-    "torch._utils._rebuild_meta_tensor_no_storage",
-    "torch._utils._rebuild_device_tensor_from_cpu_tensor",
-    "torch._utils._rebuild_device_tensor_from_numpy", "torch.serialization._get_layout",
-    "torch.storage.TypedStorage", "torch.per_tensor_affine", "torch.per_channel_affine",
-    "torch.per_channel_affine_float_qparams", "torch.per_tensor_symmetric",
-    "torch.per_channel_symmetric", "torch.qint8", "torch.qint32", "torch.quint8",
-    "torch.quint4x2", "torch.quint2x4", "torch.QInt8Storage", "torch.QInt32Storage",
-    "torch.QUInt8Storage", "torch.QUInt4x2Storage", "torch.QUInt2x4Storage",
-    *(f"torch.{k}{n}" for k in ("int", "uint") for n in range(1, 8)),
-    # legacy tensor classes: calling one makes a tensor from sizes or data, not from a record
-    *(f"torch.{m}{k}Tensor" for m in ("", "cuda.", "sparse.", "cuda.sparse.")
-      for k in ("BFloat16", "Bool", "Byte", "Char", "Double", "Float", "Half", "Int", "Long",
-                "Short")),
-})
-
-
-# --------------------------------------------------------------------------- lazy values
-
-#: per thread, while a pickle is read: every tensor view and storage the pickle makes, as torch
-#: would make it (torch checks each one when it is made, reachable from the result or not)
-_MADE = threading.local()
-
-
-def _note(obj: Any) -> None:
-    made = getattr(_MADE, "items", None)
-    if made is not None:
-        made.append(obj)
-
-
-
-class _NoBuild:
-    """Refuses the pickle BUILD opcode, which would otherwise write straight into ``__dict__``
-    (bypassing ``frozen``) -- and for the shared allow-list markers, poison later loads."""
-
-    def __setstate__(self, state: Any) -> None:
-        raise unsafe(f"pickle tries to set the attributes of a {type(self).__name__}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # so copy and pickle of our own objects still work
-        return (type(self), tuple(getattr(self, f) for f in self.__dataclass_fields__))
-
-
-@dataclass(frozen=True)
-class StorageRef(_NoBuild):
-    """A tensor storage named by a persistent id: record ``<top>/data/<key>``."""
-
-    key: str
-    dtype: str
-    numel: int
-    location: str
-    untyped: bool = False  #: an UntypedStorage: ``numel`` counts bytes
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * (1 if self.untyped else TORCH_DTYPES[self.dtype])
-
-    def __setstate__(self, state: Any) -> None:
-        # torch accepts BUILD on a storage with no state (a no-op); anything else is not modelled
-        if state is not None:
-            raise incompatible("pickle sets the attributes of a storage (not modelled)")
-
-
-@dataclass(frozen=True)
-class TensorMeta(_NoBuild):
-    """A tensor as ``data.pkl`` describes it, without its data.
-
-    >>> TensorMeta("float32", (4, 2560), (2560, 1), 0, "0", False).numel
-    10240
-    """
-
-    dtype: str
-    shape: tuple[int, ...]
-    stride: tuple[int, ...]
-    storage_offset: int
-    storage_key: str
-    requires_grad: bool = False
-    storage: StorageRef | None = field(default=None, compare=False, repr=False)
-    #: a torch.nn.Parameter rather than a plain tensor (BUILD treats the two differently)
-    parameter: bool = field(default=False, compare=False, repr=False)
-    #: what torch keeps on the tensor object besides its data (grad, _grad, _backward_hooks,
-    #: and "<metadata>"): every tensor in them is materialized too, so the walk visits them
-    attrs: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
-    #: the object's ``__dict__`` (attributes set by pickled state), the very dict object torch
-    #: would hold: state may install a dict that the pickle goes on filling; None when empty
-    pydict: dict[str, Any] | None = field(default=None, compare=False, repr=False)
-
-    # by identity, as torch hashes tensors: two tensors with equal metadata are two dict keys,
-    # and a file cannot choose metadata that collide in a hash table
-    def __hash__(self) -> int:
-        return id(self) >> 4
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    # BUILD on a tensor: torch calls ``tensor.set_(*state)`` on a plain tensor and
-    # ``Tensor.__setstate__(state)`` on a Parameter; the result replaces this object's fields
-    def __setstate__(self, state: Any) -> None:
-        changed = _build_tensor(self, state)
-        _note(replace(self))  # the view as it was: torch made (and checked) it
-        _note(changed)
-        for name in self.__dataclass_fields__:
-            object.__setattr__(self, name, getattr(changed, name))
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def itemsize(self) -> int:
-        return TORCH_DTYPES[self.dtype]
-
-
-class ArrayMeta:
-    """A numpy array as the pickle describes it: dtype name and shape (the data is dropped).
-
-    >>> ArrayMeta("float32", (3, 4))
-    ArrayMeta(dtype='float32', shape=(3, 4))
-    """
-
-    __slots__ = ("dtype", "shape", "fortran", "nbytes")
-
-    def __init__(self, dtype: str = "", shape: tuple[int, ...] = ()) -> None:
-        self.dtype = dtype
-        self.shape = tuple(shape)
-        self.fortran = False
-        self.nbytes = 0
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __repr__(self) -> str:
-        return f"ArrayMeta(dtype={self.dtype!r}, shape={self.shape!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ArrayMeta):
-            return NotImplemented
-        return (self.dtype, self.shape) == (other.dtype, other.shape)
-
-    __hash__ = None  # type: ignore[assignment]  # numpy arrays are unhashable: no dict key
-
-    # called by the pickle BUILD opcode with ndarray.__reduce__'s state
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise corrupted(f"numpy array state is a {type(state).__name__}, not the "
-                            f"(version, shape, dtype, fortran, data) tuple numpy writes")
-        if len(state) == 5 and state[0] != 1:
-            raise corrupted(f"numpy array state has version {_short(state[0])}; numpy writes 1")
-        shape, dtype, fortran, raw = state[-4:]
-        if type(fortran) not in (bool, int):  # numpy takes its truth value
-            raise corrupted("numpy array state has a non-boolean Fortran-order flag")
-        if not isinstance(dtype, _NpDType):
-            raise corrupted("numpy array state carries no numpy dtype")
-        if dtype.code == "O":
-            raise unsafe("numpy array with object dtype: its elements are arbitrary pickled "
-                         "Python objects, which the safe loader refuses")
-        if dtype.problem:
-            raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
-        shape = _int_tuple(shape, "numpy array shape")
-        numel = _checked_numel(shape, "numpy array")
-        raw = _latin1(raw, "numpy array data")
-        if type(raw) is not bytes:  # numpy: "pickle not returning string" for a bytearray
-            raise corrupted(f"numpy array data is a {type(raw).__name__}, not bytes")
-        expected = numel * dtype.itemsize
-        if len(raw) != expected:
-            raise corrupted(f"numpy array data is {len(raw)} bytes, expected {expected} for shape "
-                            f"{shape_text(shape)} {dtype.name}")
-        self.dtype = dtype.name
-        self.shape = shape
-        self.fortran = bool(fortran)
-        self.nbytes = expected
-
-
-@dataclass(frozen=True)
-class TorchDType(_NoBuild):
-    """A ``torch.<dtype>`` global, by name."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class _StorageType(_NoBuild):
-    dtype: str
-    untyped: bool = False
-
-    def __call__(self, *args: Any) -> Any:
-        if self.untyped:  # torch.UntypedStorage(...) makes a storage that is not a record
-            raise incompatible("pickle calls torch.UntypedStorage to make a storage that is not "
-                               "a record of the file (not modelled)")
-        raise corrupted("pickle calls a legacy storage type, which torch cannot call")
-
-
-class _NpDType:
-    """What ``numpy.dtype(spec, align, copy)`` plus BUILD describes."""
-
-    __slots__ = ("spec", "code", "name", "itemsize", "struct", "byteorder", "problem")
-
-    def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
-        if not isinstance(spec, str):
-            raise corrupted(f"numpy dtype spec is a {type(spec).__name__}, not a string")
-        self.spec = spec
-        self.code = spec[:1]
-        self.byteorder = "<"
-        self.problem = ""
-        known = NUMPY_DTYPES.get(spec)
-        if known is None:
-            self.name, self.itemsize, self.struct = spec, 0, ""
-            self.problem = "only numeric and bool numpy dtypes are supported"
-        else:
-            self.name, self.itemsize, self.struct = known
-
-    def __setstate__(self, state: Any) -> None:
-        # numpy writes (3, byteorder, subdescr, names, fields, elsize, alignment, flags), and
-        # version 4 appends metadata; anything else would be refused by numpy itself
-        if (not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] not in (3, 4)
-                or state[1] not in ("<", ">", "|", "=")
-                or not all(type(v) is int for v in state[5:8])):
-            raise incompatible(f"numpy dtype {self.spec!r} has a state numpy does not write: "
-                               f"{_short(state)} (not modelled)")
-        self.byteorder = state[1]
-        if any(v is not None for v in state[2:5]):
-            self.problem = "structured and sub-array numpy dtypes are not supported"
-        elif not self.problem and state[5:8] != (-1, -1, 0):
-            # every numeric dtype pickles as (..., -1, -1, 0); other values make numpy treat
-            # the bytes as something else (a flagged object or structured dtype)
-            raise incompatible(f"numpy dtype {self.spec!r} has element size, alignment and "
-                               f"flags {state[5:8]}, not the (-1, -1, 0) numpy writes for a "
-                               f"numeric dtype (not modelled)")
-
-    def __repr__(self) -> str:
-        return f"dtype({self.spec!r})"
-
-
-# --------------------------------------------------------------------------- stand-ins
-
-
-class _StandIn:
-    """A named stand-in for an allowed global. BUILD on it is refused."""
-
-    __slots__ = ("qualname", "fn")
-
-    def __init__(self, qualname: str, fn: Callable[..., Any] | None = None) -> None:
-        self.qualname = qualname
-        self.fn = fn
-
-    def __call__(self, *args: Any) -> Any:
-        if self.fn is None:
-            raise incompatible(f"pickle calls {self.qualname!r} directly (not modelled)")
-        try:
-            return self.fn(*args)
-        except TypeError as exc:
-            raise corrupted(f"pickle calls {self.qualname!r} with bad arguments: {exc}") from None
-
-    def __setstate__(self, state: Any) -> None:
-        raise unsafe(f"pickle tries to set attributes on global {self.qualname!r}")
-
-    def __repr__(self) -> str:
-        return f"<stand-in {self.qualname}>"
-
-
-#: sizes, strides and offsets outside a signed 64-bit integer are not torch's (nor numpy's)
-_INT64 = 1 << 63
-
-
-def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(value, (tuple, list)) or not all(
-            type(v) is int for v in value):
-        raise corrupted(f"{what} is {_short(value)}, not a tuple of integers")
-    if not all(-_INT64 <= v < _INT64 for v in value):
-        raise corrupted(f"{what} has an entry outside the signed 64-bit range")
-    return tuple(value)
-
-
-#: shapes longer than this are shown abbreviated in messages and reports
-MAX_SHOWN_DIMS = 8
-
-
-def shape_text(shape: tuple[int, ...]) -> str:
-    """``str(shape)``, abbreviated past MAX_SHOWN_DIMS dimensions (a file may declare 10**6).
-
-    >>> shape_text((2, 3)), shape_text((1,) * 1000)
-    ('(2, 3)', '(1, 1, 1, 1, 1, 1, 1, 1, ... 1000 dims)')
-    """
-    if len(shape) <= MAX_SHOWN_DIMS:
-        return str(tuple(shape))
-    return f"({', '.join(map(str, shape[:MAX_SHOWN_DIMS]))}, ... {len(shape)} dims)"
-
-
-def _checked_numel(shape: tuple[int, ...], what: str) -> int:
-    if any(s < 0 for s in shape):
-        raise corrupted(f"{what} has a negative size in shape {shape_text(shape)}")
-    numel = 1
-    for s in shape:
-        numel *= s
-        if numel > MAX_ELEMENTS:
-            raise corrupted(f"{what} shape {shape_text(shape)} has more than {MAX_ELEMENTS} "
-                            f"elements")
-    return numel
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    if isinstance(value, int) and not -_INT64 <= value < _INT64:
-        return f"an int of {value.bit_length()} bits"  # repr() of a huge int raises or crawls
-    if isinstance(value, str) and len(value) > limit:
-        value = value[:limit]
-    text = f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str)) \
-        else f"a {type(value).__name__}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                 dtype: str | None) -> TensorMeta:
-    if not isinstance(storage, StorageRef):
-        raise corrupted(f"tensor rebuilt from {_short(storage)} instead of a storage")
-    if type(offset) is not int or not -_INT64 <= offset < _INT64:
-        raise corrupted(f"tensor storage offset is {_short(offset)}, not a 64-bit integer")
-    shape = _int_tuple(size, "tensor size")
-    strides = _int_tuple(stride, "tensor stride")
-    if len(shape) != len(strides) and strides:
-        raise corrupted(f"tensor has {len(shape)} sizes but {len(strides)} strides")
-    if any(s < 0 for s in strides):
-        if 0 not in shape and any(s < 0 and n > 1 for n, s in zip(shape, strides)):
-            raise corrupted(f"tensor has a negative offset or stride: stride "
-                            f"{shape_text(strides)} is negative for a dimension of size above 1 "
-                            f"(torch refuses)")
-        # torch's set_ infers each such stride from the dimension after it, last first
-        fixed = list(strides)
-        for k in range(len(fixed) - 1, -1, -1):
-            if fixed[k] < 0:
-                fixed[k] = fixed[k + 1] * max(shape[k + 1], 1) if k + 1 < len(fixed) else 1
-        strides = tuple(fixed)
-    if not strides and shape:  # no strides: contiguous, as torch's set_ does
-        strides = _contiguous(shape)
-    dtype = dtype or storage.dtype
-    if dtype not in TORCH_DTYPES:
-        raise incompatible(f"tensor dtype {dtype!r} is not supported")
-    made = TensorMeta(dtype, shape, strides, offset, storage.key, bool(requires_grad), storage)
-    _note(made)
-    return made
-
-
-#: tensor dtypes that may require gradients (torch refuses requires_grad on the others)
-_GRAD_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16", "complex128", "complex64",
-                          "complex32", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
-                          "float8_e5m2fnuz", "float8_e8m0fnu"})
-_COMPLEX_DTYPES = frozenset({"complex128", "complex64", "complex32"})
-
-
-def _grad_flag(value: Any, dtype: str, what: str) -> bool:
-    """``requires_grad`` as torch takes it: a bool, True only for floating and complex dtypes."""
-    if type(value) is not bool:
-        raise corrupted(f"{what}: requires_grad is {_short(value)}; torch requires a bool")
-    if value and dtype not in _GRAD_DTYPES:
-        raise corrupted(f"{what}: a {dtype} tensor cannot require gradients (torch refuses)")
-    return value
-
-
-def _with_attr(meta: TensorMeta, name: str, value: Any) -> TensorMeta:
-    attrs = tuple((k, v) for k, v in meta.attrs if k != name) + ((name, value),)
-    return replace(meta, attrs=attrs)
-
-
-def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
-    acc, out = 1, []
-    for n in reversed(shape):
-        out.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(out))
-
-
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorMeta:
-    return _make_tensor(storage, storage_offset, size, stride, False, None)
-
-
-def _tensor_extras(meta: TensorMeta, requires_grad: Any, backward_hooks: Any,
-                   metadata: Any, what: str) -> TensorMeta:
-    grad = _grad_flag(requires_grad, meta.dtype, what)
-    if metadata:  # torch: set_tensor_metadata(tensor, metadata) when truthy
-        # torch._C._set_tensor_metadata takes a dict of str -> bool (ints pass as bools)
-        if not isinstance(metadata, dict) or not all(
-                type(k) is str and type(v) in (bool, int) for k, v in metadata.items()):
-            raise corrupted(f"{what}: tensor metadata is {_short(metadata)}, not a dict of "
-                            f"flags")
-        if metadata.get("conj") and meta.dtype not in _COMPLEX_DTYPES:
-            raise corrupted(f"{what}: a {meta.dtype} tensor cannot have the conjugate bit")
-    meta = replace(meta, requires_grad=grad)
-    for name, value in (("_backward_hooks", backward_hooks), ("<metadata>", metadata)):
-        if type(value) not in _ATOMIC_TYPES:  # whatever it holds is materialized too
-            meta = _with_attr(meta, name, value)
-    return meta
-
-
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any, backward_hooks: Any,
-                       metadata: Any = None) -> TensorMeta:
-    meta = _make_tensor(storage, storage_offset, size, stride, False, None)
-    return _tensor_extras(meta, requires_grad, backward_hooks, metadata, "_rebuild_tensor_v2")
-
-
-def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any, backward_hooks: Any, dtype: Any,
-                       metadata: Any = None) -> TensorMeta:
-    if not isinstance(dtype, TorchDType):
-        raise corrupted(f"tensor dtype is {_short(dtype)}, not a torch dtype")
-    meta = _make_tensor(storage, storage_offset, size, stride, False, dtype.name)
-    if requires_grad is True:  # torch.empty(requires_grad=True), then set_: an in-place error
-        raise corrupted("_rebuild_tensor_v3 with requires_grad=True: torch refuses (set_ on a "
-                        "leaf that requires gradients)")
-    if requires_grad is None:  # torch.empty's argument parser takes None as the default, False
-        requires_grad = False
-    return _tensor_extras(meta, requires_grad, backward_hooks, metadata, "_rebuild_tensor_v3")
-
-
-def _parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorMeta:
-    """``torch.nn.Parameter(data, requires_grad)`` and ``param._backward_hooks = hooks``."""
-    if data is None:  # Parameter(None) is an empty float32 tensor
-        data = TensorMeta("float32", (0,), (1,), 0, "", False)
-    if not isinstance(data, TensorMeta):
-        raise corrupted(f"parameter rebuilt from {_short(data)} instead of a tensor")
-    grad = _grad_flag(requires_grad, data.dtype, "nn.Parameter")
-    # a new tensor object over the same data: no attributes, no gradient yet
-    meta = replace(data, requires_grad=grad, parameter=True, pydict=None, attrs=())
-    return _with_attr(meta, "_backward_hooks", backward_hooks)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorMeta:
-    return _parameter(data, requires_grad, backward_hooks)
-
-
-def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks: Any,
-                                  state: Any) -> TensorMeta:
-    return _set_obj_state(_parameter(data, requires_grad, backward_hooks), state)
-
-
-#: attributes of torch.nn.Parameter's classes that are data descriptors (torch 2.13): setting
-#: one is refused by torch (read-only) or changes the tensor in ways not modelled here; the
-#: modelled ones (data, requires_grad, grad, _grad, _backward_hooks, __dict__, __class__) are
-#: handled in _set_attr
-_TENSOR_DESCRIPTORS = frozenset({
-    "H", "T", "__cuda_array_interface__", "__weakref__", "_base", "_cdata", "_grad_fn",
-    "_has_symbolic_sizes_strides", "_post_accumulate_grad_hooks", "_python_dispatch",
-    "_version", "device", "dtype", "grad_dtype", "grad_fn", "imag", "is_cpu", "is_cuda",
-    "is_ipu", "is_leaf", "is_maia", "is_meta", "is_mkldnn", "is_mps", "is_mtia", "is_nested",
-    "is_quantized", "is_sparse", "is_sparse_csr", "is_vulkan", "is_xla", "is_xpu", "itemsize",
-    "layout", "mH", "mT", "name", "nbytes", "ndim", "output_nr", "real", "retains_grad",
-    "shape", "volatile",
-})
-
-
-def _set_attr(meta: TensorMeta, name: Any, value: Any) -> TensorMeta:
-    """``setattr(tensor, name, value)`` as torch does it, on the lazy tensor."""
-    if not isinstance(name, str):
-        raise corrupted(f"tensor state sets an attribute named by {_short(name)}; torch "
-                        f"requires a string")
-    if name == "data":
-        if not isinstance(value, TensorMeta):
-            raise corrupted(f"tensor state sets data to {_short(value)}, not a tensor")
-        if meta.requires_grad and value.dtype not in _GRAD_DTYPES:
-            raise corrupted(f"tensor state sets the data of a tensor that requires gradients "
-                            f"to a {value.dtype} tensor (torch refuses)")
-        return replace(meta, dtype=value.dtype, shape=value.shape, stride=value.stride,
-                       storage_offset=value.storage_offset, storage_key=value.storage_key,
-                       storage=value.storage)
-    if name == "requires_grad":
-        return replace(meta, requires_grad=_grad_flag(value, meta.dtype, "tensor state"))
-    if name == "_backward_hooks":
-        return _with_attr(meta, name, value)
-    if name in ("grad", "_grad"):
-        if value is not None and not (isinstance(value, TensorMeta) and value.dtype == meta.dtype
-                                      and value.shape == meta.shape):
-            raise corrupted(f"tensor state sets {name} to {_short(value)}, not None or a "
-                            f"tensor of the same dtype and shape")
-        return _with_attr(meta, name, value)
-    if name == "__class__":
-        if not isinstance(value, _StandIn) or value.qualname not in _TENSOR_CLASSES:
-            raise incompatible("tensor state changes the tensor's class to something other "
-                               "than torch.Tensor or torch.nn.Parameter")
-        return replace(meta, parameter=value.qualname == "torch.nn.parameter.Parameter")
-    if name == "__dict__":
-        if type(value) is not dict:
-            raise incompatible("tensor state replaces the tensor's __dict__ with something "
-                               "other than a dict")
-        return replace(meta, pydict=value)  # that very dict, as torch installs it
-    if name in _TENSOR_DESCRIPTORS:
-        raise incompatible(f"tensor state sets the tensor attribute {name!r}, which torch "
-                           f"refuses or which changes the tensor in ways this validator does "
-                           f"not model")
-    # a plain attribute: an entry of the object's __dict__ (the state applies to a new object,
-    # so its dict is this object's own, or one installed by "__dict__" above)
-    if meta.pydict is None:
-        meta = replace(meta, pydict={})
-    meta.pydict[name] = value  # type: ignore[index]
-    return meta
-
-
-def _state_items(part: Any, what: str) -> list[tuple[Any, Any]]:
-    """The (name, value) pairs of one half of a pickled object state (``if part: part.items()``
-    in torch)."""
-    if part is None or (type(part) in _ATOMIC_TYPES or type(part) in (list, tuple)) and not part:
-        return []
-    if isinstance(part, dict):
-        return list(part.items())
-    if isinstance(part, (TensorMeta, ArrayMeta)):
-        raise incompatible(f"{what} is a tensor or array (torch would test its truth value)")
-    raise corrupted(f"{what} is {_short(part)}, not a dict of attributes")
-
-
-def _set_obj_state(meta: TensorMeta, state: Any) -> TensorMeta:
-    """torch._utils._set_obj_state: a dict of attributes, or a (dict, slots dict) pair."""
-    if isinstance(state, tuple):
-        if len(state) != 2:
-            raise corrupted(f"tensor state is a tuple of {len(state)} items; torch accepts "
-                            f"(dict state, slots state) only")
-        pairs = _state_items(state[0], "tensor state") + _state_items(state[1], "slots state")
-    else:
-        pairs = _state_items(state, "tensor state")
-    for name, value in pairs:
-        meta = _set_attr(meta, name, value)
-    return meta
-
-
-def _build_tensor(meta: TensorMeta, state: Any) -> TensorMeta:
-    """What BUILD makes of a tensor: ``tensor.set_(*state)`` for a plain tensor;
-    ``Tensor.__setstate__(state)`` for a Parameter (4 items: set_, 5: legacy Variable,
-    3: (requires_grad, _, backward_hooks))."""
-    if isinstance(state, dict) and not state and not meta.parameter:
-        state = ()  # set_(*{}) is set_()
-    if not isinstance(state, (tuple, list)):
-        raise corrupted(f"BUILD on a tensor with a {type(state).__name__} state; torch expects "
-                        f"a tuple")
-    if not meta.parameter or len(state) == 4:
-        if meta.requires_grad:
-            raise corrupted("BUILD calls set_ on a tensor that requires gradients (torch "
-                            "refuses an in-place change of such a leaf)")
-        if len(state) == 0:  # set_() empties the tensor
-            return replace(meta, shape=(0,), stride=(1,), storage_offset=0, storage_key="",
-                           storage=None)
-        if len(state) == 4 and isinstance(state[0], StorageRef):
-            if state[0].dtype != meta.dtype:
-                raise corrupted(f"BUILD sets a {meta.dtype} tensor to a {state[0].dtype} "
-                                f"storage (torch refuses)")
-            made = _make_tensor(state[0], state[1], state[2], state[3], meta.requires_grad,
-                                meta.dtype)
-            return replace(meta, shape=made.shape, stride=made.stride,
-                           storage_offset=made.storage_offset, storage_key=made.storage_key,
-                           storage=made.storage)
-        raise incompatible(f"BUILD on a tensor with a state of {len(state)} items other than "
-                           f"(storage, offset, size, stride) or (): not modelled by this "
-                           f"validator")
-    if len(state) == 5:
-        meta = _set_attr(meta, "data", state[0])
-        state = (state[3], state[4], state[2])
-    if len(state) != 3:
-        raise corrupted(f"BUILD on a Parameter with a state of {len(state)} items (torch "
-                        f"accepts 3, 4 or 5)")
-    meta = replace(meta, requires_grad=_grad_flag(state[0], meta.dtype, "Parameter state"))
-    return _with_attr(meta, "_backward_hooks", state[2])
-
-
-_TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter")
-
-
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    if not isinstance(func, _StandIn) or func.fn is None:
-        raise corrupted(f"_rebuild_from_type_v2 given {_short(func)} to call")
-    if not isinstance(new_type, _StandIn) or new_type.qualname not in _TENSOR_CLASSES:
-        raise incompatible("tensor subclasses other than torch.Tensor and Parameter are not "
-                           "supported")
-    if not isinstance(args, tuple):
-        raise corrupted("_rebuild_from_type_v2 arguments are not a tuple")
-    made = func(*args)
-    if not isinstance(made, TensorMeta):
-        raise incompatible(f"_rebuild_from_type_v2 calls {func.qualname!r}, which does not "
-                           f"make a tensor: not modelled by this validator")
-    # ret.as_subclass(new_type) when the class differs: a new Python object over the same
-    # tensor (gradient kept; attributes and backward hooks not); then _set_obj_state (neither
-    # class has its own __setstate__)
-    parameter = new_type.qualname == "torch.nn.parameter.Parameter"
-    if parameter != made.parameter and made.requires_grad:
-        # as_subclass of a tensor that requires gradients is not a leaf: torch refuses to
-        # change its requires_grad flag
-        parts = state if isinstance(state, tuple) and len(state) == 2 else (state,)
-        if any(k == "requires_grad" for part in parts for k, _ in _state_items(part, "state")):
-            raise corrupted("tensor state sets requires_grad of a tensor that is not a leaf "
-                            "(as_subclass of one that requires gradients): torch refuses")
-    if parameter != made.parameter:
-        made = replace(made, parameter=parameter, pydict=None, attrs=tuple(
-            (k, v) for k, v in made.attrs if k in ("grad", "_grad")))
-    return _set_obj_state(made, state)
-
-
-def _torch_size(values: Any = ()) -> tuple[int, ...]:
-    return _int_tuple(values, "torch.Size")
-
-
-def _torch_device(kind: Any, index: Any = None) -> str:
-    if not isinstance(kind, str) or not (index is None or type(index) is int):
-        raise corrupted("torch.device with bad arguments")
-    return kind if index is None else f"{kind}:{index}"
-
-
-def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
-    if not isinstance(subtype, _StandIn) or subtype.qualname != "numpy.ndarray":
-        raise incompatible("numpy array subclasses are not supported")
-    if shape != (0,) or code not in (b"b", "b"):
-        raise incompatible("numpy _reconstruct called with arguments numpy never writes (not "
-                           "modelled)")
-    return ArrayMeta("int8", (0,))  # what numpy makes before BUILD fills it in
-
-
-_NO_DATA = object()
-
-
-def _latin1(raw: Any, what: str) -> Any:
-    """numpy encodes a str given as pickled data to latin1 (Python 2 pickles), else refuses."""
-    if type(raw) is not str:
-        return raw
-    try:
-        return raw.encode("latin1")
-    except UnicodeEncodeError:
-        raise corrupted(f"{what} is a string that is not latin1 (numpy refuses)") from None
-
-
-def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
-    """numpy's ``scalar(dtype, data)``: data must be bytes (or a latin1 str), at least one item
-    long (numpy reads the first item); a bytearray or None is refused; no data is a zero."""
-    if not isinstance(dtype, _NpDType):
-        raise corrupted("numpy scalar without a numpy dtype")
-    if dtype.code == "O":
-        raise unsafe("numpy object scalar: arbitrary pickled Python object")
-    if dtype.problem:
-        raise incompatible(f"numpy scalar of dtype {dtype.spec!r}: {dtype.problem}")
-    raw = bytes(dtype.itemsize) if raw is _NO_DATA else _latin1(raw, "numpy scalar data")
-    if type(raw) is not bytes:
-        raise corrupted(f"numpy scalar data is a {type(raw).__name__}, not bytes (numpy refuses)")
-    if len(raw) < dtype.itemsize:
-        raise corrupted(f"numpy {dtype.name} scalar data is {len(raw)} bytes, less than "
-                        f"{dtype.itemsize} (numpy refuses)")
-    raw = raw[:dtype.itemsize]
-    order = ">" if dtype.byteorder == ">" else "<"
-    values = struct.unpack(order + dtype.struct, raw)
-    return complex(*values) if len(values) == 2 else values[0]
-
-
-def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
-    return lambda *args: _NpDType(spec)
-
-
-def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii"):
-        raise incompatible("_codecs.encode called with something other than a string and "
-                           "latin1/utf-8/ascii (not modelled)")
-    return obj.encode(encoding)
-
-
-def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
-    # never bytearray(<int>): that would allocate whatever size the file asks for
-    if isinstance(source, str) and isinstance(encoding, str):
-        return bytearray(_codecs_encode(source, encoding))
-    if isinstance(source, (bytes, bytearray)) and encoding is None:
-        return bytearray(source)
-    raise incompatible("bytearray built from something other than bytes or a string (not "
-                       "modelled: bytearray(n) would allocate what the file asks for)")
-
-
-def _check_keys(items: Any, what: str) -> None:
-    """Tuples about to be hashed by a stand-in must be small and shallow (a hash bomb otherwise);
-    the common case, no tuple at all, is decided at C speed."""
-    if tuple in set(map(type, items)):
-        for item in items:
-            check_hashable(item, what)
-
-
-def _check_flood(keys: Any, what: str) -> None:
-    """Refuse more than MAX_KEYS_PER_HASH keys sharing one hash value (a hash flood would make
-    building the container quadratic); one pass at C speed."""
-    if len(keys) > MAX_KEYS_PER_HASH:
-        _, most = Counter(map(hash, keys)).most_common(1)[0]
-        if most > MAX_KEYS_PER_HASH:
-            raise unsafe(f"pickle puts more than {MAX_KEYS_PER_HASH} {what}s with the same hash "
-                         f"value into one container (a hash flood)")
-
-
-def _set(items: Any = ()) -> set[Any]:
-    if not isinstance(items, (list, tuple, set)):
-        raise incompatible("set built from something other than a list (not modelled)")
-    _check_keys(items, "set element")
-    _check_flood(items, "set element")
-    return set(items)
-
-
-def _tensor_class(qualname: str) -> Callable[..., Any]:
-    def call(*args: Any) -> Any:
-        raise incompatible(f"pickle calls {qualname!r} to make a tensor from sizes or data, not "
-                           f"from a storage record (torch.save never writes this)")
-    return call
-
-
-def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
-    if not all(type(v) in (int, float) for v in (real, imag)):
-        raise incompatible("complex built from something other than two numbers (not "
-                           "modelled)")
-    return complex(real, imag)
-
-
-class _TorchBuilt:
-    """BUILD on an OrderedDict or Counter as torch's weights-only unpickler does it: an
-    OrderedDict gets ``inst.__dict__.update(state)``; a Counter the generic
-    ``(state, slotstate)`` update. The attributes are walked for tensors like any value."""
-
-    def __setstate__(self, state: Any) -> None:
-        slots = None
-        if isinstance(self, OrderedDict):
-            if not isinstance(state, dict):
-                raise incompatible(f"BUILD on an OrderedDict with {_short(state)} (only a dict "
-                                   f"of attributes is modelled)")
-        else:
-            if isinstance(state, tuple) and len(state) == 2:
-                state, slots = state
-            state = dict(_state_items(state, "Counter state"))
-            slots = dict(_state_items(slots, "Counter slots state"))
-        for part in (state, slots or {}):
-            if not all(isinstance(k, str) for k in part) or "__class__" in part \
-                    or "__dict__" in part:
-                raise incompatible("BUILD sets an OrderedDict or Counter attribute that is not "
-                                   "a plain name (not modelled)")
-            self.__dict__.update(part)
-
-
-class TorchOrderedDict(_TorchBuilt, OrderedDict):  # type: ignore[type-arg]
-    """An OrderedDict from the pickle (it may carry attributes set by BUILD)."""
-
-
-class TorchCounter(_TorchBuilt, Counter):  # type: ignore[type-arg]
-    """A Counter from the pickle (it may carry attributes set by BUILD)."""
-
-
-def _ordered_dict(*args: Any) -> OrderedDict[Any, Any]:
-    if len(args) > 1:
-        raise corrupted(f"OrderedDict called with {len(args)} arguments (torch refuses)")
-    items = args[0] if args else ()
-    if not isinstance(items, (list, tuple, dict)):
-        raise incompatible("OrderedDict built from something other than a list or dict (not "
-                           "modelled)")
-    if not isinstance(items, dict):
-        keys = [p[0] for p in items if isinstance(p, (list, tuple)) and p]
-        _check_keys(keys, "dict key")
-        _check_flood(keys, "dict key")
-    return TorchOrderedDict(items)
-
-
-def _counter(*args: Any) -> Counter[Any]:
-    if len(args) > 1:
-        raise corrupted(f"Counter called with {len(args)} arguments (torch refuses)")
-    items = args[0] if args else None
-    if items is not None and not isinstance(items, dict):
-        raise incompatible("Counter built from something other than a dict (not modelled)")
-    return TorchCounter(items or {})
-
-
-def _build_allowed() -> dict[str, _StandIn | TorchDType]:
-    table: dict[str, Any] = {}
-
-    def add(qualname: str, fn: Callable[..., Any] | None = None) -> None:
-        table[qualname] = _StandIn(qualname, fn)
-
-    add("torch._utils._rebuild_tensor", _rebuild_tensor)
-    add("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2)
-    add("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3)
-    add("torch._utils._rebuild_parameter", _rebuild_parameter)
-    add("torch._utils._rebuild_parameter_with_state", _rebuild_parameter_with_state)
-    add("torch._tensor._rebuild_from_type_v2", _rebuild_from_type_v2)
-    add("torch.Size", _torch_size)
-    add("torch.device", _torch_device)
-    for name in _TENSOR_CLASSES:
-        add(name, _tensor_class(name))
-    for name, dtype in _STORAGE_TYPES.items():
-        for module in ("torch", "torch.cuda"):
-            table[f"{module}.{name}"] = _StorageType(dtype)
-    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True)
-    for name in TORCH_DTYPES:
-        table[f"torch.{name}"] = TorchDType(name)
-    add("builtins.set", _set)
-    add("builtins.complex", _complex)
-    add("builtins.bytearray", _bytearray)
-    add("collections.OrderedDict", _ordered_dict)
-    add("collections.Counter", _counter)
-    add("_codecs.encode", _codecs_encode)
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        add(f"{module}._reconstruct", _np_reconstruct)
-        add(f"{module}.scalar", _np_scalar)
-    add("numpy.ndarray")
-    add("numpy.dtype", _NpDType)
-    for cls, spec in _NUMPY_DTYPE_CLASSES.items():
-        add(f"numpy.dtypes.{cls}", _np_dtype_class(spec))
-    return table
-
-
-_ALLOWED = _build_allowed()
-
-
-def _resolve(module: str, name: str) -> Any:
-    """The stand-in for an allowed global; a :class:`Problem` for any other (nothing imported)."""
-    qualname = torch_qualname(module, name)  # Python 2 names, renamed as torch renames them
-    found = _ALLOWED.get(qualname)
-    if found is not None:
-        return found
-    if qualname in _TORCH_KNOWN_UNSUPPORTED:
-        raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
-                           f"nested, sub-byte or legacy tensor classes), which this validator "
-                           f"does not support")
-    raise unsafe(f"pickle imports forbidden global {_short_name(f'{module}.{name}')!r}")
-
-
-def _short_name(qualname: str, limit: int = 200) -> str:
-    return qualname if len(qualname) <= limit else qualname[:limit] + "..."
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """The C unpickler, with globals limited to this module's stand-ins, strings read as torch
-    reads them (SHORT_BINSTRING as UTF-8), and storages cached by key as torch caches them."""
+    """The C unpickler, with globals limited to the stand-ins of ``standins.py``, strings read
+    as torch reads them (SHORT_BINSTRING as UTF-8), and storages cached by key as torch caches
+    them."""
 
-    def __init__(self, file: io.BufferedIOBase) -> None:
+    def __init__(self, file: io.BufferedIOBase, library: bool = False) -> None:
         super().__init__(file, encoding="utf-8")
         self.storages: dict[Any, StorageRef] = {}
+        self.library = library
 
     def find_class(self, module: str, name: str) -> Any:
-        return _resolve(module, name)
+        return _resolve_library(module, name) if self.library else _resolve(module, name)
 
     def persistent_load(self, pid: Any) -> StorageRef:
         """torch.serialization._load's persistent_load: ``('storage', type, key, location,
@@ -938,7 +79,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         tensor_class = isinstance(stype, _StandIn) and stype.qualname in _TENSOR_CLASSES
         if not isinstance(stype, _StorageType) and not tensor_class:
             raise corrupted(f"storage type is {_short(stype)}, not a torch storage class")
-        if type(key) is int and -_INT64 <= key < _INT64:
+        if type(key) is int and -INT64 <= key < INT64:
             name = str(key)  # torch names the record f"data/{key}"
         elif isinstance(key, str):
             name = key
@@ -988,34 +129,50 @@ def _without_gc(load: Callable[[], Any]) -> Any:
 def read_structure(data: bytes) -> tuple[Any, bool]:
     """:func:`load_structure`, and whether the pickle built anything (False: it holds plain
     containers and atoms only, so no tensor or array needs looking for)."""
-    structure, builds, _ = read_model(data)
-    return structure, builds
+    model = read_model(data)
+    return model.structure, model.builds
 
 
-def read_model(data: bytes) -> tuple[Any, bool, list[TensorMeta | StorageRef]]:
-    """:func:`read_structure`, and every tensor view and storage the pickle made on the way
-    (torch makes and checks each, whether the result still holds it or not)."""
+class Model(NamedTuple):
+    """What :func:`read_model` learned of a ``data.pkl``."""
+
+    structure: Any
+    #: False: the pickle holds plain containers and atoms only (no tensor to look for)
+    builds: bool
+    #: every tensor view and storage made on the way (torch makes and checks each)
+    made: list[TensorMeta | StorageRef]
+    #: the protocol (3-5) of a pickle that the library's own loader reads, because torch's
+    #: weights-only loader does not implement its opcodes; None: torch's loader reads it
+    library: int | None
+
+
+def read_model(data: bytes) -> Model:
+    """:func:`read_structure`, every tensor view and storage the pickle made on the way, and
+    which loader reads it."""
     made: list[TensorMeta | StorageRef] = []
+    library = library_protocol(data)
     _MADE.items = made
+    _MADE.library = library
     try:
-        structure, builds = _read(data)
+        structure, builds = _read(data, library is not None)
     finally:
         _MADE.items = None
-    return structure, builds, made
+        _MADE.library = None
+    return Model(structure, builds, made, library)
 
 
-def _read(data: bytes) -> tuple[Any, bool]:
+def _read(data: bytes, library: bool) -> tuple[Any, bool]:
     if len(data) > MAX_PICKLE_BYTES:
         raise incompatible(f"data.pkl is {len(data)} bytes, above the validator's limit of "
                            f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)")
     # memo and hash bombs the C unpickler would not survive, and forbidden globals named before
     # any damage, are refused before it runs
-    scanned = scan(data, _resolve)
+    scanned = scan(data, _resolve_library if library else _resolve)
     problem = scanned.torch_problem()
     # a reader with peek(): the C unpickler then reads 64 KiB ahead instead of calling read()
     # once per opcode of an unframed (protocol 2) pickle, five times faster on 10**7 opcodes
     stream = io.BufferedReader(io.BytesIO(scanned.patched(data)), 1 << 16)
-    unpickler = RestrictedUnpickler(stream)
+    unpickler = RestrictedUnpickler(stream, library)
     try:
         try:
             structure = _without_gc(unpickler.load)
@@ -1045,125 +202,3 @@ def _read(data: bytes) -> tuple[Any, bool]:
         raise corrupted(f"data.pkl is not a readable pickle: {type(exc).__name__}: "
                         f"{str(exc)[:200]}") from None
 
-
-# --------------------------------------------------------------------------- walking
-
-#: a tensor's path names at most this many of its innermost container levels
-MAX_PATH_PARTS = 32
-
-
-def child_path(path: str, key: Any) -> str:
-    part = _path_part(key)
-    return path + part if path or part.startswith("[") else part[1:]
-
-
-def _path_part(key: Any) -> str:
-    if isinstance(key, int) and not isinstance(key, bool) and -_INT64 <= key < _INT64:
-        return f"[{key}]"
-    if isinstance(key, str) and key.isidentifier() and len(key) <= 40:
-        return f".{key}"
-    return f"[{_short_key(key)}]"
-
-
-def _short_key(key: Any) -> str:
-    if isinstance(key, str) and len(key) > 40:
-        key = key[:40]
-    text = _short(key, 40).split(" ", 1)[-1] if isinstance(key, int) \
-        else repr(key) if isinstance(key, (str, float)) else type(key).__name__
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-#: a path under construction: (parent, part); rendered only for the tensors found
-_Chain = tuple[Any, str]
-
-
-def _render(chain: _Chain | None) -> str:
-    """The path of a chain of container levels, innermost MAX_PATH_PARTS levels only: a walk of
-    a 10**6-deep nest must not build 10**6 ever-longer strings."""
-    parts: list[str] = []
-    while chain is not None and len(parts) < MAX_PATH_PARTS:
-        chain, part = chain
-        parts.append(part)
-    text = "".join(reversed(parts))
-    if chain is not None:
-        return "..." + text.lstrip(".")
-    return text[1:] if text.startswith(".") else text or "<root>"
-
-
-def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
-                 ) -> Iterator[tuple[str, TensorMeta | ArrayMeta]]:
-    """Every TensorMeta and ArrayMeta under ``root`` with its path (``data[0]``, ``meta.x``).
-
-    Iterative, and each container is visited once (an identity memo), so shared references in a
-    hostile pickle cannot expand exponentially; more than ``max_nodes`` nodes is "unsafe".
-    Paths are built only for the tensors found, and name at most MAX_PATH_PARTS levels.
-    """
-    seen: set[int] = set()
-    stack: list[tuple[_Chain | None, Any]] = [(None, root)]
-    nodes = 0
-    while stack:
-        chain, obj = stack.pop()
-        kind = type(obj)
-        if kind is TensorMeta or kind is ArrayMeta:
-            yield _render(chain), obj
-            if kind is TensorMeta and (obj.attrs or obj.pydict) and id(obj) not in seen:
-                # tensors in attributes torch sets on it (grad, state) are materialized too
-                seen.add(id(obj))
-                pairs = list(obj.attrs) + list((obj.pydict or {}).items())
-                nodes += len(pairs)
-                stack.extend(((chain, _attr_part(k)), v) for k, v in reversed(pairs)
-                             if type(v) not in _ATOMIC_TYPES)
-            continue
-        if kind in _ATOMIC_TYPES or id(obj) in seen:
-            continue
-        if kind is list or kind is tuple or (kind is not dict and isinstance(obj, (list, tuple))):
-            nodes += len(obj)
-            if len(obj) == 1:  # a nest of one-element lists: no per-level set or list
-                seen.add(id(obj))
-                if type(obj[0]) not in _ATOMIC_TYPES:
-                    stack.append(((chain, "[0]"), obj[0]))
-                continue
-            if set(map(type, obj)) <= _ATOMIC_TYPES:
-                continue  # a long id list: decided at C speed, not item by item
-            items: Any = enumerate(obj)
-        elif isinstance(obj, dict):
-            nodes += len(obj)
-            extra = vars(obj) if isinstance(obj, _TorchBuilt) else None
-            if not set(map(type, obj)) <= _ATOMIC_TYPES:
-                # tensors (or tuples holding them) as keys: torch materializes them too
-                seen.add(id(obj))
-                stack.extend(((chain, f"<key {_path_part(k)}>"), k) for k in obj
-                             if type(k) not in _ATOMIC_TYPES)
-            if extra:
-                seen.add(id(obj))
-                nodes += len(extra)
-                stack.extend(((chain, _attr_part(k)), v) for k, v in extra.items()
-                             if type(v) not in _ATOMIC_TYPES)
-            if set(map(type, obj.values())) <= _ATOMIC_TYPES:
-                continue
-            items = obj.items()
-        elif isinstance(obj, (set, frozenset)):
-            items = enumerate(obj)
-            nodes += len(obj)
-        elif isinstance(obj, (TensorMeta, ArrayMeta)):
-            yield _render(chain), obj
-            continue
-        else:
-            continue
-        seen.add(id(obj))
-        if nodes > max_nodes:
-            raise unsafe(f"data.pkl's structure has more than {max_nodes} nodes")
-        children = []
-        for key, value in items:
-            if type(value) in _ATOMIC_TYPES:
-                continue
-            children.append(((chain, _path_part(key)), value))
-        stack.extend(reversed(children))
-
-
-_ATOMIC_TYPES = frozenset({str, int, float, bool, bytes, type(None), complex})
-
-
-def _attr_part(name: Any) -> str:
-    return f".{name}" if isinstance(name, str) and name.isidentifier() and len(name) <= 40 \
-        else f".<{_short_key(name)}>"

@@ -1,6 +1,18 @@
 """``safe_torch_load``: ``torch.load(weights_only=True)`` with numpy allow-listed and errors mapped.
 
-Never ``weights_only=False``. The numpy globals allowed are exactly those numpy pickles of
+Never ``weights_only=False``. Two paths, chosen by the protocol ``data.pkl`` declares:
+
+- **protocol 2** (what ``torch.save`` writes by default): ``torch.load(weights_only=True)``.
+- **protocol 3, 4 or 5** (VirNucPro v2 saves with ``pickle_protocol=4``): torch's weights-only
+  unpickler does not implement these protocols' opcodes (FRAME, MEMOIZE, STACK_GLOBAL, ...) and
+  refuses every such file. The library reads it with its own allow-list loader: first the
+  validator's safe model of the pickle (:func:`~.safepickle.read_model`: torch's allow-list and
+  torch's rules for every call and BUILD, bomb checks), which must accept it; then torch's own
+  record loader (``torch.serialization._load``: storages, byte order, ``map_location``) driven by
+  the C unpickler restricted to the same allow-list (torch's own table of allowed globals, plus
+  the numpy globals below). Nothing outside that table can be imported or called, and the model
+  has refused every form whose meaning differs between the two unpicklers.
+ The numpy globals allowed are exactly those numpy pickles of
 numeric and bool arrays and scalars need (the same set the validator's restricted reader
 accepts). Every failure comes out as a :class:`~virnucpro_store.errors.CheckpointError`:
 
@@ -40,9 +52,13 @@ from ..errors import (
     StorageFailure,
     StoreError,
     UnsafeCheckpoint,
+    error_class_for,
 )
 from ..source import ByteSource, SourceReader
-from .safepickle import _NUMPY_DTYPE_CLASSES
+from .pickleguard import library_protocol, torch_qualname
+from .problem import Problem
+from .safepickle import read_model
+from .standins import _NUMPY_DTYPE_CLASSES
 from .zipindex import LEGACY_TORCH_MAGIC, LFH_SIG
 
 _UNSAFE_HINTS = ("unsupported global", "not an allowed global", "is blocked", "unsupported class",
@@ -64,6 +80,83 @@ def numpy_safe_globals() -> list[Any]:
         if cls is not None:
             allowed.append(cls)
     return allowed
+
+
+def _library_globals() -> dict[str, Any]:
+    """The globals the library's own loader may resolve: torch's weights-only table, the numpy
+    globals of :func:`numpy_safe_globals`, and numpy's ``_frombuffer`` (protocol 5 arrays)."""
+    import torch._weights_only_unpickler as weights_only
+
+    table = dict(weights_only._get_allowed_globals())
+    for item in numpy_safe_globals():
+        obj, name = item if isinstance(item, tuple) else (item, None)
+        table[name or f"{obj.__module__}.{obj.__qualname__}"] = obj
+    try:
+        from numpy._core.numeric import _frombuffer
+    except ImportError:
+        pass
+    else:
+        for module in ("numpy._core.numeric", "numpy.core.numeric"):
+            table[f"{module}._frombuffer"] = _frombuffer
+    return table
+
+
+class _AllowListUnpickler(pickle.Unpickler):
+    """The C unpickler with globals limited to :func:`_library_globals`, named as torch's
+    weights-only unpickler names them."""
+
+    _table: dict[str, Any] | None = None
+
+    def find_class(self, module: str, name: str) -> Any:
+        if _AllowListUnpickler._table is None:
+            _AllowListUnpickler._table = _library_globals()
+        found = _AllowListUnpickler._table.get(torch_qualname(module, name))
+        if found is None:  # the model refused it already; never import anything
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return found
+
+
+class _AllowListPickle:
+    """What ``torch.serialization._load`` uses of a pickle module."""
+
+    Unpickler = _AllowListUnpickler
+
+
+def _library_archive(f: Any) -> Any:
+    """torch's own zip reader over ``f`` when its ``data.pkl`` declares protocol 3-5 (the
+    library's loader reads it); None for any other file, which torch.load judges alone. Reads
+    the central directory (as torch.load does) and the pickle's first two bytes."""
+    import torch
+
+    try:
+        f.seek(0)
+        archive = torch._C.PyTorchFileReader(f)
+        f.seek(archive.get_record_offset("data.pkl"))
+        head = f.read(2)
+    except (OSError, StoreError):
+        raise
+    except Exception:
+        failure = getattr(getattr(f, "raw", f), "failure", None)  # see SourceReader.failure
+        if failure is not None:  # the storage failed under torch's reader, which masks it
+            raise failure from None
+        return None  # not a torch zip archive: torch.load's own error says what it is
+    return archive if library_protocol(head) is not None else None
+
+
+def _library_load(archive: Any, map_location: Any, where: str, key: str | None,
+                  url: str | None) -> Any:
+    """Load a checkpoint whose ``data.pkl`` declares protocol 3-5 with the library's own
+    allow-list loader (module docstring)."""
+    from torch import serialization
+
+    data = archive.get_record("data.pkl")
+    try:
+        read_model(data)  # torch's rules on every form; nothing built from the data
+    except Problem as exc:
+        raise error_class_for(exc.category)(f"{where}: {exc.message}", key=key,
+                                            url=url) from None
+    del data
+    return serialization._load(archive, map_location, _AllowListPickle, encoding="utf-8")
 
 
 def _first_line(text: str, limit: int = 300) -> str:
@@ -260,7 +353,13 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
                 f"{where}: legacy torch serialization format (pre-1.6 bare pickle stream); "
                 f"load it with a trusted torch and re-save it", key=key, url=url)
 
+        # torch's weights-only unpickler refuses every protocol 3-5 pickle: those take the
+        # library's own loader (module docstring)
+        library = _library_archive(f) if start == 0 else None
+
         def attempt(location: Any) -> Any:
+            if library is not None:
+                return _library_load(library, location, where, key, url)
             with torch.serialization.safe_globals(numpy_safe_globals()):
                 if mmap and is_path:
                     return torch.load(file_or_path, map_location=location, weights_only=True,

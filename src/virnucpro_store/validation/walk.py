@@ -1,0 +1,134 @@
+"""The walk over a lazy structure: every tensor and array torch would materialize, with its
+path (``data[0]``, ``meta.x``), in bounded time and memory whatever the pickle holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from ..lazy import INT64, ArrayMeta, TensorMeta
+from ..lazy import short_value as _short
+from .problem import unsafe
+from .standins import _ATOMIC_TYPES, _TorchBuilt
+
+#: the walk over the loaded structure visits at most this many nodes
+MAX_WALK_NODES = 200_000_000
+
+#: a tensor's path names at most this many of its innermost container levels
+MAX_PATH_PARTS = 32
+
+
+def child_path(path: str, key: Any) -> str:
+    part = _path_part(key)
+    return path + part if path or part.startswith("[") else part[1:]
+
+
+def _path_part(key: Any) -> str:
+    if isinstance(key, int) and not isinstance(key, bool) and -INT64 <= key < INT64:
+        return f"[{key}]"
+    if isinstance(key, str) and key.isidentifier() and len(key) <= 40:
+        return f".{key}"
+    return f"[{_short_key(key)}]"
+
+
+def _short_key(key: Any) -> str:
+    if isinstance(key, str) and len(key) > 40:
+        key = key[:40]
+    text = _short(key, 40).split(" ", 1)[-1] if isinstance(key, int) \
+        else repr(key) if isinstance(key, (str, float)) else type(key).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: a path under construction: (parent, part); rendered only for the tensors found
+_Chain = tuple[Any, str]
+
+
+def _render(chain: _Chain | None) -> str:
+    """The path of a chain of container levels, innermost MAX_PATH_PARTS levels only: a walk of
+    a 10**6-deep nest must not build 10**6 ever-longer strings."""
+    parts: list[str] = []
+    while chain is not None and len(parts) < MAX_PATH_PARTS:
+        chain, part = chain
+        parts.append(part)
+    text = "".join(reversed(parts))
+    if chain is not None:
+        return "..." + text.lstrip(".")
+    return text[1:] if text.startswith(".") else text or "<root>"
+
+
+def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
+                 ) -> Iterator[tuple[str, TensorMeta | ArrayMeta]]:
+    """Every TensorMeta and ArrayMeta under ``root`` with its path (``data[0]``, ``meta.x``).
+
+    Iterative, and each container is visited once (an identity memo), so shared references in a
+    hostile pickle cannot expand exponentially; more than ``max_nodes`` nodes is "unsafe".
+    Paths are built only for the tensors found, and name at most MAX_PATH_PARTS levels.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[_Chain | None, Any]] = [(None, root)]
+    nodes = 0
+    while stack:
+        chain, obj = stack.pop()
+        kind = type(obj)
+        if kind is TensorMeta or kind is ArrayMeta:
+            yield _render(chain), obj
+            if kind is TensorMeta and (obj.attrs or obj.pydict) and id(obj) not in seen:
+                # tensors in attributes torch sets on it (grad, state) are materialized too
+                seen.add(id(obj))
+                pairs = list(obj.attrs) + list((obj.pydict or {}).items())
+                nodes += len(pairs)
+                stack.extend(((chain, _attr_part(k)), v) for k, v in reversed(pairs)
+                             if type(v) not in _ATOMIC_TYPES)
+            continue
+        if kind in _ATOMIC_TYPES or id(obj) in seen:
+            continue
+        if kind is list or kind is tuple or (kind is not dict and isinstance(obj, (list, tuple))):
+            nodes += len(obj)
+            if len(obj) == 1:  # a nest of one-element lists: no per-level set or list
+                seen.add(id(obj))
+                if type(obj[0]) not in _ATOMIC_TYPES:
+                    stack.append(((chain, "[0]"), obj[0]))
+                continue
+            if set(map(type, obj)) <= _ATOMIC_TYPES:
+                continue  # a long id list: decided at C speed, not item by item
+            items: Any = enumerate(obj)
+        elif isinstance(obj, dict):
+            nodes += len(obj)
+            extra = vars(obj) if isinstance(obj, _TorchBuilt) else None
+            if not set(map(type, obj)) <= _ATOMIC_TYPES:
+                # tensors (or tuples holding them) as keys: torch materializes them too
+                seen.add(id(obj))
+                stack.extend(((chain, f"<key {_path_part(k)}>"), k) for k in obj
+                             if type(k) not in _ATOMIC_TYPES)
+            if extra:
+                seen.add(id(obj))
+                nodes += len(extra)
+                stack.extend(((chain, _attr_part(k)), v) for k, v in extra.items()
+                             if type(v) not in _ATOMIC_TYPES)
+            if set(map(type, obj.values())) <= _ATOMIC_TYPES:
+                continue
+            items = obj.items()
+        elif isinstance(obj, (set, frozenset)):
+            items = enumerate(obj)
+            nodes += len(obj)
+        elif isinstance(obj, (TensorMeta, ArrayMeta)):
+            yield _render(chain), obj
+            continue
+        else:
+            continue
+        seen.add(id(obj))
+        if nodes > max_nodes:
+            raise unsafe(f"data.pkl's structure has more than {max_nodes} nodes")
+        children = []
+        for key, value in items:
+            if type(value) in _ATOMIC_TYPES:
+                continue
+            children.append(((chain, _path_part(key)), value))
+        stack.extend(reversed(children))
+
+
+
+def _attr_part(name: Any) -> str:
+    return f".{name}" if isinstance(name, str) and name.isidentifier() and len(name) <= 40 \
+        else f".<{_short_key(name)}>"
+
