@@ -114,3 +114,41 @@ def test_validator_and_loader_agree_on_the_category(builder, tmp_path):
         category = exc.category
     assert report.category == category, report.message
     assert not (tmp_path / "marker").exists()
+
+
+def test_numpy_files_load_on_many_threads_at_once(tmp_path):
+    """torch's allow-list is process-wide: a scan loading numpy shards on eight threads must not
+    see the numpy entries removed by another thread's finished load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = []
+    for i in range(8):
+        path = tmp_path / f"shard{i}.pt"
+        torch.save({"embeddings": np.full((4, 8), i, np.float32), "sequence_ids": list("abcd"),
+                    "metadata": {}}, path)
+        paths.append(path)
+
+    def load_all(k: int) -> int:
+        for _ in range(15):
+            assert safe_torch_load(paths[k])["embeddings"][0, 0] == k
+        return k
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sorted(pool.map(load_all, range(8))) == list(range(8))
+
+
+def test_numpy_entries_the_user_added_are_left_alone(tmp_path):
+    from virnucpro_store.validation.torch_load import numpy_safe_globals
+
+    path = tmp_path / "a.pt"
+    torch.save({"x": np.zeros(3, np.float32)}, path)
+    mine = numpy_safe_globals()
+    torch.serialization.add_safe_globals(mine)
+    try:
+        safe_torch_load(path)
+        present = torch.serialization.get_safe_globals()
+        assert all(g in present for g in mine)
+    finally:
+        torch.serialization.clear_safe_globals()
+    safe_torch_load(path)
+    assert torch.serialization.get_safe_globals() == []  # nothing of ours left behind

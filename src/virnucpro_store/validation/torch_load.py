@@ -40,7 +40,10 @@ import io
 import os
 import pickle
 import sys
+import threading
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import (
@@ -80,6 +83,39 @@ def numpy_safe_globals() -> list[Any]:
         if cls is not None:
             allowed.append(cls)
     return allowed
+
+
+_NUMPY_LOCK = threading.Lock()
+_numpy_users = 0
+_numpy_scope: Any = None
+
+
+@contextmanager
+def numpy_allowed() -> Iterator[None]:
+    """torch's weights-only allow-list with :func:`numpy_safe_globals` added, for the time of a
+    load. torch keeps that list process-wide, and its ``safe_globals`` context removes its
+    entries on exit whatever other threads are doing: a scan loading numpy shards on eight
+    threads would see them vanish mid-load. So the entries are added when the first load in
+    the process enters and removed when the last one leaves (a counted scope under a lock),
+    and entries the user added beforehand are left alone."""
+    global _numpy_users, _numpy_scope
+    import torch
+
+    with _NUMPY_LOCK:
+        if _numpy_users == 0:
+            present = torch.serialization.get_safe_globals()
+            missing = [g for g in numpy_safe_globals() if g not in present]
+            _numpy_scope = torch.serialization.safe_globals(missing)
+            _numpy_scope.__enter__()
+        _numpy_users += 1
+    try:
+        yield
+    finally:
+        with _NUMPY_LOCK:
+            _numpy_users -= 1
+            if _numpy_users == 0:
+                _numpy_scope.__exit__(None, None, None)
+                _numpy_scope = None
 
 
 def _library_globals() -> dict[str, Any]:
@@ -360,7 +396,7 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
         def attempt(location: Any) -> Any:
             if library is not None:
                 return _library_load(library, location, where, key, url)
-            with torch.serialization.safe_globals(numpy_safe_globals()):
+            with numpy_allowed():
                 if mmap and is_path:
                     return torch.load(file_or_path, map_location=location, weights_only=True,
                                       mmap=True)
