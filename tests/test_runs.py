@@ -554,3 +554,39 @@ def test_crc_less_archives_get_a_whole_file_checksum(tmp_path):
     data[payload_offset(bytes(data)) + 3] ^= 0x01  # no CRC to disagree with: only a digest
     store.save_bytes(bytes(data), "r/a.pt", validate=None)
     assert store.verify_run("r").invalid["r/a.pt"].category == "corrupted"
+
+
+@pytest.mark.parametrize("max_pending", [1, 2])
+def test_snapshots_alive_never_exceed_max_pending(memory_store_factory, monkeypatch,
+                                                  max_pending):
+    """The memory bound: at most ``max_pending`` snapshots exist at once (plus the caller's
+    own object). A finished save drops its snapshot before its slot lets the next copy in;
+    the slot's release is slowed here so that a snapshot kept a moment too long is seen."""
+    import weakref
+
+    from virnucpro_store import runs
+
+    store = memory_store_factory()
+    alive: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()
+    counts: list[int] = []
+    real_snapshot, real_done = runs.snapshot, runs.AsyncWriter._done
+
+    def tracking(obj, **kwargs):
+        snap = real_snapshot(obj, **kwargs)
+        alive.add(snap["data"])
+        counts.append(len(alive))
+        return snap
+
+    def slow_done(self, key, future):
+        real_done(self, key, future)
+        time.sleep(0.05)  # the worker still holds what it holds; the next submit runs now
+
+    monkeypatch.setattr(runs, "snapshot", tracking)
+    monkeypatch.setattr(runs.AsyncWriter, "_done", slow_done)
+    batch = {"ids": [f"s{i}" for i in range(100)], "data": torch.randn(100, 3328)}  # 1.3 MB
+    with store.writer(max_pending=max_pending, workers=1) as writer:
+        for i in range(8):
+            writer.submit(batch, f"b{i}.pt", schema="merged")
+    assert len(counts) == 8 and max(counts) <= max_pending, counts
+    # the pooled buffers: one per batch in flight, reused, never more
+    assert sorted(vs.open_store(store.url).list()) == [f"b{i}.pt" for i in range(8)]

@@ -138,6 +138,7 @@ class AsyncWriter:
         self._failures: list[BaseException] = []  # failed saves not yet raised to the caller
         self._last: dict[str, concurrent.futures.Future[ObjectInfo]] = {}
         self._closed = False
+        self._buffers = _BufferPool(max_pending)
 
     def submit(self, obj: Any, key: str, **save_kwargs: Any) -> concurrent.futures.Future[
             ObjectInfo]:
@@ -156,10 +157,15 @@ class AsyncWriter:
             self._inflight += 1
         try:
             # after taking the slot: the copy is one of the max_pending objects held
-            snap = snapshot(obj)
+            taken: list[Any] = []
+            snap = snapshot(obj, buffers=self._buffers, taken=taken)
+            # the save drops the snapshot before its future resolves, so the next submit's
+            # copy (which that resolution lets in) never coexists with it
+            holder = [snap]
+            del snap
             with self._cv:
                 previous = self._last.get(key)
-                future = self._pool.submit(self._save, snap, key, kwargs, previous)
+                future = self._pool.submit(self._save, holder, taken, key, kwargs, previous)
                 self._last[key] = future
         except BaseException:
             with self._cv:
@@ -169,12 +175,17 @@ class AsyncWriter:
         future.add_done_callback(lambda f: self._done(key, f))
         return future
 
-    def _save(self, obj: Any, key: str, kwargs: dict[str, Any],
+    def _save(self, holder: list[Any], taken: list[Any], key: str, kwargs: dict[str, Any],
               previous: concurrent.futures.Future[ObjectInfo] | None) -> ObjectInfo:
-        if previous is not None:
-            # FIFO pool: ``previous`` was taken by a worker before this one, so this wait ends
-            concurrent.futures.wait([previous])
-        return self.store.save(obj, key, **kwargs)
+        obj = holder.pop()
+        try:
+            if previous is not None:
+                # FIFO pool: ``previous`` was taken by a worker before this one: this wait ends
+                concurrent.futures.wait([previous])
+            return self.store.save(obj, key, **kwargs)
+        finally:
+            del obj
+            self._buffers.give_back(taken)
 
     def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo]) -> None:
         # Runs after the future is resolved: the failure is recorded before the slot frees,
@@ -222,6 +233,7 @@ class AsyncWriter:
         finally:
             self._closed = True
             self._pool.shutdown(wait=True)
+            self._buffers.clear()
 
     def __enter__(self) -> AsyncWriter:
         return self
@@ -267,11 +279,51 @@ def _checked_save_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(kwargs)
 
 
-def snapshot(obj: Any) -> Any:
+class _BufferPool:
+    """CPU buffers of finished snapshots, reused by the next ones. A fresh 127 MB buffer costs
+    four times the copy itself in page faults (the kernel zero-fills every page on first
+    touch): reusing one makes the producer's stall the copy alone. Only large tensors are
+    pooled, by dtype and size; a buffer is made only when none is free, so at most
+    ``max_pending`` exist per kind (those in flight plus those free): memory stays about
+    ``max_pending + 1`` objects."""
+
+    #: tensors smaller than this come from malloc's arenas, already warm: not pooled
+    MIN_BYTES = 1 << 20
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self._free: dict[tuple[Any, int], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, dtype: Any, numel: int, itemsize: int) -> Any | None:
+        """A free flat buffer of ``numel`` elements of ``dtype``, or None (make a new one)."""
+        if numel * itemsize < self.MIN_BYTES:
+            return None
+        with self._lock:
+            free = self._free.get((dtype, numel))
+            return free.pop() if free else None
+
+    def give_back(self, buffers: list[Any]) -> None:
+        with self._lock:
+            for buf in buffers:
+                free = self._free.setdefault((buf.dtype, buf.numel()), [])
+                if len(free) < self.max_pending:
+                    free.append(buf)
+            buffers.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
+             taken: list[Any] | None = None) -> Any:
     """A copy of ``obj`` that shares no mutable buffer with it: tensors are copied to CPU
     memory (``detach().to("cpu", copy=True)``, from the GPU if they are there), numpy arrays
     with ``.copy()``, dicts, lists, tuples and sets rebuilt around the copies. Immutable
     leaves (str, int, ...) are shared. An object reached twice is copied once (sharing kept).
+    With ``buffers`` (the writer's pool), large tensors are copied into reused buffers, which
+    are appended to ``taken`` (to be given back once the save is done).
 
     >>> import torch
     >>> t = torch.zeros(2)
@@ -290,7 +342,17 @@ def snapshot(obj: Any) -> Any:
     memo: dict[int, Any] = {}
 
     def copy_tensor(t: torch.Tensor) -> torch.Tensor:
-        out = t.detach().to("cpu", copy=True)
+        flat = None
+        if buffers is not None and taken is not None and t.layout == torch.strided:
+            flat = buffers.take(t.dtype, t.numel(), t.element_size())
+            if flat is None and t.numel() * t.element_size() >= buffers.MIN_BYTES:
+                flat = torch.empty(t.numel(), dtype=t.dtype)
+            if flat is not None:
+                taken.append(flat)
+        if flat is not None:
+            out = flat.view(t.shape).copy_(t.detach())
+        else:
+            out = t.detach().to("cpu", copy=True)
         if isinstance(t, torch.nn.Parameter):
             return torch.nn.Parameter(out, requires_grad=t.requires_grad)
         if t.requires_grad:
@@ -331,7 +393,12 @@ def snapshot(obj: Any) -> Any:
         memo[id(value)] = (value, out)  # keeps ``value`` alive, so its id is not reused
         return out
 
-    return walk(obj)
+    try:
+        return walk(obj)
+    finally:
+        # ``walk`` refers to itself through its closure, a cycle that reaches ``memo``: without
+        # this the copies would live until the next garbage collection, past their save
+        memo.clear()
 
 
 # -- scan, commit, verify ---------------------------------------------------------------------
