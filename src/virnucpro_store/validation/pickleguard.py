@@ -140,6 +140,21 @@ def torch_qualname(module: str, name: str) -> str:
     return f"{module}.{name}"
 
 
+#: the one renaming torch.serialization._load applies to every global it looks up
+_LIBRARY_MODULE_MAPPING = {"torch.tensor": "torch._tensor"}
+
+
+def library_qualname(module: str, name: str) -> str:
+    """The dotted name of ``GLOBAL module name`` in a protocol 3-5 pickle, read by the library's
+    loader: Python 2 names are *not* renamed (the C unpickler renames them below protocol 3
+    only), torch's own module renaming is.
+
+    >>> library_qualname("__builtin__", "set"), library_qualname("torch.tensor", "x")
+    ('__builtin__.set', 'torch._tensor.x')
+    """
+    return f"{_LIBRARY_MODULE_MAPPING.get(module, module)}.{name}"
+
+
 def opcode_name(op: int) -> str:
     return _OPCODE_NAMES.get(op, f"{bytes([op])!r}")
 
@@ -454,7 +469,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             return None  # the unpickler refuses it itself
         if check_global is not None:
             check_global(*text)
-        qualname = torch_qualname(*text)
+        qualname = library_qualname(*text) if library else torch_qualname(*text)
         found = globs.get(qualname)
         if found is None:
             found = globs[qualname] = _Glob(qualname)

@@ -32,7 +32,7 @@ from ..lazy import (
 from ..lazy import (
     short_value as _short,
 )
-from .pickleguard import MAX_KEYS_PER_HASH, check_hashable, torch_qualname
+from .pickleguard import MAX_KEYS_PER_HASH, check_hashable, library_qualname, torch_qualname
 from .problem import corrupted, incompatible, unsafe
 
 #: a tensor or array with more elements than this is not a real one
@@ -496,7 +496,8 @@ def _torch_device(kind: Any, index: Any = None) -> str:
 def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
     if not isinstance(subtype, _StandIn) or subtype.qualname != "numpy.ndarray":
         raise incompatible("numpy array subclasses are not supported")
-    if shape != (0,) or code not in (b"b", "b"):
+    # a bytearray equals b"b" but numpy refuses it as a type code
+    if shape != (0,) or type(code) not in (bytes, str) or code not in (b"b", "b"):
         raise incompatible("numpy _reconstruct called with arguments numpy never writes (not "
                            "modelled)")
     return ArrayMeta("int8", (0,))  # what numpy makes before BUILD fills it in
@@ -572,6 +573,8 @@ def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> ArrayMeta:
     if order not in ("C", "F"):
         raise incompatible(f"numpy _frombuffer with order {_short(order)}; numpy writes 'C' or "
                            f"'F' (not modelled)")
+    if type(shape) is int:  # ndarray.reshape takes one int as a 1-d shape
+        shape = (shape,)
     shape = _int_tuple(shape, "numpy array shape")
     numel = _checked_numel(shape, "numpy array")
     expected = numel * dtype.itemsize
@@ -727,7 +730,11 @@ _LIBRARY_ALLOWED = {f"{module}._frombuffer": _StandIn(f"{module}._frombuffer", _
 
 def _resolve(module: str, name: str) -> Any:
     """The stand-in for an allowed global; a :class:`Problem` for any other (nothing imported)."""
-    qualname = torch_qualname(module, name)  # Python 2 names, renamed as torch renames them
+    # Python 2 names, renamed as torch renames them
+    return _resolve_qualname(torch_qualname(module, name), module, name)
+
+
+def _resolve_qualname(qualname: str, module: str, name: str) -> Any:
     found = _ALLOWED.get(qualname)
     if found is not None:
         return found
@@ -740,8 +747,9 @@ def _resolve(module: str, name: str) -> Any:
 
 def _resolve_library(module: str, name: str) -> Any:
     """:func:`_resolve` for a pickle the library's own loader reads (protocol 3-5)."""
-    found = _LIBRARY_ALLOWED.get(torch_qualname(module, name))
-    return found if found is not None else _resolve(module, name)
+    qualname = library_qualname(module, name)
+    found = _LIBRARY_ALLOWED.get(qualname)
+    return found if found is not None else _resolve_qualname(qualname, module, name)
 
 
 def _short_name(qualname: str, limit: int = 200) -> str:

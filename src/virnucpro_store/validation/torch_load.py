@@ -58,7 +58,7 @@ from ..errors import (
     error_class_for,
 )
 from ..source import ByteSource, SourceReader
-from .pickleguard import library_protocol, torch_qualname
+from .pickleguard import library_protocol, library_qualname
 from .problem import Problem
 from .safepickle import read_model
 from .standins import _NUMPY_DTYPE_CLASSES
@@ -138,15 +138,15 @@ def _library_globals() -> dict[str, Any]:
 
 
 class _AllowListUnpickler(pickle.Unpickler):
-    """The C unpickler with globals limited to :func:`_library_globals`, named as torch's
-    weights-only unpickler names them."""
+    """The C unpickler with globals limited to :func:`_library_globals`, named as
+    ``torch.serialization._load`` names them at protocol 3-5 (:func:`library_qualname`)."""
 
     _table: dict[str, Any] | None = None
 
     def find_class(self, module: str, name: str) -> Any:
         if _AllowListUnpickler._table is None:
             _AllowListUnpickler._table = _library_globals()
-        found = _AllowListUnpickler._table.get(torch_qualname(module, name))
+        found = _AllowListUnpickler._table.get(library_qualname(module, name))
         if found is None:  # the model refused it already; never import anything
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
         return found
