@@ -40,7 +40,7 @@ import corpus
 import numpy as np
 import torch
 
-from virnucpro_store.samples import sample
+from virnucpro_store.testing.samples import sample
 from virnucpro_store.validation.report import LEVELS
 
 SEED = 20240604
