@@ -52,7 +52,7 @@ def build(name: str) -> Any:
         rows = megabytes * MB // (3328 * 4)
         return {"ids": [f"s{i}" for i in range(rows)], "data": torch.rand(rows, 3328),
                 "version": "1.0", "status": "complete"}
-    from virnucpro_store.samples import sample
+    from virnucpro_store.testing.samples import sample
 
     return sample(kind, 10_000)
 

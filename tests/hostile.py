@@ -2,7 +2,7 @@
 say about each one at every level.
 
 :func:`build` returns 500+ :class:`Variant`\\ s made from valid files of every schema (DNABERT,
-ESM, merged, shard with tensor and with numpy embeddings: ``virnucpro_store.samples.sample``).
+ESM, merged, shard with tensor and with numpy embeddings: ``virnucpro_store.testing.samples.sample``).
 Each carries, for ``deep=False`` and ``deep=True``, the first level that must fail (or None: it
 must pass every level), the category, and substrings of which the message must contain one.
 
@@ -40,7 +40,7 @@ import corpus
 import numpy as np
 import torch
 
-from virnucpro_store.samples import sample
+from virnucpro_store.testing.samples import sample
 from virnucpro_store.validation.report import LEVELS
 
 SEED = 20240604

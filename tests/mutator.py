@@ -475,7 +475,7 @@ def _small_objects() -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def base_files() -> dict[str, bytes]:
     """Real torch.save outputs: every schema (2-3 rows), diverse objects, torch's options."""
-    from virnucpro_store.samples import FORMATS, sample
+    from virnucpro_store.testing.samples import FORMATS, sample
 
     files: dict[str, bytes] = {}
     for fmt in FORMATS:

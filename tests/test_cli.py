@@ -12,21 +12,18 @@ import sys
 
 import pytest
 import torch
-from helpers import malicious_checkpoint, to_bytes
+from helpers import malicious_checkpoint, run_cli, to_bytes
 
 import virnucpro_store as vs
-from virnucpro_store import damage
-from virnucpro_store.samples import sample
+from virnucpro_store.testing import damage
+from virnucpro_store.testing.samples import sample
 
-COMMANDS = ["validate", "ls", "info", "cp", "gc", "demo"]
+COMMANDS = ["validate", "ls", "info", "cp", "gc", "demo", "scan", "commit", "verify"]
+STATE_EXIT_CODES = {"validate", "scan", "commit", "verify"}  # their help says what 0/1/2/3 mean
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "COLUMNS": "200"}
-    full_env.pop("VIRNUCPRO_STORE_URL", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "virnucpro_store", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=300)
+    return run_cli(*args, env=env, cwd=cwd)
 
 
 @pytest.fixture
@@ -51,6 +48,7 @@ def test_help_lists_every_command_with_examples():
         sub = run(command, "--help")
         assert sub.returncode == 0, sub.stderr
         assert "Examples:" in sub.stdout, command
+        assert ("Exit" in sub.stdout) or command not in STATE_EXIT_CODES, command
     assert run("-h").returncode == 0
 
 

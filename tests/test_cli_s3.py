@@ -3,33 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
-from helpers import to_bytes
+from helpers import run_cli, to_bytes
 
 import virnucpro_store as vs
-from virnucpro_store import damage
-from virnucpro_store.samples import sample
+from virnucpro_store.testing import damage
+from virnucpro_store.testing.samples import sample
 
 pytestmark = pytest.mark.s3
 
 
 def run(*args: str, server, env: dict[str, str] | None = None, credentials: bool = True,
         endpoint_env: bool = True, cwd=None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("AWS_") and k != "VIRNUCPRO_STORE_URL"}
-    full_env.update({"COLUMNS": "200", "AWS_EC2_METADATA_DISABLED": "true",
-                     "AWS_DEFAULT_REGION": "us-east-1"})
+    full_env = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}
     if endpoint_env:
         full_env["AWS_ENDPOINT_URL"] = server.endpoint_url
     if credentials:
         full_env.update({"AWS_ACCESS_KEY_ID": server.key, "AWS_SECRET_ACCESS_KEY": server.secret})
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "virnucpro_store", *args], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=300)
+    return run_cli(*args, env=full_env, cwd=cwd, drop_env_prefix="AWS_")
 
 
 @pytest.fixture

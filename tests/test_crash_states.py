@@ -8,7 +8,6 @@ the counts (and, with ``-v``, the traces) the README quotes.
 
 from __future__ import annotations
 
-import io
 import mmap
 import os
 import stat
@@ -20,6 +19,7 @@ from typing import Any
 import crashstates as cs
 import pytest
 import torch
+from helpers import to_bytes
 
 import virnucpro_store as vs
 
@@ -28,10 +28,7 @@ NEW = {"round": 2, "ids": ["c", "d", "e"], "emb": torch.arange(2600, dtype=torch
 OTHER = {"round": 0, "ids": ["z"], "emb": torch.ones(300)}
 
 
-def _bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+_bytes = to_bytes
 
 
 def _prepare(old_key: str | None) -> Callable[[vs.CheckpointStore], None]:

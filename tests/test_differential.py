@@ -13,13 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import assert_describes
 
-from virnucpro_store.lazy import TorchDType
 from virnucpro_store.source import BytesSource
 from virnucpro_store.validation import (
     LEVELS,
-    ArrayMeta,
-    TensorMeta,
     inspect_source,
     safe_torch_load,
     validate_source,
@@ -95,53 +93,13 @@ def _torch_loads(data: bytes) -> Any:
     return safe_torch_load(io.BytesIO(data))
 
 
-def assert_agrees(lazy: Any, real: Any, path: str = "<root>") -> None:
-    """The lazy structure describes what torch loaded: same containers, keys, order, values;
-    tensors and arrays by dtype, shape, stride, offset."""
-    if isinstance(real, torch.Tensor):
-        assert isinstance(lazy, TensorMeta), path
-        assert lazy.dtype == str(real.dtype).removeprefix("torch."), path
-        assert lazy.shape == tuple(real.shape), path
-        assert lazy.stride == tuple(real.stride()), path
-        assert lazy.storage_offset == real.storage_offset(), path
-        assert lazy.requires_grad == real.requires_grad, path
-        assert lazy.storage is not None
-        assert lazy.storage.nbytes == real.untyped_storage().nbytes(), path
-    elif isinstance(real, np.ndarray):
-        assert isinstance(lazy, ArrayMeta), path
-        assert lazy.dtype == real.dtype.name and lazy.shape == real.shape, path
-        assert lazy.nbytes == real.nbytes, path
-    elif isinstance(real, np.generic):
-        assert lazy == real.item() or (lazy != lazy and real != real), path
-    elif isinstance(real, torch.dtype):
-        assert isinstance(lazy, TorchDType) and lazy.name == str(real).split(".")[1], path
-    elif isinstance(real, dict):
-        assert isinstance(lazy, dict) and type(lazy) is type(real) or (
-            isinstance(real, OrderedDict) and isinstance(lazy, OrderedDict)), path
-        assert list(lazy) == list(real), path
-        for key in real:
-            assert_agrees(lazy[key], real[key], f"{path}[{key!r}]")
-    elif isinstance(real, (list, tuple)):  # torch.Size is a tuple
-        assert isinstance(lazy, (list, tuple)) and isinstance(lazy, list) == isinstance(
-            real, list), path
-        assert len(lazy) == len(real), path
-        for i, (a, b) in enumerate(zip(lazy, real)):
-            assert_agrees(a, b, f"{path}[{i}]")
-    elif isinstance(real, (set, frozenset)):
-        assert lazy == real, path
-    elif isinstance(real, float) and real != real:
-        assert lazy != lazy, path
-    else:
-        assert type(lazy) is type(real) and lazy == real, path
-
-
 @pytest.mark.parametrize("name", list(OBJECTS))
 def test_lazy_structure_agrees_with_torch(name):
     data = _saved(OBJECTS[name])
     real = _torch_loads(data)
     pkl = zipfile.ZipFile(io.BytesIO(data)).read(
         next(n for n in zipfile.ZipFile(io.BytesIO(data)).namelist() if n.endswith("data.pkl")))
-    assert_agrees(load_structure(pkl), real)
+    assert_describes(load_structure(pkl), real)
 
 
 @pytest.mark.parametrize("name", list(OBJECTS))

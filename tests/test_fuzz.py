@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
 import zipfile
 
 import hostile
 import pytest
+from helpers import armed
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -28,31 +28,6 @@ from virnucpro_store.validation.zipindex import (
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow,
                                                         HealthCheck.data_too_large]}
 CATEGORIES = {"corrupted", "incompatible", "unsafe"}
-
-_armed = False
-_events: list[str] = []
-
-
-def _audit(event: str, args: tuple) -> None:
-    if _armed and event.startswith(("os.", "subprocess.", "exec", "compile", "import", "open",
-                                    "socket.", "ctypes.", "pickle.find_class", "shutil.")):
-        _events.append(event)
-
-
-sys.addaudithook(_audit)  # one per process; records only while armed
-
-
-class armed:
-    def __enter__(self) -> None:
-        global _armed
-        _events.clear()
-        _armed = True
-
-    def __exit__(self, *exc: object) -> None:
-        global _armed
-        _armed = False
-        assert not _events, _events
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm() -> None:

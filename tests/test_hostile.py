@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from contextlib import contextmanager
 
 import hostile
 import pytest
+from helpers import armed
 
 from virnucpro_store.source import BytesSource
 from virnucpro_store.validation import ValidationReport, validate_source
@@ -37,41 +37,6 @@ LIGHT = [v for v in VARIANTS if not v.heavy]
 HEAVY = [v for v in VARIANTS if v.heavy]
 
 # --------------------------------------------------------------------------- the audit hook
-
-#: audit events that mean something ran: a process, code, an import, a file opened, the
-#: network, native code, or the unpickler's own (unrestricted) find_class
-FORBIDDEN_EVENTS = (
-    "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.kill", "os.startfile",
-    "subprocess.", "exec", "compile", "import", "open", "os.open", "os.remove", "os.unlink",
-    "os.rename", "os.rmdir", "os.mkdir", "os.listdir", "os.scandir", "os.chmod", "os.putenv",
-    "socket.", "ctypes.", "pickle.find_class", "shutil.", "marshal.load", "builtins.input",
-    "urllib.", "webbrowser.", "code.__new__", "function.__new__", "sys.setprofile",
-    "sys.settrace", "sys.addaudithook",
-)
-_armed = False
-_events: list[tuple[str, str]] = []
-
-
-def _audit(event: str, args: tuple) -> None:
-    if _armed and event.startswith(FORBIDDEN_EVENTS):
-        _events.append((event, repr(args)[:300]))
-
-
-# hooks cannot be removed: installed once per process, it only records while armed
-sys.addaudithook(_audit)
-
-
-@contextmanager
-def armed():
-    global _armed
-    _events.clear()
-    _armed = True
-    try:
-        yield
-    finally:
-        _armed = False
-    assert not _events, f"something ran during validation: {_events[:5]}"
-
 
 @pytest.fixture(scope="module", autouse=True)
 def warm_up():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import virnucpro_store as vs
-from virnucpro_store.samples import sample
+from virnucpro_store.testing.samples import sample
 
 
 def _fd_path(fd: int) -> str:
@@ -199,3 +199,133 @@ def test_deep_validation_reads_one_version_while_the_name_is_replaced(tmp_path):
     report = validate_source(source, schema="merged", deep=True)
     assert report.ok, report
     assert report.details["torch_load"] == "ok"
+
+
+# -- byte-source lifetimes, one open per load, listings with sizes, errors at the edge ------------
+
+def _track_sources(monkeypatch, backend_cls: type, staging_cls: type) -> tuple[list, list]:
+    """Record every source the backend (and its staging) hands out, and every close of one
+    (by a serial number: ids of dropped objects are reused)."""
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def track(source):
+        opened.append(len(opened))
+        serial, close = opened[-1], source.close
+
+        def tracked_close():
+            closed.append(serial)
+            close()
+
+        source.close = tracked_close
+        return source
+
+    def wrap(method, pick=lambda result: result):
+        def wrapped(self, *args):
+            result = method(self, *args)
+            track(pick(result))
+            return result
+        return wrapped
+
+    monkeypatch.setattr(backend_cls, "open_source", wrap(backend_cls.open_source))
+    monkeypatch.setattr(backend_cls, "open_for_load",
+                        wrap(backend_cls.open_for_load, lambda target: target.source))
+    monkeypatch.setattr(staging_cls, "source", wrap(staging_cls.source))
+    return opened, closed
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_every_source_opened_is_closed(tmp_path, monkeypatch, where):
+    from virnucpro_store.backends import local, memory
+
+    if where == "local":
+        opened, closed = _track_sources(monkeypatch, local.LocalBackend, local.LocalStaging)
+        store = vs.open_store(tmp_path)
+    else:
+        opened, closed = _track_sources(monkeypatch, memory.MemoryBackend, memory.MemoryStaging)
+        store = vs.open_store(f"memory://lifetimes-{os.getpid()}")
+    store.save(sample("merged", 4), "m.pt", schema="merged")
+    store.save_bytes(b"not a checkpoint", "bad.pt", validate=None)
+    store.load("m.pt", validate="keys")
+    with pytest.raises(vs.CheckpointCorrupted):
+        store.load("bad.pt")
+    assert store.validate("m.pt", deep=True).ok
+    assert not store.validate("gone.pt").ok
+    assert store.inspect("m.pt")["ok"]
+    with store.open("m.pt") as handle:
+        assert handle.read() == store.read_bytes("m.pt")
+    assert len(opened) >= 8 and sorted(closed) == opened, (opened, closed)
+
+
+def test_load_opens_the_file_once(tmp_path, monkeypatch):
+    store = vs.open_store(tmp_path)
+    obj = sample("merged", 4)
+    store.save(obj, "m.pt")
+    path, real_open = str(tmp_path / "m.pt"), os.open
+    opens: list[str] = []
+
+    def counting_open(name, *args, **kwargs):
+        if os.fspath(name) == path:
+            opens.append(name)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    for validate in ("zip", "keys", None):
+        opens.clear()
+        assert store.load("m.pt", validate=validate)["ids"] == obj["ids"]
+        assert len(opens) == 1, validate  # validated and loaded through one descriptor
+
+
+def test_memory_load_takes_one_snapshot(monkeypatch):
+    from virnucpro_store.backends import memory
+
+    store = vs.open_store(f"memory://once-{os.getpid()}")
+    obj = sample("merged", 4)
+    store.save(obj, "m.pt")
+    calls: list[str] = []
+    for name in ("open_source", "open_for_load"):
+        original = getattr(memory.MemoryBackend, name)
+        monkeypatch.setattr(memory.MemoryBackend, name, lambda self, key, _o=original, _n=name:
+                            (calls.append(_n), _o(self, key))[1])
+    for validate in ("zip", "keys", None):
+        calls.clear()
+        assert store.load("m.pt", validate=validate)["ids"] == obj["ids"]
+        assert calls == ["open_for_load"], (validate, calls)
+
+
+def test_list_info_matches_the_file_system(tmp_path):
+    store = vs.open_store(tmp_path)
+    for i, key in enumerate(["b.pt", "a/x.pt", "a/y.bin"]):
+        store.save_bytes(b"z" * (100 + i), key, validate=None)
+    (tmp_path / "a" / f".x.pt{vs.keys.STAGING_MARKER}1").write_bytes(b"s")  # never listed
+    infos = list(store.list_info())
+    assert [i.key for i in infos] == list(store.list()) == ["a/x.pt", "a/y.bin", "b.pt"]
+    for info in infos:
+        st = os.stat(tmp_path / info.key)
+        assert info.size == st.st_size and abs(info.modified.timestamp() - st.st_mtime) < 1e-5
+        assert info == store.info(info.key)
+    assert [i.key for i in store.list_info("a/")] == ["a/x.pt", "a/y.bin"]
+
+
+def test_a_full_disk_is_a_storage_failure_at_the_backend_edge(tmp_path, monkeypatch):
+    # /dev/full answers every write with ENOSPC: the real kernel error, not a mock
+    from virnucpro_store.backends import local
+
+    real_init = local._StagingFile.__init__
+
+    def onto_dev_full(self, fd, url, key):
+        os.close(fd)
+        real_init(self, os.open("/dev/full", os.O_WRONLY), url, key)
+
+    monkeypatch.setattr(local._StagingFile, "__init__", onto_dev_full)
+    store = vs.open_store(tmp_path)
+    with store.backend.stage("raw.pt") as staging, \
+            pytest.raises(vs.StorageFailure, match="no space left on device"):
+        staging.file.write(os.urandom(8 << 20))
+        staging.finish()
+    for save in (lambda: store.save(sample("merged", 64), "k.pt"),
+                 lambda: store.save_bytes(os.urandom(8 << 20), "k.pt", validate=None)):
+        with pytest.raises(vs.StorageFailure, match="no space left on device") as err:
+            save()
+        assert err.value.key == "k.pt" and err.value.url == store.url_for("k.pt")
+    assert list(store.list()) == [] and store.leftovers(older_than=0) == []

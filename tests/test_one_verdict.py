@@ -20,8 +20,8 @@ import torch
 from helpers import malicious_checkpoint
 
 import virnucpro_store as vs
-from virnucpro_store import damage
-from virnucpro_store.samples import sample
+from virnucpro_store.testing import damage
+from virnucpro_store.testing.samples import sample
 from virnucpro_store.validation.torch_load import _quiet_failed_load, numpy_safe_globals
 
 #: a CUDA device no machine has (CPU-only CI and the GPU machine alike)
@@ -194,10 +194,13 @@ def test_map_location_that_works_still_loads():
 
 
 @pytest.mark.parametrize("url", ["local", "memory://one-version"])
-def test_load_restarts_when_the_key_is_replaced_after_its_validation(tmp_path, url):
+def test_load_returns_the_version_it_validated_when_the_key_is_replaced(tmp_path, url,
+                                                                        monkeypatch):
+    from virnucpro_store import store as store_module
+
     store = vs.open_store(tmp_path / "s" if url == "local" else url)
     store.save({"v": torch.tensor(1)}, "k.pt")
-    real = store._validate_version
+    real = store_module.validate_source
     replaced = []
 
     def validate_then_replace(*args, **kwargs):
@@ -207,14 +210,17 @@ def test_load_restarts_when_the_key_is_replaced_after_its_validation(tmp_path, u
             store.save_bytes(junk_after_end, "k.pt", validate=None)
         return result
 
-    # torch loads this, the zip level refuses it: only a load pinned to the validated
-    # version (restarting on the new one) can refuse it
+    # torch loads this, the zip level refuses it: a load that re-opened the key after its
+    # validation would hand it back
     junk_after_end = corpus.save_bytes({"v": torch.tensor(2)}) + b"junk" * 25
     assert torch.load(io.BytesIO(junk_after_end), weights_only=True)["v"] == 2
-    store._validate_version = validate_then_replace
-    with pytest.raises(vs.CheckpointCorrupted, match="after the end of central directory"):
-        store.load("k.pt")
+    monkeypatch.setattr(store_module, "validate_source", validate_then_replace)
+    # load() opens the key once: it loads the very version it validated (the open file or
+    # snapshot), never the one published meanwhile
+    assert store.load("k.pt")["v"] == 1
     assert replaced
+    with pytest.raises(vs.CheckpointCorrupted, match="after the end of central directory"):
+        store.load("k.pt")  # the next load validates the new version, and refuses it
 
 
 # --- numpy dtypes numpy unpickles but cannot use (B's finding on 40530.pt) ---------------------

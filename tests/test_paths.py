@@ -15,7 +15,6 @@ from helpers import malicious_checkpoint, to_bytes
 from test_cli import run
 
 import virnucpro_store as vs
-from virnucpro_store import damage
 from virnucpro_store.cli import cli
 from virnucpro_store.keys import (
     MAX_COMPONENT_BYTES,
@@ -24,7 +23,8 @@ from virnucpro_store.keys import (
     normalize_key,
     staging_file_name,
 )
-from virnucpro_store.samples import sample
+from virnucpro_store.testing import damage
+from virnucpro_store.testing.samples import sample
 
 GOOD = to_bytes(sample("merged", 2))
 BAD = damage.truncate(GOOD)

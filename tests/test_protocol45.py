@@ -46,11 +46,7 @@ from p45translate import (
 from test_differential import OBJECTS
 
 import virnucpro_store as vs
-
-try:
-    from virnucpro_store.testing.samples import FORMATS, sample
-except ImportError:  # before samples moved under virnucpro_store.testing
-    from virnucpro_store.samples import FORMATS, sample
+from virnucpro_store.testing.samples import FORMATS, sample
 from virnucpro_store.validation.pickleguard import library_protocol
 from virnucpro_store.validation.torch_load import numpy_safe_globals
 

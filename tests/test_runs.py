@@ -14,6 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import to_bytes
 
 import virnucpro_store as vs
 from virnucpro_store.runs import MANIFEST_NAME, default_workers, snapshot
@@ -37,10 +38,7 @@ def shard(ids, rows=None, dim=8):
             "sequence_ids": list(ids), "metadata": {"batch_idx": 0}}
 
 
-def torch_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+torch_bytes = to_bytes
 
 
 class Gate:

@@ -18,22 +18,16 @@ import zipfile
 
 import pytest
 import torch
-from helpers import malicious_checkpoint, to_bytes
+from helpers import malicious_checkpoint, run_cli, to_bytes
 
 import virnucpro_store as vs
-from virnucpro_store import damage
 from virnucpro_store.cli import main
 from virnucpro_store.runs import MANIFEST_NAME
-
-COMMANDS = ["scan", "commit", "verify"]
+from virnucpro_store.testing import damage
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "COLUMNS": "200"}
-    full_env.pop("VIRNUCPRO_STORE_URL", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "virnucpro_store", *args], capture_output=True,
-                          text=True, env=full_env, timeout=300)
+    return run_cli(*args, env=env)
 
 
 def merged(ids: list[str]) -> dict:
@@ -76,16 +70,6 @@ def run_dir(tmp_path):
     store.save_bytes(b'{"shards": {}}', "manifest.json", validate=None)
     store.save_bytes(b"", "manifest.lock", validate=None)
     return root
-
-
-def test_help_lists_the_run_commands_with_examples():
-    top = run("--help")
-    assert top.returncode == 0
-    for command in COMMANDS:
-        assert command in top.stdout
-        sub = run(command, "--help")
-        assert sub.returncode == 0, sub.stderr
-        assert "Examples:" in sub.stdout and "Exit" in sub.stdout, command
 
 
 def test_scan_names_each_invalid_file_and_agrees_with_torch(run_dir, tmp_path):

@@ -27,7 +27,7 @@ from s3_helpers import FaultProxy, Faults, create_only_worker, raw_state
 
 import virnucpro_store as vs
 from virnucpro_store.backends import s3 as s3mod
-from virnucpro_store.backends.s3 import S3Backend, _classify
+from virnucpro_store.backends.s3 import ErrorKind, S3Backend, classify
 from virnucpro_store.errors import ObjectChanged
 from virnucpro_store.keys import STAGING_MARKER
 from virnucpro_store.store import READ_ATTEMPTS
@@ -80,13 +80,14 @@ def test_create_only_is_a_conditional_write(s3_server):
     backend = store.backend
     counts = backend.request_counts
     if s3_server.name == "moto":  # moto ignores If-None-Match on CopyObject
-        assert backend.create_only_via == "multipart"
+        assert backend.uploader.create_only_method == "multipart"
         assert counts["copy_object"] == 1  # the probe
         assert counts["upload_part_copy"] == 1 and counts["complete_multipart_upload"] == 1
     else:
-        assert backend.create_only_via == "copy"
+        assert backend.uploader.create_only_method == "copy"
         assert counts["copy_object"] == 2  # the probe, then the conditional copy
         assert counts["upload_part_copy"] == 0
+    assert backend.uploader.create_only_via == "auto"  # the option is not overwritten
     with pytest.raises(vs.AlreadyExists):
         store.save({"v": 2}, "k.pt", overwrite=False, validate=None)
     assert store.load("k.pt", validate=None) == {"v": 1}
@@ -107,8 +108,8 @@ def test_create_only_methods_refuse_an_existing_key(seaweedfs, via):
 @pytest.mark.parametrize("overwrite", [True, False])
 def test_multipart_copy_above_threshold_is_byte_identical(s3_server, overwrite):
     store = make_store(s3_server, part_size=5 * MiB)
-    store.backend.copy_threshold = 6 * MiB
-    store.backend.copy_part_size = 5 * MiB
+    store.backend.uploader.copy_threshold = 6 * MiB
+    store.backend.uploader.copy_part_size = 5 * MiB
     data = os.urandom(17 * MiB + 123)
     store.save_bytes(data, "blob.bin", validate=None, overwrite=overwrite)
     counts = store.backend.request_counts
@@ -161,7 +162,7 @@ def test_interrupt_mid_upload_aborts_the_upload(s3_server):
     store = make_store(s3_server, part_size=5 * MiB)
     store.save({"v": 1}, "k.pt", validate=None)
     backend = store.backend
-    original = backend._request
+    original = backend.client.request
     fired = []
 
     async def interrupt_after_first_part(op, **kwargs):
@@ -171,7 +172,7 @@ def test_interrupt_mid_upload_aborts_the_upload(s3_server):
             os.kill(os.getpid(), signal.SIGINT)  # lands in the main thread, inside torch.save
         return result
 
-    backend._request = interrupt_after_first_part  # type: ignore[method-assign]
+    backend.client.request = interrupt_after_first_part  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt):
         store.save(big(40), "k.pt", validate=None)
     assert fired
@@ -182,8 +183,8 @@ def test_interrupt_mid_upload_aborts_the_upload(s3_server):
 
 def test_failed_create_only_leaves_no_upload(s3_server):
     store = make_store(s3_server, part_size=5 * MiB)
-    store.backend.copy_threshold = 6 * MiB
-    store.backend.copy_part_size = 5 * MiB
+    store.backend.uploader.copy_threshold = 6 * MiB
+    store.backend.uploader.copy_part_size = 5 * MiB
     store.save({"v": 1}, "k.pt")
     with pytest.raises(vs.AlreadyExists):
         store.save_bytes(os.urandom(12 * MiB), "k.pt", validate=None, overwrite=False)
@@ -241,8 +242,9 @@ def _client_error(code: str, status: int) -> botocore.exceptions.ClientError:
 ])
 def test_error_table(code, status, error, words):
     backend = S3Backend("bucket/prefix", key="k", secret="s")
-    kind, what = _classify(_client_error(code, status))
-    exc = backend._translate(kind, what, "get_object", "a.pt", "exists", 5)
+    kind, what = classify(_client_error(code, status))
+    assert isinstance(kind, ErrorKind)
+    exc = backend.client.translate(kind, what, "get_object", "a.pt", "exists", 5)
     assert type(exc) is error and words in str(exc)
     assert exc.url == "s3://bucket/prefix/a.pt"
 
@@ -403,8 +405,8 @@ def test_multipart_publish_whose_answer_was_lost_is_ours(s3_server, overwrite, r
     with FaultProxy(_target_port(s3_server), faults=faults,
                     answer_requests=(_final_complete, 1, retry_answer)) as proxy:
         store = _proxied(s3_server, proxy, url, part_size=5 * MiB, create_only_via="multipart")
-        store.backend.copy_threshold = 6 * MiB
-        store.backend.copy_part_size = 5 * MiB
+        store.backend.uploader.copy_threshold = 6 * MiB
+        store.backend.uploader.copy_part_size = 5 * MiB
         store.save_bytes(data, "blob.bin", validate=None, overwrite=overwrite)
     assert dict(proxy.injected) == {"truncate": 1} and len(proxy.answered) == 1
     direct = make_store(s3_server, url)
@@ -422,8 +424,8 @@ def test_complete_refused_for_an_object_not_ours_fails(s3_server, which):
     with FaultProxy(_target_port(s3_server), faults=Faults(rate=0.0),
                     answer_requests=(predicate, 1, "NoSuchUpload")) as proxy:
         store = _proxied(s3_server, proxy, direct.url, part_size=5 * MiB)
-        store.backend.copy_threshold = 6 * MiB
-        store.backend.copy_part_size = 5 * MiB
+        store.backend.uploader.copy_threshold = 6 * MiB
+        store.backend.uploader.copy_part_size = 5 * MiB
         with pytest.raises(vs.StorageFailure, match="upload is gone"):
             store.save_bytes(os.urandom(7 * MiB), "blob.bin", validate=None)
     assert len(proxy.answered) == 1
@@ -462,7 +464,7 @@ _KILLED_SAVE = textwrap.dedent("""
     url, endpoint, key, secret, where = sys.argv[1:6]
     store = vs.open_store(url, endpoint_url=endpoint, key=key, secret=secret,
                           part_size=5 * 2**20)
-    send_part = s3._UploadWriter._send_part
+    send_part = s3.UploadWriter.send_part
     def slow_part(self, **kw):
         send_part(self, **kw)
         print("PART", flush=True)
@@ -472,7 +474,7 @@ _KILLED_SAVE = textwrap.dedent("""
         print("STAGED", flush=True)
         time.sleep(60)
     if where == "upload":
-        s3._UploadWriter._send_part = slow_part
+        s3.UploadWriter.send_part = slow_part
     else:
         s3.S3Staging.publish = stalled_publish
     store.save({"x": torch.rand(40 * 2**20 // 4)}, "k.pt", validate=None)
@@ -543,8 +545,9 @@ def test_keys_validation_of_1gb_reads_under_1mb(seaweedfs, gigabyte_merged):
 
 def test_module_constants_are_the_defaults():
     backend = S3Backend("bucket", key="k", secret="s")
-    assert backend.copy_threshold == s3mod.MULTIPART_COPY_THRESHOLD == 5 * 2**30
-    assert backend.part_size == s3mod.UPLOAD_PART_SIZE
+    assert backend.uploader.copy_threshold == s3mod.MULTIPART_COPY_THRESHOLD == 5 * 2**30
+    assert backend.uploader.part_size == s3mod.UPLOAD_PART_SIZE
+    assert backend.storage_options["create_only_via"] == "auto"  # the option, never the cache
     with pytest.raises(ValueError):
         S3Backend("bucket", part_size=1024)
 
@@ -639,48 +642,73 @@ def test_replaced_every_time_gives_up_after_bounded_attempts(s3_server, monkeypa
 
 
 def test_load_restarts_when_replaced_mid_download(s3_server, monkeypatch):
+    # load() opens the object once (one HEAD): validation and download read the same ETag.
+    # Replaced after the download's first ranged GET, the next GETs are refused and the load
+    # starts again on the new version.
     store = make_store(s3_server)
     writer = make_store(s3_server, store.url)
     store.save(_merged(100, "old"), "m.pt", schema="merged")
     store.backend.request_counts.clear()
     new = _merged(90, "new")
     store.backend.download_chunk = 256 * 1024
-    seen = _replace_on(monkeypatch, s3mod.S3Backend, "open_source",
-                       lambda: writer.save(new, "m.pt", schema="merged"), calls={2})
+    original = s3mod.S3Source.read_into
+    calls: list[int] = []
+
+    def read_into(self, offset, view):
+        calls.append(store.backend.request_counts["get_object"])
+        if len(calls) == 1:  # one chunk of the old version, then it is replaced
+            original(self, offset, view[:256 * 1024])
+            writer.save(new, "m.pt", schema="merged")
+        original(self, offset, view)
+
+    monkeypatch.setattr(s3mod.S3Source, "read_into", read_into)
     loaded = store.load("m.pt", schema="merged", validate="keys")
     assert loaded["ids"] == new["ids"] and torch.equal(loaded["data"], new["data"])
-    # validate (old), download (refused), validate (new), download (new)
-    assert len(seen) == 4 and _counting_heads(store) == 4
+    assert calls[0] >= 1 and len(calls) == 2  # validation GETs came first; one restart
+    # validate + download (refused) on one HEAD, then validate + download the new version
+    assert _counting_heads(store) == 2
 
 
 @pytest.mark.parametrize("replacement", ["valid", "off-schema"])
 def test_load_never_returns_a_version_it_did_not_validate(s3_server, monkeypatch, replacement):
-    # The object is replaced after validation, before the download's HEAD: the download gets
-    # the new version whole (no GET is refused), so only the version check notices that it is
-    # not the one validated. The load restarts and validates the new version.
+    # The object is replaced after validation, before the download: the download's GETs are
+    # pinned to the ETag that was validated, so they are refused, and the load restarts and
+    # validates the new version.
     store = make_store(s3_server)
     writer = make_store(s3_server, store.url)
     store.save(_merged(100, "old"), "m.pt", schema="merged")
     store.backend.request_counts.clear()
     new = _merged(90, "new") if replacement == "valid" else {"ids": ["x"], "other": 1}
-    original = s3mod.S3Backend.open_source
-    calls: list[int] = []
+    seen = _replace_on(monkeypatch, s3mod.S3Backend, "open_source", lambda: None, calls=set())
+    original = s3mod.S3Source.download
+    downloads: list[int] = []
 
-    def replace_before_second(self, key):
-        calls.append(1)
-        if len(calls) == 2:
+    def download(self):
+        downloads.append(1)
+        if len(downloads) == 1:
             writer.save(new, "m.pt", validate=None)
-        return original(self, key)
+        return original(self)
 
-    monkeypatch.setattr(s3mod.S3Backend, "open_source", replace_before_second)
+    monkeypatch.setattr(s3mod.S3Source, "download", download)
     if replacement == "valid":
         assert store.load("m.pt", schema="merged", validate="keys")["ids"] == new["ids"]
+        assert len(downloads) == 2
     else:  # off-schema: loading it unvalidated would hand back {"ids": ["x"], "other": 1}
         with pytest.raises(vs.CheckpointIncompatible):
             store.load("m.pt", schema="merged", validate="keys")
-    # validate old, download new (refused: not the version validated), validate new, then
-    # download it (valid) or re-validate it deep for the verdict's category (off-schema)
-    assert len(calls) == _counting_heads(store) == 4
+        assert len(downloads) == 1  # refused before any download of the new version
+    # open + validate old, download refused; open + validate new, then download it (valid)
+    # or re-validate it deep for the verdict's category (off-schema)
+    assert len(seen) == _counting_heads(store) == (2 if replacement == "valid" else 3)
+
+
+def test_load_opens_the_object_once(s3_server):
+    store = make_store(s3_server)
+    store.save(_merged(100, "a"), "m.pt", schema="merged")
+    for validate in ("zip", "keys", None):
+        store.backend.request_counts.clear()
+        store.load("m.pt", schema="merged", validate=validate)
+        assert _counting_heads(store) == 1, validate
 
 
 def test_validate_and_load_while_a_publisher_replaces_the_key(s3_server):
@@ -721,7 +749,7 @@ def test_validate_and_load_while_a_publisher_replaces_the_key(s3_server):
                            for v in versions)
             except ObjectChanged:
                 gave_up += 1
-            plain_heads += 3  # HEADs with no restart: validate 1, load 2 (validate, download)
+            plain_heads += 2  # HEADs with no restart: validate 1, load 1 (opened once)
     finally:
         stop.set()
         thread.join(timeout=30)
@@ -757,6 +785,24 @@ def test_gc_leaves_user_folders_named_like_staging_alone(s3_server):
     # and such a folder holds checkpoints like any other
     store.save({"v": 1}, f"x{STAGING_MARKER}y/ck.pt")
     assert store.load(f"x{STAGING_MARKER}y/ck.pt") == {"v": 1}
+
+
+def test_list_info_takes_sizes_from_the_listing(s3_server):
+    store = make_store(s3_server)
+    for i, key in enumerate(["b.pt", "a/x.pt", "a/y.bin"]):
+        store.save_bytes(os.urandom(100 + i), key, validate=None)
+    backend, client = store.backend, s3_server.client()
+    client.put_object(Bucket=backend.bucket, Key=backend.root + f"a/.x.pt{STAGING_MARKER}1",
+                      Body=b"s")  # a staging object: never listed
+    backend.request_counts.clear()
+    infos = list(store.list_info())
+    assert dict(backend.request_counts) == {"list_objects_v2": 1}  # no HEAD per key
+    assert [i.key for i in infos] == list(store.list()) == ["a/x.pt", "a/y.bin", "b.pt"]
+    for info in infos:  # the server's own answer is the oracle
+        head = client.head_object(Bucket=backend.bucket, Key=backend.root + info.key)
+        assert info.size == head["ContentLength"] and info.etag == head["ETag"].strip('"')
+        assert info.modified == head["LastModified"]
+    assert [i.key for i in store.list_info("a/")] == ["a/x.pt", "a/y.bin"]
 
 
 def test_list_skips_names_that_are_not_keys(s3_server, caplog):

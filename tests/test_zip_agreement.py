@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 import torch.utils.serialization
+from helpers import to_bytes
 
 import virnucpro_store as vs
 from virnucpro_store.source import BytesSource
@@ -44,10 +45,7 @@ TORCH_READ = ["data.pkl", "version", "byteorder", ".format_version", ".storage_a
               ".data/serialization_id", "data/0"]
 
 
-def saved(obj: Any, **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf, **kwargs)
-    return buf.getvalue()
+saved = to_bytes
 
 
 def base(kind: str, tag: int = 0) -> bytes:

@@ -15,13 +15,13 @@ import os
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from . import cli_render as render
 from . import errors
 from .validation.report import LEVELS
 
@@ -36,44 +36,6 @@ log = logging.getLogger("virnucpro_store")
 
 
 # -- terminal plumbing ------------------------------------------------------------------------
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def _progress(total: int, *, bytes_mode: bool = False, enabled: bool = True):
-    """A progress bar on stderr when it is a terminal; a silent stand-in when piped."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    console = _console(stderr=True)
-    columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
-    columns += ([DownloadColumn(), TransferSpeedColumn()] if bytes_mode
-                else [MofNCompleteColumn()])
-    columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=console, transient=True,
-                    disable=not (enabled and console.is_terminal))
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"
-
 
 def parse_duration(text: str) -> float:
     """'90', '90s', '15m', '1h', '2d' -> seconds."""
@@ -105,6 +67,27 @@ def storage_options(func: Callable) -> Callable:
     return wrapper
 
 
+def validation_options(*, schema_help: str, pattern_help: str, deep_help: str,
+                       level_help: str = "Highest level to check; each level includes the "
+                                         "cheaper ones.") -> Callable[[Callable], Callable]:
+    """--schema, --level, --deep, --pattern and --jobs, as validate and scan take them."""
+
+    def decorate(func: Callable) -> Callable:
+        for option in reversed([
+            click.option("--schema", default=None, help=schema_help),
+            click.option("--level", type=click.Choice(LEVELS), default="keys",
+                         show_default=True, help=level_help),
+            click.option("--deep", is_flag=True, help=deep_help),
+            click.option("--pattern", default=None, help=pattern_help),
+            click.option("-j", "--jobs", type=click.IntRange(1, 256), default=8,
+                         show_default=True, help="Files validated in parallel."),
+        ]):
+            func = option(func)
+        return func
+
+    return decorate
+
+
 def handle_errors(func: Callable) -> Callable:
     """One line a user can act on instead of a traceback (unless --debug)."""
 
@@ -129,8 +112,8 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
-def _fail(message: str, code: int) -> None:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
+def _fail(message: str, code: int) -> NoReturn:
+    render.console(stderr=True).print(f"[bold red]error:[/] {message}", markup=True)
     sys.exit(code)
 
 
@@ -175,26 +158,13 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     ctx.obj = {"debug": debug, "quiet": quiet}
 
 
-def _report_line(report, url: str) -> str:
-    if report.ok:
-        return f"[green]OK[/]    {report.level:<5} {human_size(report.size):>9}  {url}"
-    if report.category is None:
-        return f"[yellow]SKIP[/]  {'':<12} {url}: {report.message}"
-    return f"[red]FAIL[/]  {report.category:<12} {url}: {report.message}"
-
-
 @cli.command()
 @click.argument("urls", nargs=-1)
-@click.option("--schema", default=None,
-              help="dnabert, esm, merged, shard, or auto (pick from the keys); "
-                   "omit to check only that the file loads.")
-@click.option("--level", type=click.Choice(LEVELS), default="keys", show_default=True,
-              help="Highest level to check; each level includes the cheaper ones.")
-@click.option("--deep", is_flag=True,
-              help="Also check every record's CRC-32 and do a full safe torch.load.")
-@click.option("--pattern", default=None, help="Glob on file names in folders, e.g. '*.pt'.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Files validated in parallel.")
+@validation_options(
+    schema_help="dnabert, esm, merged, shard, or auto (pick from the keys); omit to check only "
+                "that the file loads.",
+    pattern_help="Glob on file names in folders, e.g. '*.pt'.",
+    deep_help="Also check every record's CRC-32 and do a full safe torch.load.")
 @click.option("--quarantine", default=None, metavar="DEST",
               help="Move bad files to this folder/prefix (each move published atomically).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line on stdout.")
@@ -216,19 +186,14 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
       virnucpro-store validate s3://lab-bucket/run7 --level load --json > verdicts.jsonl
       virnucpro-store validate /scratch/run7 --quarantine /scratch/run7-bad
     """
-    from .schemas import AUTO, get_schema
     from .targets import expand, open_url_store, prefix_inside
 
-    if schema != AUTO:
-        try:
-            get_schema(schema)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--schema") from None
+    schema = _schema_option(schema)
     targets = list(expand(_urls_or_default(urls), options, pattern=pattern))
     quarantine_store = open_url_store(quarantine, options) if quarantine else None
     if quarantine_store is not None:
         targets = _outside_quarantine(targets, quarantine_store, prefix_inside)
-    console = _console()
+    console = render.console()
 
     def check(target):
         started = time.perf_counter()
@@ -240,26 +205,26 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
         return target, report
 
     results = []
-    with _progress(len(targets), enabled=not ctx.obj["quiet"]) as progress, \
+    with render.progress(len(targets), enabled=not ctx.obj["quiet"]) as progress, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
         task = progress.add_task("validating", total=len(targets))
         for target, report in pool.map(check, targets):
             progress.advance(task)
             results.append((target, report))
             if as_json:
-                click.echo(json.dumps(_json_line(report), default=str))
+                click.echo(json.dumps(render.json_line(report), default=str))
             else:
                 # stdout; rich's live progress (on stderr) redraws below it
-                console.print(_report_line(report, target.url), markup=True)
+                console.print(render.report_line(report, target.url), markup=True)
             if (quarantine_store is not None and not report.ok
                     and report.category not in ("missing", None)):
                 _move(target, quarantine_store)
                 log.warning("quarantined %s -> %s", target.url,
                             quarantine_store.url_for(target.key))
     if not as_json or len(results) > 1:
-        _summary(results, to_stderr=as_json)
+        render.print_summary(results, to_stderr=as_json)
     if not results:
-        _console(stderr=True).print("[yellow]nothing matched[/]", markup=True)
+        render.console(stderr=True).print("[yellow]nothing matched[/]", markup=True)
     sys.exit(EXIT_OK if results and all(r.ok for _, r in results) else EXIT_CHECKPOINT)
 
 
@@ -288,34 +253,10 @@ def _skipped_report(target, exc: Exception, level: str):
                             size=None, url=target.url, requested_level=level, deep=False)
 
 
-def _json_line(report) -> dict[str, Any]:
-    row = report.to_dict()
-    return {k: row[k] for k in ("url", "ok", "level", "category", "message", "size", "schema",
-                                "details")}
-
-
 def _move(target, dest) -> None:
     with target.store.open(target.key) as handle:
         dest.save_bytes(handle, target.key, validate=None)
     target.store.delete(target.key)
-
-
-def _summary(results, *, to_stderr: bool) -> None:
-    from rich.table import Table
-
-    counts = Counter("valid" if r.ok else r.category or "skipped" for _, r in results)
-    table = Table(title=f"{len(results)} file(s)", show_edge=False)
-    table.add_column("verdict")
-    table.add_column("files", justify="right")
-    for verdict in ("valid", "missing", "corrupted", "incompatible", "unsafe", "skipped"):
-        if counts.get(verdict):
-            table.add_row(verdict, str(counts[verdict]))
-    console = _console(stderr=to_stderr)
-    console.print(table)
-    slowest = sorted(results, key=lambda pair: pair[1].seconds, reverse=True)[:3]
-    if len(results) > 1:
-        console.print("slowest: " + ", ".join(f"{t.key} {r.seconds * 1000:.0f} ms"
-                                              for t, r in slowest))
 
 
 @cli.command(name="ls")
@@ -336,19 +277,18 @@ def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as
       virnucpro-store ls /scratch/run7
       virnucpro-store ls s3://lab-bucket/run7 --check --pattern '*.pt'
     """
-    from rich.table import Table
-
     from .targets import resolve
 
-    store, keys, _ = resolve(_urls_or_default((url,) if url else ())[0], options,
-                             pattern=pattern)
-    table = Table(show_edge=False)
-    for col in ("key", "size", "modified") + (("verdict",) if check else ()):
-        table.add_column(col, justify="right" if col == "size" else "left")
+    store, keys, single = resolve(_urls_or_default((url,) if url else ())[0], options,
+                                  pattern=pattern)
+    # sizes from the listing itself (no request per key); a key the listing did not describe
+    # (a single file, one removed or replaced since) is asked for on its own
+    listed = {} if single else {i.key: i for i in store.list_info()}
+    table = render.ls_table(check)
     bad = False
     for key in keys:
         try:
-            info = store.info(key)
+            info = listed.get(key) or store.info(key)
         except errors.InvalidKey as exc:  # e.g. a symlink: report it, list the rest
             bad = True
             if as_json:
@@ -359,21 +299,17 @@ def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as
             continue
         except errors.CheckpointMissing:
             continue  # removed since the listing
-        row = info.to_dict()
-        verdict = ""
-        if check:
-            report = store.validate(key, level=level)
-            bad |= not report.ok
-            row |= {"ok": report.ok, "category": report.category, "message": report.message}
-            verdict = ("[green]ok[/]" if report.ok
-                       else f"[red]{report.category}[/]: {report.message}")
+        report = store.validate(key, level=level) if check else None
+        bad |= report is not None and not report.ok
         if as_json:
+            row = info.to_dict()
+            if report is not None:
+                row |= {"ok": report.ok, "category": report.category, "message": report.message}
             click.echo(json.dumps(row, default=str))
         else:
-            modified = info.modified.strftime("%Y-%m-%d %H:%M:%S") if info.modified else "-"
-            table.add_row(key, human_size(info.size), modified, *([verdict] if check else []))
+            table.add_row(*render.ls_row(info, report, check=check))
     if not as_json:
-        _console().print(table)
+        render.console().print(table)
     sys.exit(EXIT_CHECKPOINT if bad else EXIT_OK)
 
 
@@ -401,46 +337,8 @@ def info(url: str, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
     if as_json:
         click.echo(json.dumps(description, default=str, indent=2))
     else:
-        _print_description(description)
+        render.print_description(description)
     sys.exit(EXIT_OK if description.get("ok", True) else EXIT_CHECKPOINT)
-
-
-def _describe_entry(entry: dict[str, Any]) -> str:
-    kind = entry.get("type", "?")
-    if kind in ("tensor", "ndarray", "array"):
-        return f"{kind} {entry.get('dtype')} {tuple(entry.get('shape', ()))}"
-    if "len" in entry:
-        first = entry.get("first")
-        inner = f" of {_describe_entry(first)}" if isinstance(first, dict) else ""
-        return f"{kind}[{entry['len']}]{inner}"
-    if "value" in entry:
-        return f"{kind} = {entry['value']!r}"
-    return kind
-
-
-def _print_description(d: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    console = _console()
-    verdict = "[green]valid[/]" if d.get("ok") else f"[red]{d.get('category')}[/]"
-    console.print(f"[bold]{d.get('url')}[/]  {human_size(d.get('size'))}  {verdict}: "
-                  f"{d.get('message')}", markup=True)
-    facts = [f"schema: {d.get('schema') or '-'}", f"version: {d.get('version', '-')}",
-             f"status: {d.get('status', '-')}", f"records: {d.get('records', '-')}",
-             f"CRC: {d.get('crc', '-')}"]
-    console.print("  ".join(facts))
-    entries = d.get("entries") or {}
-    if entries:
-        table = Table(show_edge=False)
-        table.add_column("key")
-        table.add_column("holds")
-        for key, entry in entries.items():
-            table.add_row(str(key), _describe_entry(entry) if isinstance(entry, dict)
-                          else str(entry))
-        console.print(table)
-    tensors = d.get("tensors") or {}
-    if tensors.get("count"):
-        console.print(f"{tensors['count']} tensor(s) in all")
 
 
 @cli.command()
@@ -483,7 +381,7 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
         dest_store, mapping = open_url_store(dst, options), {k: k for k in keys}
     sizes = {k: store.info(k).size for k in mapping}
     copied = skipped = 0
-    with _progress(sum(sizes.values()), bytes_mode=True,
+    with render.progress(sum(sizes.values()), bytes_mode=True,
                    enabled=not ctx.obj["quiet"]) as progress:
         task = progress.add_task("copying", total=sum(sizes.values()))
         for key, dest_key in mapping.items():
@@ -496,7 +394,8 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
                 dest_store.save_bytes(_Counting(handle, progress, task), dest_key,
                                       validate=level)
             copied += 1
-    _console(stderr=True).print(f"copied {copied}, skipped {skipped} (already there and valid)")
+    render.console(stderr=True).print(f"copied {copied}, skipped {skipped} "
+                                      "(already there and valid)")
 
 
 def _is_local_dir(url: str) -> bool:
@@ -550,22 +449,12 @@ def gc(url: str | None, older_than: str, dry_run: bool, virnucpro_tmp: bool,
 
     seconds = parse_duration(older_than)
     store = open_url_store(_urls_or_default((url,) if url else ())[0], options)
-    leftovers = store.leftovers(seconds)
-    console = _console()
-    for leftover in leftovers:
-        if not dry_run:
-            store.backend.remove_leftover(leftover)
-        console.print(f"{'would remove' if dry_run else 'removed'} {leftover.kind:<8} "
-                      f"{leftover.name}  ({leftover.age_seconds / 60:.0f} min old)")
-    count = len(leftovers)
-    if virnucpro_tmp:
-        from .runs import remove_virnucpro_tmp, virnucpro_tmp_files
-
-        tmp_files = (virnucpro_tmp_files if dry_run else remove_virnucpro_tmp)(store, seconds)
-        for key in tmp_files:
-            console.print(f"{'would remove' if dry_run else 'removed'} {'tmp':<8} {key}")
-        count += len(tmp_files)
-    console.print(f"{count} leftover(s) {'found' if dry_run else 'removed'}")
+    found = {leftover.name: leftover for leftover in store.leftovers(seconds)}  # kind and age
+    names = store.gc(seconds, virnucpro_tmp=virnucpro_tmp, dry_run=dry_run)
+    console = render.console()
+    for name in names:
+        console.print(render.gc_line(name, found.get(name), dry_run=dry_run))
+    console.print(f"{len(names)} leftover(s) {'found' if dry_run else 'removed'}")
 
 
 # -- pipeline runs: scan, commit, verify -----------------------------------------------------
@@ -605,30 +494,14 @@ def _write_ids(path: str, ids: list[str]) -> None:
         raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint="--todo") from None
 
 
-def _print_invalid(console, store, report) -> None:
-    for key, bad in sorted(report.invalid.items()):
-        console.print(f"[red]FAIL[/]  {bad.category:<12} {store.url_for(key)}: {bad.message}",
-                      markup=True)
-
-
-def _print_skipped(console, report) -> None:
-    for reason, count in sorted(Counter(report.skipped.values()).items()):
-        console.print(f"skipped {count} file(s): {reason}")
-
-
 @cli.command()
 @click.argument("url", required=False)
-@click.option("--schema", default=None,
-              help="dnabert, esm, merged, shard, or auto; omit to check each file against the "
-                   "built-in schema its keys match.")
-@click.option("--level", type=click.Choice(LEVELS), default="keys", show_default=True,
-              help="Highest level to check; ids are read at 'keys' only.")
-@click.option("--deep", is_flag=True,
-              help="Also check every record's CRC-32 and do a full safe load.")
-@click.option("--pattern", default=None,
-              help="Glob on file names taken for checkpoints (default '*.pt', '*.pth').")
-@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Files validated in parallel.")
+@validation_options(
+    schema_help="dnabert, esm, merged, shard, or auto; omit to check each file against the "
+                "built-in schema its keys match.",
+    pattern_help="Glob on file names taken for checkpoints (default '*.pt', '*.pth').",
+    level_help="Highest level to check; ids are read at 'keys' only.",
+    deep_help="Also check every record's CRC-32 and do a full safe load.")
 @click.option("--expected", "expected_file", default=None, metavar="IDS_FILE",
               help="Text file of the run's sequence ids, one per line (needs --todo).")
 @click.option("--todo", "todo_file", default=None, metavar="OUT_FILE",
@@ -666,7 +539,6 @@ def scan(url: str | None, schema: str | None, level: str, deep: bool, pattern: s
     if todo is not None:
         assert todo_file is not None
         _write_ids(todo_file, todo)
-    err = _console(stderr=True)
     if as_json:
         row = report.to_dict()
         if expected is not None and todo is not None:
@@ -674,25 +546,11 @@ def scan(url: str | None, schema: str | None, level: str, deep: bool, pattern: s
                     "n_unexpected_ids": len(report.ids - set(expected))}
         click.echo(json.dumps(row, default=str))
     else:
-        console = _console()
-        _print_invalid(console, store, report)
-        _print_skipped(console, report)
-        n = len(report.valid) + len(report.invalid)
-        console.print(f"{n} checkpoint(s) under {store.url}: {len(report.valid)} valid, "
-                      f"{len(report.invalid)} invalid; {len(report.ids)} sequence id(s) in "
-                      f"the valid files" + (" (run committed)" if report.committed else ""))
-        if report.duplicate_ids:
-            err.print(f"[yellow]warning:[/] {len(report.duplicate_ids)} id(s) are in more "
-                      f"than one valid file", markup=True)
-        if expected is not None and todo is not None:
-            console.print(f"{len(expected) - len(todo)} of {len(expected)} expected id(s) "
-                          f"done; {len(todo)} to requeue -> {todo_file}")
-            unexpected = report.ids - set(expected)
-            if unexpected:
-                err.print(f"[yellow]warning:[/] {len(unexpected)} id(s) in valid files are "
-                          f"not in {expected_file}", markup=True)
+        render.print_scan(store, report, expected=expected, todo=todo,
+                          expected_file=expected_file, todo_file=todo_file)
     if not report.valid and not report.invalid:
-        err.print(f"[yellow]no checkpoints under {store.url}[/]", markup=True)
+        render.console(stderr=True).print(f"[yellow]no checkpoints under {store.url}[/]",
+                                          markup=True)
     sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
 
 
@@ -729,7 +587,7 @@ def commit(url: str | None, level: str, options: dict[str, Any]) -> None:
         notes = " ".join(getattr(exc, "__notes__", ()))
         _fail(f"{exc.category}: {exc}" + (f"\n{notes}" if notes else ""), EXIT_CHECKPOINT)
     sizes = sum(entry.size for entry in manifest.files.values())
-    _console().print(f"committed {len(manifest.files)} file(s), {human_size(sizes)}, "
+    render.console().print(f"committed {len(manifest.files)} file(s), {render.human_size(sizes)}, "
                      f"{manifest.n_ids} sequence id(s): {store.url_for(manifest.key)}")
 
 
@@ -771,16 +629,7 @@ def verify(url: str | None, deep: bool, as_json: bool, options: dict[str, Any]) 
     if as_json:
         click.echo(json.dumps(report.to_dict(), default=str))
     else:
-        console = _console()
-        _print_invalid(console, store, report)
-        for key in report.extra:
-            console.print(f"[yellow]EXTRA[/] {store.url_for(key)}: not in the run manifest",
-                          markup=True)
-        listed = len(report.manifest.files) if report.manifest else 0
-        verdict = "[green]intact[/]" if report.ok else "[red]NOT intact[/]"
-        console.print(f"{store.url}: {verdict}: {len(report.valid)} of {listed} committed "
-                      f"file(s) ok, {len(report.invalid)} invalid, {len(report.extra)} extra; "
-                      f"{len(report.ids)} sequence id(s)", markup=True)
+        render.print_verify(store, report)
     sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
 
 
@@ -798,9 +647,9 @@ def demo(url: str, entries: int, options: dict[str, Any]) -> None:
       virnucpro-store demo
       virnucpro-store demo memory://dry-run
     """
-    from .demo import run_demo
+    from .testing.demo import run_demo
 
-    if not run_demo(url, entries=entries, console=_console(), storage_options=options):
+    if not run_demo(url, entries=entries, console=render.console(), storage_options=options):
         sys.exit(EXIT_CHECKPOINT)
 
 

@@ -1,7 +1,7 @@
 """The exception hierarchy. Backends translate their own errors into these, once, at their edge.
 
-    StoreError
-    ├── CheckpointError            .key .url .category
+    StoreError                     .key .url (None where no object is concerned)
+    ├── CheckpointError            .category .report
     │   ├── CheckpointMissing      (also FileNotFoundError)   category "missing"
     │   ├── CheckpointCorrupted                               category "corrupted"
     │   ├── CheckpointIncompatible                            category "incompatible"
@@ -22,7 +22,14 @@ CATEGORIES = ("missing", "corrupted", "incompatible", "unsafe")
 
 
 class StoreError(Exception):
-    """Base class of every error this library raises on purpose."""
+    """Base class of every error this library raises on purpose. ``key`` and ``url`` name the
+    object concerned, where there is one (None otherwise)."""
+
+    def __init__(self, message: str = "", *, key: str | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.url = url
 
 
 class CheckpointError(StoreError):
@@ -32,9 +39,7 @@ class CheckpointError(StoreError):
 
     def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
                  report: object | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.url = url
+        super().__init__(message, key=key, url=url)
         #: the ValidationReport behind the error, when a validation produced it
         self.report = report
 
@@ -58,11 +63,6 @@ class UnsafeCheckpoint(CheckpointError):
 class AlreadyExists(StoreError, FileExistsError):
     """A create-only save (``overwrite=False``) found the key already published."""
 
-    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.url = url
-
 
 class InvalidKey(StoreError, ValueError):
     """A key that is empty, absolute, or climbs out of the store's root."""
@@ -80,11 +80,6 @@ class SerializationError(StoreError):
     """``torch.save`` raised while serializing the object; nothing was published.
     The original exception is the ``__cause__``."""
 
-    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.url = url
-
 
 class DeviceUnavailable(StoreError, RuntimeError):
     """``load()`` could not place the tensors where ``map_location`` (or, with
@@ -92,19 +87,9 @@ class DeviceUnavailable(StoreError, RuntimeError):
     bad ``map_location``. The file itself is fine (it loads with ``map_location="cpu"``), so
     this is deliberately not a :class:`CheckpointError`: nothing should discard the file."""
 
-    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.url = url
-
 
 class StorageFailure(StoreError):
     """The storage medium failed: I/O error, network error, permission refused, disk full."""
-
-    def __init__(self, message: str, *, key: str | None = None, url: str | None = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.url = url
 
 
 class ObjectChanged(StorageFailure):

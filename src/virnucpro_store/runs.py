@@ -57,7 +57,7 @@ from .errors import (
     CheckpointMissing,
 )
 from .keys import normalize_key, normalize_prefix
-from .source import ByteSource
+from .source import ByteSource, Source
 from .validation.levels import _evaluate
 from .validation.problem import Problem
 from .validation.report import ValidationReport, check_level
@@ -608,7 +608,7 @@ def _classify(keys: Iterable[str], pattern: str | None) -> tuple[list[str], dict
     return checkpoints, skipped
 
 
-class _Memo:
+class _Memo(Source):
     """Serves repeated reads of one version from memory (small reads only): the checksum's
     ZIP index is then built from the very bytes the validation read, with no second request."""
 
@@ -618,6 +618,7 @@ class _Memo:
     def __init__(self, inner: ByteSource) -> None:
         self.inner = inner
         self.size = inner.size
+        self.etag = inner.etag
         self._kept: dict[tuple[int, int], bytes] = {}
         self._total = 0
 
@@ -709,9 +710,7 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
                                      "run manifest's")
         return found
     finally:
-        close = getattr(raw, "close", None)
-        if close is not None:
-            close()
+        raw.close()
 
 
 def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,

@@ -1,7 +1,9 @@
 """Random-access byte sources: the only thing the validator needs from a backend.
 
-A source has a ``size`` and ``read(offset, length)``. Local files read with ``os.pread``, S3
-objects with ranged GETs, memory objects by slicing. :class:`CountingSource` wraps any source
+A source has a ``size``, an ``etag`` (the version it is pinned to, None where the medium has
+none), ``read(offset, length)`` and ``close()``, and is a context manager: whoever opens a
+source closes it. Local files read with ``os.pread``, S3 objects with ranged GETs, memory
+objects by slicing. :class:`CountingSource` wraps any source
 and counts requests and bytes, which is how tests and benchmarks prove that remote validation
 reads a few hundred kilobytes of a gigabyte object.
 """
@@ -10,26 +12,64 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Self, runtime_checkable
 
 
 @runtime_checkable
 class ByteSource(Protocol):
-    """Read-only random access to one stored object."""
+    """Read-only random access to one stored object (one version of it).
+
+    Contract: ``read`` returns exactly ``length`` bytes except at the end of the object, and
+    raises only :mod:`virnucpro_store.errors` exceptions (``ObjectChanged`` when the object was
+    replaced under a source pinned to one version). ``close()`` is idempotent; a source is a
+    context manager that closes on exit."""
 
     size: int
+    #: the version this source reads (an S3 ETag, a local inode/mtime); None where unpinned
+    etag: str | None
 
     def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset`` (fewer only at the end of the object)."""
         ...
 
+    def close(self) -> None:
+        """Release what the source holds (a file descriptor, a buffer); idempotent."""
+        ...
 
-class BytesSource:
+    def __enter__(self) -> ByteSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Closeable:
+    """Something with a lifetime: ``close()`` (nothing to release unless overridden) and a
+    ``with`` block that closes it."""
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Source(Closeable):
+    """Base of the built-in sources: the lifetime half of :class:`ByteSource`."""
+
+    size: int
+    etag: str | None = None
+
+
+class BytesSource(Source):
     """A source over bytes already in memory."""
 
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, *, etag: str | None = None) -> None:
+        self.data = data
         self._data = memoryview(data).cast("B")
         self.size = len(self._data)
+        self.etag = etag
 
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -37,8 +77,9 @@ class BytesSource:
         return bytes(self._data[offset:offset + length])
 
 
-class FileSource:
-    """A source over a local file, read with ``os.pread`` (no shared file position)."""
+class FileSource(Source):
+    """A source over a local file, read with ``os.pread`` (no shared file position); the
+    descriptor is released by :meth:`close` (or leaving a ``with`` block), never implicitly."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -69,25 +110,15 @@ class FileSource:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> FileSource:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class CountingSource:
-    """Wraps a source and counts the requests and bytes that go through it."""
+class CountingSource(Source):
+    """Wraps a source and counts the requests and bytes that go through it. It does not own
+    ``inner``: closing it leaves ``inner`` open for its owner to close."""
 
     def __init__(self, inner: ByteSource) -> None:
         self.inner = inner
         self.size = inner.size
+        self.etag = getattr(inner, "etag", None)
         self.requests = 0
         self.bytes_read = 0
 

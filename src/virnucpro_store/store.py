@@ -120,14 +120,16 @@ class CheckpointStore:
         local and memory hand out one file/snapshot)."""
         key = normalize_key(key)
         with contextlib.ExitStack() as stack:
-            # the context is registered only once entered, so a refused download is dropped
-            target = self._restarting(
-                lambda: stack.enter_context(self.backend.open_for_load(key)))
-            if isinstance(target, (str, os.PathLike)):
-                with open(target, "rb") as handle:  # noqa: PTH123 -- a backend-given path
-                    yield handle
-            else:
-                yield target
+
+            def one_version() -> IO[bytes]:
+                # kept open only once its file is ready: a refused download closes at once
+                with contextlib.ExitStack() as attempt:
+                    target = attempt.enter_context(self.backend.open_for_load(key))
+                    handle = attempt.enter_context(target.reader())
+                    stack.enter_context(attempt.pop_all())
+                    return handle
+
+            yield self._restarting(one_version)
 
     def read_bytes(self, key: str) -> bytes:
         """The raw bytes of ``key``, unvalidated; one whole version (restarts on a replaced
@@ -148,14 +150,12 @@ class CheckpointStore:
             check_level(validate)
         url = self.backend.url_for(key)
         with self.backend.stage(key) as staging:
-            try:
-                write(staging.file, url, key)
-            except OSError as exc:
-                raise _storage_failure(exc, url, key) from exc
+            write(staging.file, url, key)
             staging.finish()
             if validate is not None:
-                report = validate_source(staging.source(), schema=schema_obj, level=validate,
-                                         deep=deep, url=url)
+                with staging.source() as source:
+                    report = validate_source(source, schema=schema_obj, level=validate,
+                                             deep=deep, url=url)
                 if not report.ok:
                     raise report.error(key=key)
             return staging.publish(overwrite=overwrite)
@@ -172,8 +172,10 @@ class CheckpointStore:
 
         A bad file raises the :class:`~virnucpro_store.errors.CheckpointError` subclass of its
         category (``CheckpointCorrupted``, ``UnsafeCheckpoint``, ...), never a raw torch error.
-        What is loaded is the version that was validated: if the object is replaced meanwhile,
-        the load starts again on the new version (as :meth:`validate` does).
+        The object is opened once: what is loaded is the version that was validated. If it is
+        replaced meanwhile, local and memory stores load the validated version from the
+        handle they hold; S3 (whose old version can no longer be read) starts again on the
+        new version, as :meth:`validate` does.
         """
         key = normalize_key(key)
         schema_obj = _checked_schema(schema)
@@ -184,26 +186,24 @@ class CheckpointStore:
 
     def _load_version(self, key: str, *, map_location: Any, schema: SchemaArg,
                       validate: str | None) -> Any:
-        """One validate-then-load of one version; ObjectChanged if it is replaced meanwhile."""
-        version = None
-        if validate is not None:
-            report, version = self._validate_version(key, schema=schema, level=validate,
-                                                     deep=False)
-            if not report.ok:  # refused with the deep verdict's category, as below
-                raise self._verdict_error(key, report.error(key=key), schema=schema,
-                                          version=version,
-                                          level="keys" if validate == "keys" else "load")
+        """One validate-then-load of one version, opened once: the validator reads ranges of
+        the very version ``torch.load`` then reads (S3: GETs pinned to one ETag; local: one
+        open file), so what is loaded is what was validated. ObjectChanged if the object is
+        replaced while it is read."""
         url = self.backend.url_for(key)
-        loaded = None
+        version = None
         try:
-            with self.backend.open_for_load(key) as f:
-                loaded = getattr(f, "etag", None)
-                if version is not None and loaded is not None and loaded != version:
-                    raise ObjectChanged(f"{url}: the object changed between its validation "
-                                        f"and its load", key=key, url=url)
-                return safe_torch_load(f, map_location=map_location, url=url, key=key)
+            with self.backend.open_for_load(key) as target:
+                version = target.version
+                if validate is not None:
+                    report = validate_source(target.source, schema=schema, level=validate,
+                                             deep=False, url=url)
+                    if not report.ok:  # refused with the deep verdict's category, below
+                        raise report.error(key=key)
+                return safe_torch_load(target.torch_input(), map_location=map_location,
+                                       url=url, key=key)
         except CheckpointError as exc:
-            raise self._verdict_error(key, exc, schema=schema, version=loaded,
+            raise self._verdict_error(key, exc, schema=schema, version=version,
                                       level="keys" if validate == "keys" else "load") from exc
 
     def _verdict_error(self, key: str, exc: CheckpointError, *, schema: SchemaArg,
@@ -246,27 +246,16 @@ class CheckpointStore:
         url = self.backend.url_for(key)
         started = time.perf_counter()
         try:
-            with self._source(key) as source:
+            with self.backend.open_source(key) as source:
                 report = validate_source(source, schema=schema, level=level, deep=deep,
                                          url=url)
-                return report, getattr(source, "etag", None)
+                return report, source.etag
         except CheckpointMissing:  # not there, or deleted while it was read
             return ValidationReport(ok=False, level=None, category="missing",
                                     message="no such checkpoint", size=None, url=url,
                                     requested_level=level, deep=deep,
                                     schema=getattr(schema, "name", schema),
                                     seconds=time.perf_counter() - started), None
-
-    @contextlib.contextmanager
-    def _source(self, key: str) -> Iterator[Any]:
-        """The backend's byte source for ``key``, closed after use."""
-        source = self.backend.open_source(key)
-        try:
-            yield source
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
 
     def inspect(self, key: str, *, deep: bool = False) -> dict[str, Any]:
         """What ``key`` holds, without loading tensor data: keys, list lengths, tensor dtypes
@@ -286,7 +275,7 @@ class CheckpointStore:
         key = normalize_key(key)
 
         def one_version() -> dict[str, Any]:
-            with self._source(key) as source:
+            with self.backend.open_source(key) as source:
                 facts = inspect_source(source, deep=deep)
             facts.pop("structure", None)
             facts.setdefault("url", self.backend.url_for(key))
@@ -318,24 +307,34 @@ class CheckpointStore:
         """Published keys under ``prefix``, sorted. Staging objects never appear."""
         return self.backend.list(normalize_prefix(prefix))
 
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """:meth:`list` with each key's :class:`ObjectInfo` (size, modification time, etag),
+        sorted by key; taken from the listing itself where the medium's listing carries them
+        (S3, local folders, memory), so there is no request per key."""
+        return self.backend.list_info(normalize_prefix(prefix))
+
     # -- housekeeping --------------------------------------------------------------------------
 
     def leftovers(self, older_than: float = 3600) -> list[Leftover]:
         """Staging objects and incomplete uploads older than ``older_than`` seconds."""
         return self.backend.leftovers(older_than)
 
-    def gc(self, older_than: float = 3600, *, virnucpro_tmp: bool = False) -> list[str]:
+    def gc(self, older_than: float = 3600, *, virnucpro_tmp: bool = False,
+           dry_run: bool = False) -> list[str]:
         """Remove staging leftovers and incomplete uploads older than ``older_than`` seconds;
         return the names of what was removed. ``virnucpro_tmp=True`` also removes the
-        ``*.tmp`` files VirNucPro's own killed saves left (published keys, so opt-in)."""
+        ``*.tmp`` files VirNucPro's own killed saves left (published keys, so opt-in).
+        ``dry_run=True`` removes nothing and returns the names it would remove."""
         removed = []
         for leftover in self.backend.leftovers(older_than):
-            self.backend.remove_leftover(leftover)
+            if not dry_run:
+                self.backend.remove_leftover(leftover)
             removed.append(leftover.name)
         if virnucpro_tmp:
-            from .runs import remove_virnucpro_tmp
+            from .runs import remove_virnucpro_tmp, virnucpro_tmp_files
 
-            removed += remove_virnucpro_tmp(self, older_than)
+            removed += (virnucpro_tmp_files if dry_run else remove_virnucpro_tmp)(self,
+                                                                                  older_than)
         return removed
 
     def close(self) -> None:
@@ -433,13 +432,6 @@ class CheckpointStore:
 def _checked_schema(schema: SchemaArg) -> SchemaArg:
     """Fail fast (before any I/O) on an unknown schema name; "auto" picks one from the keys."""
     return schema if schema == AUTO else get_schema(schema)
-
-
-def _storage_failure(exc: OSError, url: str, key: str) -> StoreError:
-    from .errors import StorageFailure
-
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    return StorageFailure(f"{url}: save failed: {reason}", key=key, url=url)
 
 
 def open_store(url: str | os.PathLike[str], **storage_options: Any) -> CheckpointStore:

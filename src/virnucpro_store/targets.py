@@ -55,9 +55,10 @@ def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
         except InvalidKey:  # e.g. a symlink: the caller reports it for this file only
             return store, [key], True
     store = open_url_store(parsed.url, options)
-    keys = [k for k in store.list() if pattern is None
+    listed = list(store.list())
+    keys = [k for k in listed if pattern is None
             or fnmatch.fnmatchcase(k.rsplit("/", 1)[-1], pattern)]
-    if not keys and parent is not None and key is not None and not any(True for _ in store.list()):
+    if not keys and not listed and parent is not None and key is not None:
         # nothing there at all: report the URL as one missing file, not as an empty folder
         return open_url_store(parent.url, options), [key], True
     return store, keys, False

@@ -12,7 +12,6 @@ timeout, so each save takes (retries + 1) x request_timeout to fail -- minutes i
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -33,15 +32,11 @@ OPTIONS = {"retries": 2, "retry_base_wait": 0.1, "retry_max_wait": 1.0, "request
 
 @pytest.fixture
 def replicated_seaweedfs() -> Iterator:
+    from helpers import require_seaweedfs
     from s3_fixtures import S3Server
-    from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, weed_binary
+    from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
-    try:
-        weed_binary()
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    require_seaweedfs()
     with SeaweedFS(replication="001", extra_volumes=1) as server:
         s3 = S3Server("seaweedfs-replicated", server.endpoint_url, ACCESS_KEY, SECRET_KEY,
                       "vnps-replicated", server)

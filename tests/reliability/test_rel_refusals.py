@@ -127,15 +127,11 @@ READER_KEY, READER_SECRET = "vnps-reader", "vnps-reader-secret"
 @pytest.fixture(scope="module")
 def guarded_seaweedfs() -> Iterator:
     """SeaweedFS with an IAM config: an admin, and a reader allowed only Read and List."""
+    from helpers import require_seaweedfs
     from s3_fixtures import S3Server
-    from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, identity, weed_binary
+    from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, identity
 
-    try:
-        weed_binary()
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    require_seaweedfs()
     reader = identity("reader", READER_KEY, READER_SECRET, ["Read", "List"])
     with SeaweedFS(identities=[reader]) as server:
         s3 = S3Server("seaweedfs-iam", server.endpoint_url, ACCESS_KEY, SECRET_KEY,

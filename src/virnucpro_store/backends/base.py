@@ -2,7 +2,8 @@
 
 :class:`~virnucpro_store.store.CheckpointStore` is written once on top of these primitives, so a
 new backend (GCS, Azure, ...) is one module that subclasses :class:`Backend` and
-:class:`Staging`, plus a fixture in ``tests/conftest.py`` that runs the conformance suite on it.
+:class:`Staging` (an object store can start from :mod:`.objectstore`), and runs the
+conformance suite on itself.
 
 Backends receive keys already normalized by :func:`virnucpro_store.keys.normalize_key`, and
 raise only :mod:`virnucpro_store.errors` exceptions: they translate their medium's errors once,
@@ -13,13 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from ..source import ByteSource, SourceReader
+from ..errors import CheckpointMissing
+from ..keys import is_staging_file_name, is_valid_key
+from ..source import ByteSource, Closeable, SourceReader
+
+log = logging.getLogger(__name__)
+
+_E = TypeVar("_E")
 
 
 @dataclass(frozen=True)
@@ -44,12 +52,100 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Leftover:
-    """A staging object or incomplete upload that :meth:`Backend.gc` found."""
+    """A staging object or incomplete upload that :meth:`Backend.leftovers` found."""
 
     name: str
     age_seconds: float
     kind: str  # "staging" or "upload"
     size: int | None = None
+
+
+def published(entries: Iterable[tuple[str, _E]],
+              url_for: Callable[[str], str]) -> list[tuple[str, _E]]:
+    """The ``(name, entry)`` pairs of a raw listing that are published keys, sorted by name:
+    staging objects (recognised on the last component) dropped, and names no key can spell
+    (``a\\b.pt``, ``x/../y``, ``a//b``, a component over 255 bytes) skipped with a logged
+    warning, so one odd name never stops a scan of the others."""
+    found = []
+    for name, entry in entries:
+        if is_staging_file_name(name):
+            continue
+        if not is_valid_key(name):
+            log.warning("skipping %s (%r): not a valid key", url_for(name), name)
+            continue
+        found.append((name, entry))
+    return sorted(found, key=lambda item: item[0])
+
+
+class LoadTarget(Closeable, ABC):
+    """One open version of a published object, what :meth:`Backend.open_for_load` returns:
+    ``source`` for range reads (validation), then :meth:`torch_input` (a path or a file
+    ``torch.load`` accepts) and :meth:`reader` (a readable binary file) -- all the same
+    version. A context manager: leaving it closes the file and the source."""
+
+    def __init__(self, source: ByteSource) -> None:
+        self.source = source
+
+    @property
+    def version(self) -> str | None:
+        """The version read (the source's etag), None where the medium has none."""
+        return self.source.etag
+
+    @abstractmethod
+    def torch_input(self) -> str | IO[bytes]:
+        """What ``torch.load`` reads: a path (it may memory-map it) or a seekable file."""
+
+    @abstractmethod
+    def reader(self) -> contextlib.AbstractContextManager[IO[bytes]]:
+        """A readable binary file over the whole object, positioned at its start."""
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class PathTarget(LoadTarget):
+    """A version that has a local path (a local file, ``/proc/self/fd/N`` of the open one)."""
+
+    def __init__(self, source: ByteSource, path: str) -> None:
+        super().__init__(source)
+        self.path = path
+
+    def torch_input(self) -> str:
+        return self.path
+
+    def reader(self) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return open(self.path, "rb")  # noqa: SIM115 -- the caller's with-block closes it
+
+
+class FileTarget(LoadTarget):
+    """A version read through a file object that ``make(source)`` builds on first use (a
+    buffered reader over the source, a download into memory)."""
+
+    def __init__(self, source: ByteSource, make: Callable[[ByteSource], IO[bytes]]) -> None:
+        super().__init__(source)
+        self._make = make
+        self._file: IO[bytes] | None = None
+
+    def torch_input(self) -> IO[bytes]:
+        if self._file is None:
+            self._file = self._make(self.source)
+        self._file.seek(0)
+        return self._file
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[IO[bytes]]:
+        yield self.torch_input()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
+
+
+def buffered_reader(source: ByteSource) -> IO[bytes]:
+    """A buffered, seekable file over ``source`` (which stays owned by the caller)."""
+    return io.BufferedReader(SourceReader(source), buffer_size=1 << 20)
 
 
 class Staging(ABC):
@@ -68,7 +164,8 @@ class Staging(ABC):
 
     @abstractmethod
     def source(self) -> ByteSource:
-        """Read access to the staged bytes, for validation before publishing."""
+        """Read access to the staged bytes, for validation before publishing; the caller
+        closes it."""
 
     @abstractmethod
     def publish(self, *, overwrite: bool = True) -> ObjectInfo:
@@ -111,7 +208,8 @@ class Backend(ABC):
 
     @abstractmethod
     def open_source(self, key: str) -> ByteSource:
-        """Random read access to a published object; raises ``CheckpointMissing``."""
+        """Random read access to one version of a published object; raises
+        ``CheckpointMissing``. The caller closes the source (``with`` does)."""
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo:
@@ -127,6 +225,16 @@ class Backend(ABC):
         Staging objects are recognised by :func:`~virnucpro_store.keys.is_staging_file_name`
         on the last component only."""
 
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """:meth:`list` with each key's size, time and etag, sorted by key. The default stats
+        each key (skipping one deleted meanwhile); backends whose listing already carries
+        them (S3, a folder walk) override it with no request per key."""
+        for key in self.list(prefix):
+            try:
+                yield self.stat(key)
+            except CheckpointMissing:
+                continue
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove a published key; raises ``CheckpointMissing`` if it is not there."""
@@ -140,28 +248,18 @@ class Backend(ABC):
         """Remove one leftover that :meth:`leftovers` reported."""
 
     def exists(self, key: str) -> bool:
-        from ..errors import CheckpointMissing
-
         try:
             self.stat(key)
         except CheckpointMissing:
             return False
         return True
 
-    @contextlib.contextmanager
-    def open_for_load(self, key: str) -> Iterator[Any]:
-        """Something ``torch.load`` accepts (a path or a seekable file) for a published key.
-
-        The default reads through :meth:`open_source`; backends override it with the fastest
-        way their medium offers (a local path; a parallel download for S3).
-        """
-        source = self.open_source(key)
-        try:
-            yield io.BufferedReader(SourceReader(source), buffer_size=1 << 20)
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+    def open_for_load(self, key: str) -> LoadTarget:
+        """Open one version of a published key for validation and ``torch.load`` (see
+        :class:`LoadTarget`); raises ``CheckpointMissing``. The default reads through
+        :meth:`open_source`; backends override it with the fastest way their medium offers
+        (a local path; a parallel download for S3)."""
+        return FileTarget(self.open_source(key), buffered_reader)
 
     def close(self) -> None:  # noqa: B027 -- optional hook, most backends hold nothing
         """Release connections or handles. The default has nothing to release."""

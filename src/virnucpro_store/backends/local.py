@@ -1,6 +1,6 @@
 """Local filesystem backend: same-directory staging file, fsync, rename, fsync the directory.
 
-Publishing protocol (see DESIGN.md, "Commit protocols"):
+Publishing protocol:
 
 1. create a hidden staging file next to the target (same directory => same filesystem, so
    the rename below is atomic), with ``O_EXCL`` and a unique name;
@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import stat
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 from ..errors import AlreadyExists, CheckpointMissing, InvalidKey, StorageFailure
-from ..keys import is_staging_file_name, is_valid_key, staging_file_name
+from ..keys import is_staging_file_name, staging_file_name
 from ..source import ByteSource, FileSource
-from .base import Backend, Leftover, ObjectInfo, Staging
+from .base import Backend, Leftover, LoadTarget, ObjectInfo, PathTarget, Staging, published
 
 _WRITE_BUFFER = 4 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -93,6 +95,30 @@ def _makedirs_durable(path: str, root: str) -> None:
             synced.add(parent)
 
 
+class _StagingFile(io.BufferedWriter):
+    """The staging file ``torch.save`` writes into; a failed write (disk full, quota) comes
+    out as :class:`StorageFailure` here, at the backend's edge."""
+
+    def __init__(self, fd: int, url: str, key: str) -> None:
+        # open(), not io.FileIO(): a test's crash recorder serves open() to see every write
+        raw = open(fd, "wb", buffering=0)  # noqa: SIM115 -- closed with this writer
+        super().__init__(raw, buffer_size=_WRITE_BUFFER)
+        self._url = url
+        self._key = key
+
+    def write(self, data: Any) -> int:
+        try:
+            return super().write(data)
+        except OSError as exc:
+            raise _failure(exc, "save", self._url, self._key) from exc
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise _failure(exc, "save", self._url, self._key) from exc
+
+
 class LocalStaging(Staging):
     def __init__(self, backend: LocalBackend, key: str) -> None:
         self.key = key
@@ -111,7 +137,7 @@ class LocalStaging(Staging):
                          0o666)
         except OSError as exc:
             raise _failure(exc, "save", url, key) from exc
-        self.file = open(fd, "wb", buffering=_WRITE_BUFFER)  # noqa: SIM115 -- closed by abort
+        self.file = _StagingFile(fd, url, key)
         self._finished = False
         self._published = False
 
@@ -120,6 +146,8 @@ class LocalStaging(Staging):
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
+        except StorageFailure:
+            raise
         except OSError as exc:
             raise _failure(exc, "save", self._backend.url_for(self.key), self.key) from exc
         self._finished = True
@@ -153,7 +181,7 @@ class LocalStaging(Staging):
         return self._backend.stat(self.key)
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, StorageFailure):
             self.file.close()
         if not self._published:
             with contextlib.suppress(FileNotFoundError):
@@ -224,8 +252,13 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is {what}, not a checkpoint", key=key, url=url)
         return fd
 
-    def open_source(self, key: str) -> ByteSource:
+    def open_source(self, key: str) -> _FdSource:
         return _FdSource(self._open_fd(key), self.path_for(key))
+
+    def _info(self, key: str, st: os.stat_result) -> ObjectInfo:
+        modified = datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
+        return ObjectInfo(key=key, size=st.st_size, modified=modified, etag=None,
+                          url=self.url_for(key))
 
     def stat(self, key: str) -> ObjectInfo:
         url = self.url_for(key)
@@ -241,8 +274,7 @@ class LocalBackend(Backend):
                              f"follows symlinks inside its root")
         if not stat.S_ISREG(st.st_mode):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
-        modified = datetime.fromtimestamp(st.st_mtime, tz=timezone.utc)
-        return ObjectInfo(key=key, size=st.st_size, modified=modified, etag=None, url=url)
+        return self._info(key, st)
 
     def _walk(self) -> Iterator[tuple[str, str, os.stat_result]]:
         """(relative posix name, absolute path, lstat) of every regular file under the root,
@@ -264,18 +296,16 @@ class LocalBackend(Backend):
                 elif not stat.S_ISDIR(st.st_mode):
                     log.warning("%s: skipping '%s': not a regular file", self.url, rel)
 
+    def _listed(self, prefix: str) -> list[tuple[str, os.stat_result]]:
+        """(key, lstat) of every published key under ``prefix``, sorted by key."""
+        return published(((rel, st) for rel, _, st in self._walk() if rel.startswith(prefix)),
+                         self.url_for)
+
     def list(self, prefix: str = "") -> Iterator[str]:
-        keys = []
-        for rel, _, _ in self._walk():
-            if not rel.startswith(prefix) or is_staging_file_name(rel):
-                continue
-            if not is_valid_key(rel):
-                # e.g. 'a\\b.pt': no operation could address it; listing it would stop a
-                # whole 'validate FOLDER' run at that one name
-                log.warning("%s: skipping %r: not a valid key", self.url, rel)
-                continue
-            keys.append(rel)
-        return iter(sorted(keys))
+        return iter([key for key, _ in self._listed(prefix)])
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter([self._info(key, st) for key, st in self._listed(prefix)])
 
     def delete(self, key: str) -> None:
         url = self.url_for(key)
@@ -312,34 +342,16 @@ class LocalBackend(Backend):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(path, parts[-1]))
 
-    @contextlib.contextmanager
-    def open_for_load(self, key: str) -> Iterator[str]:
-        fd = self._open_fd(key)
-        try:
-            # torch reopens this path: /proc/self/fd names the very file checked above, so a
-            # symlink swapped in meanwhile is not followed
-            proc = f"/proc/self/fd/{fd}"
-            yield _VersionedPath(proc if os.path.exists(proc) else self.path_for(key),
-                                 _version(os.fstat(fd)))
-        finally:
-            os.close(fd)
+    def open_for_load(self, key: str) -> LoadTarget:
+        source = self.open_source(key)
+        # torch reopens this path: /proc/self/fd names the very file validated through the
+        # source, so neither a newer version nor a symlink swapped in meanwhile is followed
+        return PathTarget(source, source.snapshot_path() or source.path)
 
 
 def _version(st: os.stat_result) -> str:
     """Which version of a key a file is: a publish renames a new inode onto the name."""
     return f"{st.st_dev}-{st.st_ino}-{st.st_mtime_ns}-{st.st_size}"
-
-
-class _VersionedPath(str):
-    """A path torch can open, carrying the ``etag`` of the file it names (see
-    ``CheckpointStore.load``: validation and load must see one version)."""
-
-    etag: str
-
-    def __new__(cls, path: str, etag: str) -> _VersionedPath:
-        self = super().__new__(cls, path)
-        self.etag = etag
-        return self
 
 
 class _FdSource(FileSource):

@@ -6,7 +6,6 @@ entry under a lock, so readers see the old bytes or the new bytes, never a mix.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import threading
@@ -18,7 +17,7 @@ from datetime import datetime, timezone
 from ..errors import AlreadyExists, CheckpointMissing, StorageFailure
 from ..keys import staging_file_name
 from ..source import ByteSource, BytesSource
-from .base import Backend, Leftover, ObjectInfo, Staging
+from .base import Backend, FileTarget, Leftover, LoadTarget, ObjectInfo, Staging
 
 
 @dataclass(frozen=True)
@@ -122,22 +121,29 @@ class MemoryBackend(Backend):
             raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url)
         return blob
 
-    def open_source(self, key: str) -> ByteSource:
+    def open_source(self, key: str) -> BytesSource:
         blob = self._blob(key)
-        source = BytesSource(blob.data)
-        source.etag = blob.etag  # type: ignore[attr-defined] -- pins load() to this version
-        return source
+        return BytesSource(blob.data, etag=blob.etag)
 
-    def stat(self, key: str) -> ObjectInfo:
-        blob = self._blob(key)
+    def _info(self, key: str, blob: _Blob) -> ObjectInfo:
         return ObjectInfo(key=key, size=len(blob.data), modified=blob.modified, etag=blob.etag,
                           url=self.url_for(key))
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def stat(self, key: str) -> ObjectInfo:
+        return self._info(key, self._blob(key))
+
+    def _listed(self, prefix: str) -> list[tuple[str, _Blob]]:
         start = self.prefix + prefix
         with self.space.lock:
-            names = [k[len(self.prefix):] for k in self.space.objects if k.startswith(start)]
-        return iter(sorted(names))
+            found = [(k[len(self.prefix):], blob) for k, blob in self.space.objects.items()
+                     if k.startswith(start)]
+        return sorted(found, key=lambda item: item[0])
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return iter([key for key, _ in self._listed(prefix)])
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter([self._info(key, blob) for key, blob in self._listed(prefix)])
 
     def delete(self, key: str) -> None:
         with self.space.lock:
@@ -158,10 +164,8 @@ class MemoryBackend(Backend):
         with self.space.lock:
             self.space.staging.pop(self.prefix + leftover.name, None)
 
-    @contextlib.contextmanager
-    def open_for_load(self, key: str) -> Iterator[io.BytesIO]:
-        # BytesIO over immutable bytes shares the buffer until written: no copy
+    def open_for_load(self, key: str) -> LoadTarget:
         blob = self._blob(key)
-        target = io.BytesIO(blob.data)
-        target.etag = blob.etag  # type: ignore[attr-defined] -- compared with the validated one
-        yield target
+        # BytesIO over immutable bytes shares the buffer until written: no copy
+        return FileTarget(BytesSource(blob.data, etag=blob.etag),
+                          lambda _source: io.BytesIO(blob.data))

@@ -1,15 +1,16 @@
-"""The newcomer's tour: save the four feature formats, break copies of them, validate everything."""
+"""The newcomer's tour: save the four feature formats, break copies of them, validate everything.
+
+Run by ``virnucpro-store demo``; torch and rich are imported only when it runs.
+"""
 
 from __future__ import annotations
 
 import io
 
-import torch
-
+from ..store import CheckpointStore
+from ..targets import open_url_store
 from . import damage
-from .samples import FORMATS, sample
-from .store import CheckpointStore
-from .targets import open_url_store
+from .samples import FORMATS, sample, to_bytes
 
 _FAULTS = [
     # (name, schema, deep, what the damage is)
@@ -33,9 +34,7 @@ def _damaged(store: CheckpointStore, name: str) -> bytes:
     if name == "dropped-key":
         obj = store.load("features/dnabert.pt")
         del obj["nucleotide"]
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        return buf.getvalue()
+        return to_bytes(obj)
     raise ValueError(name)
 
 
@@ -88,13 +87,15 @@ def run_demo(url: str, *, entries: int = 64, console=None,
 
 
 def _next_level(passed: str | None) -> str:
-    from .validation.report import LEVELS
+    from ..validation.report import LEVELS
 
     return LEVELS[0] if passed is None else LEVELS[min(LEVELS.index(passed) + 1, len(LEVELS) - 1)]
 
 
 def _torch_verdict(store: CheckpointStore, key: str) -> str:
     """What a plain safe torch.load makes of the file -- to show what the validator adds."""
+    import torch
+
     try:
         torch.load(io.BytesIO(store.read_bytes(key)), weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- reporting whatever torch says is the point

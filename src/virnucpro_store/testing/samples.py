@@ -1,6 +1,7 @@
 """Small, valid feature files of each VirNucPro format, with the real widths.
 
-Used by the demo, the tests and the benchmarks.
+The one source of samples for the demo, the tests and the benchmarks (and for a backend
+author's own tests).
 
 >>> sample("merged", 4)["data"].shape
 torch.Size([4, 3328])
@@ -8,9 +9,10 @@ torch.Size([4, 3328])
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
-from .schemas import DNABERT_DIM, ESM_DIM, MERGED_DIM
+from ..schemas import DNABERT_DIM, ESM_DIM, MERGED_DIM
 
 FORMATS = ("dnabert", "esm", "merged", "shard")
 
@@ -50,3 +52,17 @@ def sample(fmt: str, n: int = 8, *, seed: int = 0,
             **common,
         }
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def to_bytes(obj: Any, **torch_save_kwargs: Any) -> bytes:
+    """``torch.save(obj)`` into memory: the bytes of a ``.pt`` file."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf, **torch_save_kwargs)
+    return buf.getvalue()
+
+
+def sample_file(fmt: str, n: int = 8, **kwargs: Any) -> bytes:
+    """The bytes of :func:`sample` saved with ``torch.save``."""
+    return to_bytes(sample(fmt, n, **kwargs))

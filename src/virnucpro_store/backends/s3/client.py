@@ -1,0 +1,267 @@
+"""The S3 request client: every S3 request of the backend goes through :meth:`S3Client.request`.
+
+It holds, in one place, the retry policy (capped exponential backoff with jitter for 5xx,
+SlowDown, timeouts and dropped connections), the table :data:`ERROR_KINDS` that turns S3
+error codes into :class:`ErrorKind` and then into :mod:`virnucpro_store.errors`, the fork
+handling (DataLoader workers), and every use of s3fs and asyncio internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import enum
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+import fsspec.asyn
+import s3fs
+
+from ...errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
+from ..objectstore import RetryPolicy
+
+log = logging.getLogger("virnucpro_store.backends.s3")
+
+T = TypeVar("T")
+
+#: operations that legitimately take minutes on multi-GB objects (10x the request timeout)
+_SLOW_OPS = frozenset({"copy_object", "upload_part_copy", "complete_multipart_upload"})
+
+
+class ErrorKind(enum.Enum):
+    """What an S3 failure means to this library."""
+
+    MISSING = "missing"
+    NO_UPLOAD = "no-upload"
+    NO_BUCKET = "no-bucket"
+    PRECONDITION = "precondition"
+    DENIED = "denied"
+    CREDENTIALS = "credentials"
+    TRANSIENT = "transient"
+    OTHER = "other"
+
+
+_K = ErrorKind
+#: S3 error code, or HTTP status when the response has no body (HEAD) -> its kind
+ERROR_KINDS: dict[str, ErrorKind] = {
+    "NoSuchKey": _K.MISSING, "NotFound": _K.MISSING, "404": _K.MISSING,
+    "NoSuchUpload": _K.NO_UPLOAD,
+    "NoSuchBucket": _K.NO_BUCKET,
+    "PreconditionFailed": _K.PRECONDITION, "412": _K.PRECONDITION,
+    "ConditionalRequestConflict": _K.PRECONDITION,
+    "AccessDenied": _K.DENIED, "403": _K.DENIED, "AllAccessDisabled": _K.DENIED,
+    "AccountProblem": _K.DENIED, "InvalidAccessKeyId": _K.DENIED,
+    "SignatureDoesNotMatch": _K.DENIED, "ExpiredToken": _K.DENIED, "InvalidToken": _K.DENIED,
+    "SlowDown": _K.TRANSIENT, "Throttling": _K.TRANSIENT, "ThrottlingException": _K.TRANSIENT,
+    "RequestLimitExceeded": _K.TRANSIENT, "RequestTimeout": _K.TRANSIENT,
+    "InternalError": _K.TRANSIENT, "ServiceUnavailable": _K.TRANSIENT,
+    "OperationAborted": _K.TRANSIENT,
+    "500": _K.TRANSIENT, "502": _K.TRANSIENT, "503": _K.TRANSIENT, "504": _K.TRANSIENT,
+}
+
+
+class NoSuchUpload(StorageFailure):
+    """The multipart upload is gone (completed or aborted)."""
+
+
+def _transient_exception_types() -> tuple[type[BaseException], ...]:
+    import aiohttp
+    import botocore.exceptions as be
+
+    types: list[type[BaseException]] = [
+        be.HTTPClientError,  # connection closed, read timeout, response streaming error
+        be.ConnectionError,  # endpoint connection error, connect timeout
+        be.IncompleteReadError,
+        aiohttp.ClientError,
+        asyncio.TimeoutError,
+        ConnectionError,
+        fsspec.asyn.FSTimeoutError,
+    ]
+    parser_error = getattr(be, "ResponseParserError", None)
+    if parser_error is None:
+        import botocore.parsers
+
+        parser_error = botocore.parsers.ResponseParserError
+    types.append(parser_error)
+    return tuple(types)
+
+
+_TRANSIENT_TYPES = _transient_exception_types()
+
+
+def classify(exc: BaseException) -> tuple[ErrorKind, str]:
+    """(kind, description) of an exception raised by an S3 request."""
+    import botocore.exceptions as be
+
+    if isinstance(exc, be.ClientError):
+        err = exc.response.get("Error", {}) or {}
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        code = str(err.get("Code") or status)
+        message = err.get("Message") or ""
+        kind = ERROR_KINDS.get(code) or ERROR_KINDS.get(status) or ErrorKind.OTHER
+        if kind is ErrorKind.OTHER and status.startswith("5"):
+            kind = ErrorKind.TRANSIENT
+        return kind, f"{code} {message}".strip()
+    if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError,
+                        be.CredentialRetrievalError, be.ProfileNotFound)):
+        return ErrorKind.CREDENTIALS, str(exc)
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return ErrorKind.TRANSIENT, f"{type(exc).__name__}: {exc}"
+    return ErrorKind.OTHER, f"{type(exc).__name__}: {exc}"
+
+
+# -- fork handling ---------------------------------------------------------------------------------
+
+_parent_loop: list[asyncio.AbstractEventLoop | None] = [None]
+
+
+def _remember_loop_before_fork() -> None:
+    _parent_loop[0] = fsspec.asyn.loop[0]
+
+
+def _isolate_loop_in_child() -> None:
+    """In a forked child, give the parent's event loop (a copy no thread runs here) a private
+    selector. The child's copy shares the parent's epoll instance: when inherited s3fs
+    sessions are garbage-collected here, closing their sockets would unregister them from
+    that shared epoll, and the parent's pending requests would hang for good."""
+    loop, _parent_loop[0] = _parent_loop[0], None
+    if loop is not None and hasattr(loop, "_selector"):
+        import selectors
+
+        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_remember_loop_before_fork, after_in_child=_isolate_loop_in_child,
+                        after_in_parent=lambda: _parent_loop.__setitem__(0, None))
+
+
+# -- the client ------------------------------------------------------------------------------------
+
+class S3Client:
+    """Requests to one bucket under one root prefix, through one (per process) s3fs instance.
+
+    :meth:`request` is the one way to send a request (a coroutine); :meth:`run` blocks on a
+    coroutine and :meth:`submit` schedules one, both on s3fs's event loop thread.
+    """
+
+    def __init__(self, bucket: str, root: str, url: str, *, retry: RetryPolicy,
+                 request_timeout: float, fs_options: dict[str, Any]) -> None:
+        self.bucket = bucket
+        #: key prefix of the store inside the bucket ('' or ending in '/')
+        self.root = root
+        #: the store's root URL, for messages
+        self.url = url
+        self.retry = retry
+        self.request_timeout = float(request_timeout)
+        config_kwargs = dict(fs_options.pop("config_kwargs", None) or {})
+        # Retries live in request() alone; botocore's own would multiply them.
+        config_kwargs.setdefault("retries", {"total_max_attempts": 1})
+        fs_options.setdefault("use_listings_cache", False)
+        self._fs_options = {"config_kwargs": config_kwargs, **fs_options}
+        self._fs: s3fs.S3FileSystem | None = None
+        self._fs_pid = -1
+        #: requests sent, by operation name (retries included); tests count these
+        self.request_counts: collections.Counter[str] = collections.Counter()
+        #: bytes received by ranged GETs
+        self.bytes_downloaded = 0
+
+    @property
+    def fs(self) -> s3fs.S3FileSystem:
+        """The s3fs filesystem; made again in a forked child (DataLoader workers), where the
+        parent's event loop and connections do not exist."""
+        if self._fs is None or self._fs_pid != os.getpid():
+            self._fs = s3fs.S3FileSystem(**self._fs_options)
+            self._fs_pid = os.getpid()
+        return self._fs
+
+    def path(self, key: str) -> str:
+        """The object name of ``key`` in the bucket."""
+        return self.root + key
+
+    def url_for(self, key: str | None) -> str:
+        return f"{self.url.rstrip('/')}/{key}" if key else self.url
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the event loop and wait for its result."""
+        async def wrapper() -> T:
+            return await coro
+
+        return fsspec.asyn.sync(self.fs.loop, wrapper)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the event loop; its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
+
+    async def request(self, op: str, *, key: str | None = None,
+                      body: Callable[[Any], Awaitable[Any]] | None = None,
+                      precondition: Literal["exists", "changed"] = "exists",
+                      **params: Any) -> Any:
+        """Send one S3 request (``op`` is the client method, e.g. ``"put_object"``; ``params``
+        its arguments, ``Bucket`` defaulting to this client's), retrying transient failures.
+        ``body`` consumes the response inside the retry, so a connection dropped mid-download
+        is retried too. A failed precondition means ``AlreadyExists`` (a conditional write) or,
+        with ``precondition="changed"``, ``ObjectChanged`` (a read pinned to an ETag). Errors
+        come out as :class:`StoreError` naming ``key``."""
+        params.setdefault("Bucket", self.bucket)
+        try:
+            await self.fs.set_session()
+            client = await self.fs.get_s3(params["Bucket"])
+        except Exception as exc:  # unknown profile, bad config file, ...
+            kind, what = classify(exc)
+            raise self.translate(kind, what, op, key, precondition, 0) from exc
+        method = getattr(client, op)
+        helper = getattr(self.fs, "_get_s3_method_kwargs", None)
+        kwargs = helper(method, **params) if helper is not None else params
+        # Server-side copies and completes of multi-GB objects legitimately take minutes.
+        timeout = self.request_timeout * (10 if op in _SLOW_OPS else 1)
+        attempt = 0
+        while True:
+            self.request_counts[op] += 1
+            try:
+                # A hard cap per attempt: aiohttp's socket timeouts do not cover every wait
+                # (e.g. for "100 Continue"), and a hung attempt is worth a retry.
+                return await asyncio.wait_for(_attempt(method, kwargs, body), timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                kind, what = classify(exc)
+                if kind is ErrorKind.TRANSIENT and attempt < self.retry.retries:
+                    wait = self.retry.backoff(attempt)
+                    log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
+                    attempt += 1
+                    await asyncio.sleep(wait)
+                    continue
+                raise self.translate(kind, what, op, key, precondition, attempt) from exc
+
+    def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
+                  precondition: str, attempts: int) -> StoreError:
+        """The store error for a failed request (``attempts`` retries were made)."""
+        url = self.url_for(key)
+        if kind is ErrorKind.MISSING:
+            return CheckpointMissing(f"{url}: no such object", key=key, url=url)
+        if kind is ErrorKind.NO_UPLOAD:
+            return NoSuchUpload(f"{url}: the upload is gone", key=key, url=url)
+        if kind is ErrorKind.PRECONDITION:
+            if precondition == "changed":
+                return ObjectChanged(f"{url}: the object changed while it was being read",
+                                     key=key, url=url)
+            return AlreadyExists(f"{url} already exists (create-only save)", key=key, url=url)
+        message = {
+            ErrorKind.DENIED: f"permission refused by S3 for {op} ({what})",
+            ErrorKind.NO_BUCKET: f"the bucket {self.bucket!r} does not exist",
+            ErrorKind.CREDENTIALS: (
+                f"no usable AWS credentials ({what}); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, or pass key=/secret= storage options"),
+            ErrorKind.TRANSIENT: f"{op} failed after {attempts + 1} attempts: {what}",
+        }.get(kind, f"{op} failed: {what}")
+        return StorageFailure(f"{url}: {message}", key=key, url=url)
+
+
+async def _attempt(method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any],
+                   body: Callable[[Any], Awaitable[Any]] | None) -> Any:
+    response = await method(**kwargs)
+    return await body(response) if body is not None else response

@@ -1,0 +1,295 @@
+"""The backend contract as a pytest class: subclass :class:`ConformanceTests`, override the
+``store_url`` fixture (and ``storage_options`` if your backend needs options), and every test
+here runs on your backend.
+
+The tests go through :class:`~virnucpro_store.CheckpointStore` only, so they state what a user of
+any backend may rely on: atomic publish, create-only saves, no visible staging, sorted listing,
+key normalisation, error classes, validation and gc. Backend-specific behaviour (fsync order,
+SIGKILL, multipart uploads) is for the backend's own tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import virnucpro_store as vs
+
+from .compare import assert_same
+from .damage import malicious_checkpoint, put_bytes, truncated
+from .samples import FORMATS, sample
+
+SCHEMAS = list(FORMATS)
+
+
+class _ExplodesWhilePickled:
+    def __reduce__(self):
+        raise RuntimeError("boom while pickling")
+
+
+class _InterruptsWhilePickled:
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+class ConformanceTests:
+    """Every contract test a backend passes. Not collected itself (its name does not start with
+    ``Test``); a subclass named ``Test...`` is."""
+
+    @pytest.fixture
+    def store_url(self) -> str:
+        """A fresh, empty root URL of the backend under test, e.g. ``toy://<uuid>``."""
+        raise NotImplementedError(f"{type(self).__name__} must override the store_url fixture")
+
+    @pytest.fixture
+    def storage_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``open_store(store_url, **storage_options)``."""
+        return {}
+
+    @pytest.fixture
+    def store(self, store_url: str, storage_options: dict[str, Any]
+              ) -> Iterator[vs.CheckpointStore]:
+        store = vs.open_store(store_url, **storage_options)
+        assert list(store.list()) == [], f"{store_url} is not empty: store_url must be fresh"
+        try:
+            yield store
+        finally:
+            store.close()
+
+    # -- save / load -------------------------------------------------------------------------------
+
+    @pytest.mark.parametrize("fmt", SCHEMAS)
+    def test_save_load_roundtrip_each_schema(self, store, fmt):
+        obj = sample(fmt, 5)
+        info = store.save(obj, f"features/{fmt}_000.pt", schema=fmt)
+        assert info.key == f"features/{fmt}_000.pt"
+        assert info.size > 0
+        assert info.url.endswith(f"features/{fmt}_000.pt")
+        loaded = store.load(f"features/{fmt}_000.pt", schema=fmt, validate="keys")
+        assert_same(loaded, obj)
+
+    def test_shard_with_numpy_embeddings_roundtrips(self, store):
+        obj = sample("shard", 6, numpy_embeddings=True)
+        store.save(obj, "shard.pt", schema="shard")
+        loaded = store.load("shard.pt", schema="shard")
+        assert isinstance(loaded["embeddings"], np.ndarray)
+        np.testing.assert_array_equal(loaded["embeddings"], obj["embeddings"])
+
+    @pytest.mark.parametrize("validate", [None, "size", "zip", "load", "keys"])
+    def test_every_save_level_publishes_a_loadable_file(self, store, validate):
+        obj = sample("merged", 3)
+        store.save(obj, "m.pt", schema="merged", validate=validate)
+        assert_same(store.load("m.pt"), obj)
+
+    def test_deep_save_and_load(self, store):
+        obj = sample("esm", 3)
+        store.save(obj, "esm.pt", schema="esm", deep=True)
+        report = store.validate("esm.pt", schema="esm", deep=True)
+        assert report.ok and report.details.get("crc") == "ok"
+
+    def test_load_map_location_and_plain_objects(self, store):
+        obj = {"weights": torch.arange(12, dtype=torch.float16).reshape(3, 4), "n": 3, "s": "x"}
+        store.save(obj, "plain.pt")
+        loaded = store.load("plain.pt", map_location=torch.device("cpu"))
+        assert_same(loaded, obj)
+
+    def test_overwrite_replaces_whole_object(self, store):
+        store.save(sample("merged", 2, seed=1), "k.pt", schema="merged")
+        second = sample("merged", 7, seed=2)
+        store.save(second, "k.pt", schema="merged")
+        assert_same(store.load("k.pt"), second)
+        assert store.info("k.pt").size == store.validate("k.pt").size
+
+    def test_create_only_on_new_key(self, store):
+        info = store.save(sample("merged", 2), "new.pt", overwrite=False)
+        assert store.exists("new.pt") and info.size > 0
+
+    def test_create_only_refuses_existing_key_and_keeps_it(self, store):
+        first = sample("merged", 2, seed=1)
+        store.save(first, "k.pt")
+        with pytest.raises(vs.AlreadyExists) as err:
+            store.save(sample("merged", 3, seed=2), "k.pt", overwrite=False)
+        assert isinstance(err.value, FileExistsError)
+        assert_same(store.load("k.pt"), first)
+        assert list(store.list()) == ["k.pt"]
+        assert store.leftovers(older_than=0) == []
+
+    # -- failed saves leave nothing behind ---------------------------------------------------------
+
+    def test_validation_failure_publishes_nothing_and_keeps_previous(self, store):
+        good = sample("esm", 2)
+        store.save(good, "esm.pt", schema="esm")
+        bad = sample("esm", 2)
+        bad["data"][1] = torch.zeros(2559)
+        with pytest.raises(vs.CheckpointIncompatible) as err:
+            store.save(bad, "esm.pt", schema="esm")
+        assert "2560" in str(err.value)
+        assert err.value.key == "esm.pt"
+        assert_same(store.load("esm.pt"), good)
+        assert list(store.list()) == ["esm.pt"]
+        assert store.leftovers(older_than=0) == []
+
+    def test_validation_failure_on_new_key_leaves_no_key(self, store):
+        with pytest.raises(vs.CheckpointIncompatible):
+            store.save({"ids": ["a"]}, "merged.pt", schema="merged")
+        assert not store.exists("merged.pt")
+        assert list(store.list()) == []
+
+    def test_exception_while_pickling_publishes_nothing(self, store):
+        store.save(sample("merged", 2), "k.pt")
+        before = store.info("k.pt")
+        obj = {"big": torch.zeros(300_000), "bad": _ExplodesWhilePickled()}
+        with pytest.raises(vs.SerializationError) as err:
+            store.save(obj, "k.pt")
+        assert "boom while pickling" in str(err.value)
+        assert isinstance(err.value.__cause__, RuntimeError)
+        assert store.info("k.pt").size == before.size
+        assert store.validate("k.pt", deep=True).ok
+        assert list(store.list()) == ["k.pt"]
+        assert store.leftovers(older_than=0) == []
+
+    def test_keyboard_interrupt_mid_save_cleans_up(self, store):
+        with pytest.raises(KeyboardInterrupt):
+            store.save({"big": torch.zeros(300_000), "x": _InterruptsWhilePickled()}, "int.pt")
+        assert not store.exists("int.pt")
+        assert store.leftovers(older_than=0) == []
+
+    def test_list_never_shows_staging_during_a_save(self, store):
+        seen: list[list[str]] = []
+
+        class Peek:
+            def __reduce__(self):
+                seen.append(list(store.list()))
+                return (collections.OrderedDict, ())
+
+        store.save(sample("merged", 2), "a.pt")
+        store.save({"x": torch.zeros(100_000), "peek": Peek()}, "b.pt")
+        assert seen == [["a.pt"]]
+        assert list(store.list()) == ["a.pt", "b.pt"]
+
+    # -- exists / info / list / delete -------------------------------------------------------------
+
+    def test_exists_info_delete(self, store):
+        assert not store.exists("x.pt")
+        store.save(sample("merged", 2), "x.pt")
+        assert store.exists("x.pt")
+        info = store.info("x.pt")
+        assert isinstance(info, vs.ObjectInfo)
+        assert info.key == "x.pt" and info.size > 0
+        assert isinstance(info.modified, dt.datetime) and info.modified.tzinfo is not None
+        assert info.etag is None or isinstance(info.etag, str)
+        store.delete("x.pt")
+        assert not store.exists("x.pt")
+
+    def test_missing_key_errors(self, store):
+        with pytest.raises(vs.CheckpointMissing) as err:
+            store.load("nope.pt")
+        assert isinstance(err.value, FileNotFoundError)
+        assert err.value.category == "missing"
+        with pytest.raises(vs.CheckpointMissing):
+            store.info("nope.pt")
+        with pytest.raises(vs.CheckpointMissing):
+            store.delete("nope.pt")
+        with pytest.raises(vs.CheckpointMissing):
+            store.load("nope.pt", validate=None)
+
+    def test_list_is_sorted_and_filters_by_prefix(self, store):
+        keys = ["b/2.pt", "a.pt", "b/1.pt", "a/z.pt", "b.pt", "c/d/e.pt"]
+        for k in keys:
+            store.save({"k": k}, k, validate="size")
+        assert list(store.list()) == sorted(keys)
+        assert list(store.list("b/")) == ["b/1.pt", "b/2.pt"]
+        assert list(store.list("b")) == ["b.pt", "b/1.pt", "b/2.pt"]
+        assert list(store.list("c/d/")) == ["c/d/e.pt"]
+        assert list(store.list("zzz/")) == []
+
+    def test_unicode_and_deep_keys(self, store):
+        key = "runs/été/ñ/deep/er/feature_ü.pt"
+        store.save({"k": 1}, key)
+        assert list(store.list()) == [key]
+        assert store.load(key) == {"k": 1}
+
+    @pytest.mark.parametrize("bad", ["", "   ", "/abs.pt", "../up.pt", "a/../../up.pt", "a/..",
+                                     "a\\b.pt", "dir/", "x.vnps-staging-1", "nul\x00.pt"])
+    def test_invalid_keys_rejected_everywhere(self, store, bad):
+        with pytest.raises(vs.InvalidKey):
+            store.save({"k": 1}, bad)
+        for call in (store.load, store.validate, store.exists, store.info, store.delete):
+            with pytest.raises(vs.InvalidKey):
+                call(bad)
+        assert list(store.list()) == []
+
+    def test_non_string_key_rejected(self, store):
+        with pytest.raises(vs.InvalidKey):
+            store.save({"k": 1}, 42)  # type: ignore[arg-type]
+
+    def test_equivalent_spellings_are_one_key(self, store):
+        store.save({"k": 1}, "a//b/./c.pt")
+        assert list(store.list()) == ["a/b/c.pt"]
+        assert store.exists("a/b/c.pt")
+
+    # -- validation through the store --------------------------------------------------------------
+
+    def test_validate_reports_on_good_file(self, store):
+        store.save(sample("merged", 4), "m.pt", schema="merged")
+        report = store.validate("m.pt", schema="merged")
+        assert report.ok and report.level == "keys" and report.category is None
+        assert report.size == store.info("m.pt").size
+        assert report.url == store.url_for("m.pt")
+
+    def test_validate_missing_never_raises(self, store):
+        report = store.validate("missing.pt")
+        assert not report.ok and report.category == "missing" and report.level is None
+
+    def test_validate_by_url_function(self, store, storage_options):
+        store.save(sample("merged", 2), "dir/m.pt", schema="merged")
+        url = store.url_for("dir/m.pt")
+        assert vs.validate(url, schema="merged", **storage_options).ok
+        assert vs.validate(url.replace("m.pt", "nope.pt"), **storage_options).category \
+            == "missing"
+
+    @pytest.mark.parametrize("level", ["size", "zip", "load", "keys"])
+    def test_truncated_file_fails_load_and_validate(self, store, level):
+        data = put_bytes(store, "good.pt", sample("merged", 3))
+        put_bytes(store, "trunc.pt", truncated(data, len(data) // 2))
+        report = store.validate("trunc.pt", level=level)
+        if level == "size":
+            assert report.ok  # a non-empty file passes the size level
+        else:
+            assert not report.ok and report.category == "corrupted", report
+        with pytest.raises(vs.CheckpointCorrupted):
+            store.load("trunc.pt")
+
+    def test_empty_file_is_corrupted(self, store):
+        put_bytes(store, "empty.pt", b"")
+        report = store.validate("empty.pt", level="size")
+        assert not report.ok and report.category == "corrupted" and report.level is None
+        with pytest.raises(vs.CheckpointCorrupted):
+            store.load("empty.pt")
+
+    def test_unsafe_pickle_is_refused_on_load_even_without_validation(self, store, tmp_path):
+        marker = tmp_path / "pwned"
+        put_bytes(store, "evil.pt", malicious_checkpoint(f"touch {marker}"))
+        assert store.validate("evil.pt").category == "unsafe"
+        for level in ("zip", "load", None):
+            with pytest.raises(vs.UnsafeCheckpoint):
+                store.load("evil.pt", validate=level)
+        assert not marker.exists()
+
+    # -- housekeeping ------------------------------------------------------------------------------
+
+    def test_gc_finds_nothing_after_clean_saves(self, store):
+        store.save(sample("merged", 2), "a.pt")
+        assert store.gc(older_than=0) == []
+        assert list(store.list()) == ["a.pt"]
+
+    def test_store_is_reopenable_by_url(self, store, storage_options):
+        store.save({"k": 2}, "r.pt")
+        again = vs.open_store(store.url, **storage_options)
+        assert again.load("r.pt") == {"k": 2}
