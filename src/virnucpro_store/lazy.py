@@ -51,6 +51,21 @@ def _build(obj: Any, state: Any) -> None:
     hook(obj, state)
 
 
+class _Shaped:
+    """Element count and rank, from ``shape``."""
+
+    __slots__ = ()
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
 class _Frozen:
     """Frozen stand-ins: BUILD (which would write straight into ``__dict__``, bypassing
     ``frozen``) goes through :data:`BUILD_HOOKS`; copy and pickle of our own objects work."""
@@ -78,7 +93,7 @@ class StorageRef(_Frozen):
 
 
 @dataclass(frozen=True)
-class TensorMeta(_Frozen):
+class TensorMeta(_Shaped, _Frozen):
     """A tensor as ``data.pkl`` describes it, without its data.
 
     >>> TensorMeta("float32", (4, 2560), (2560, 1), 0, "0", False).numel
@@ -107,19 +122,11 @@ class TensorMeta(_Frozen):
         return id(self) >> 4
 
     @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
     def itemsize(self) -> int:
         return TORCH_DTYPES[self.dtype]
 
 
-class ArrayMeta:
+class ArrayMeta(_Shaped):
     """A numpy array as the pickle describes it: dtype name and shape (the data is dropped).
 
     >>> ArrayMeta("float32", (3, 4))
@@ -133,14 +140,6 @@ class ArrayMeta:
         self.shape = tuple(shape)
         self.fortran = False
         self.nbytes = 0
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
     def __repr__(self) -> str:
         return f"ArrayMeta(dtype={self.dtype!r}, shape={self.shape!r})"

@@ -61,6 +61,13 @@ class CheckpointStore:
     def url_for(self, key: str) -> str:
         return self.backend.url_for(normalize_key(key))
 
+    @property
+    def canonical_root(self) -> str:
+        """Where this store's keys live, as a URL ending in '/' with one spelling per place
+        (a local root with symlinks and '..' resolved): two stores over one folder compare
+        equal, and one lies inside another when its root starts with the other's."""
+        return self.backend.canonical_root()
+
     def __repr__(self) -> str:
         return f"CheckpointStore({self.url!r})"
 

@@ -65,12 +65,9 @@ def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
 
 
 def _root_identity(store: CheckpointStore) -> tuple[str, str]:
-    """(scheme, root with a trailing '/') naming where a store's keys live; local roots are
-    resolved (symlinks, '..') so two spellings of one folder compare equal."""
-    backend = store.backend
-    if backend.scheme == "file":
-        return "file", os.path.realpath(backend.root).rstrip("/") + "/"  # type: ignore[attr-defined]
-    return backend.scheme, store.url.rstrip("/") + "/"
+    """(scheme, root with a trailing '/') naming where a store's keys live."""
+    root = store.canonical_root
+    return root.split("://", 1)[0], root
 
 
 def prefix_inside(outer: CheckpointStore, inner: CheckpointStore) -> str | None:

@@ -202,6 +202,11 @@ class Backend(ABC):
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    def canonical_root(self) -> str:
+        """The root as a URL ending in '/', one spelling per place (local: symlinks and '..'
+        resolved), so that two stores over one place compare equal."""
+        return self.url.rstrip("/") + "/"
+
     @abstractmethod
     def stage(self, key: str) -> Staging:
         """Begin a save of ``key``; see :class:`Staging`."""
@@ -263,3 +268,10 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 -- optional hook, most backends hold nothing
         """Release connections or handles. The default has nothing to release."""
+
+
+def refuse_storage_options(backend: str, storage_options: dict[str, object]) -> None:
+    """For a backend that takes none: a TypeError naming what it was given."""
+    if storage_options:
+        raise TypeError(f"the {backend} backend takes no storage options, got "
+                        f"{', '.join(sorted(storage_options))}")

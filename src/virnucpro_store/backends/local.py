@@ -33,7 +33,16 @@ from typing import Any
 from ..errors import AlreadyExists, CheckpointMissing, InvalidKey, StorageFailure
 from ..keys import is_staging_file_name, staging_file_name
 from ..source import ByteSource, FileSource
-from .base import Backend, Leftover, LoadTarget, ObjectInfo, PathTarget, Staging, published
+from .base import (
+    Backend,
+    Leftover,
+    LoadTarget,
+    ObjectInfo,
+    PathTarget,
+    Staging,
+    published,
+    refuse_storage_options,
+)
 
 _WRITE_BUFFER = 4 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -195,13 +204,14 @@ class LocalBackend(Backend):
     concurrent_writes = 1
 
     def __init__(self, location: str, **storage_options: object) -> None:
-        if storage_options:
-            raise TypeError(f"the local backend takes no storage options, got "
-                            f"{', '.join(sorted(storage_options))}")
+        refuse_storage_options("local", storage_options)
         self.root = os.path.abspath(location)
         self.url = "file://" + self.root
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise StorageFailure(f"{self.url} is a file, not a folder", url=self.url)
+
+    def canonical_root(self) -> str:
+        return "file://" + os.path.realpath(self.root).rstrip("/") + "/"
 
     def path_for(self, key: str) -> str:
         # keys are normalized (no '..', not absolute), so the join stays under the root

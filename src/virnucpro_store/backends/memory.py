@@ -17,7 +17,15 @@ from datetime import datetime, timezone
 from ..errors import AlreadyExists, CheckpointMissing, StorageFailure
 from ..keys import staging_file_name
 from ..source import ByteSource, BytesSource
-from .base import Backend, FileTarget, Leftover, LoadTarget, ObjectInfo, Staging
+from .base import (
+    Backend,
+    FileTarget,
+    Leftover,
+    LoadTarget,
+    ObjectInfo,
+    Staging,
+    refuse_storage_options,
+)
 
 
 @dataclass(frozen=True)
@@ -99,9 +107,7 @@ class MemoryBackend(Backend):
     concurrent_writes = 1
 
     def __init__(self, location: str, **storage_options: object) -> None:
-        if storage_options:
-            raise TypeError(f"the memory backend takes no storage options, got "
-                            f"{', '.join(sorted(storage_options))}")
+        refuse_storage_options("memory", storage_options)
         name, _, prefix = location.partition("/")
         self.space = _space(name)
         self.prefix = f"{prefix}/" if prefix else ""

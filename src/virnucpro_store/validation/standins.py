@@ -558,18 +558,23 @@ def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
                        "modelled: bytearray(n) would allocate what the file asks for)")
 
 
-def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> ArrayMeta:
-    """numpy's ``_frombuffer(buf, dtype, shape, order)``, which numpy's reduce writes at protocol
-    5: ``frombuffer(buf, dtype).reshape(shape, order=order)``."""
-    if type(buf) not in (bytes, bytearray):
-        raise corrupted(f"numpy _frombuffer given {_short(buf)}, not bytes or a bytearray")
+def _check_array_dtype(dtype: Any, missing: str) -> None:
+    """A numpy array's dtype must be a numeric one this validator models (object: unsafe)."""
     if not isinstance(dtype, _NpDType):
-        raise corrupted("numpy _frombuffer without a numpy dtype")
+        raise corrupted(missing)
     if dtype.code == "O":
         raise unsafe("numpy array with object dtype: its elements are arbitrary pickled "
                      "Python objects, which the safe loader refuses")
     if dtype.problem:
         raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
+
+
+def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> ArrayMeta:
+    """numpy's ``_frombuffer(buf, dtype, shape, order)``, which numpy's reduce writes at protocol
+    5: ``frombuffer(buf, dtype).reshape(shape, order=order)``."""
+    if type(buf) not in (bytes, bytearray):
+        raise corrupted(f"numpy _frombuffer given {_short(buf)}, not bytes or a bytearray")
+    _check_array_dtype(dtype, "numpy _frombuffer without a numpy dtype")
     if order not in ("C", "F"):
         raise incompatible(f"numpy _frombuffer with order {_short(order)}; numpy writes 'C' or "
                            f"'F' (not modelled)")
@@ -785,13 +790,7 @@ def _build_array(array: ArrayMeta, state: Any) -> None:
     shape, dtype, fortran, raw = state[-4:]
     if type(fortran) not in (bool, int):  # numpy takes its truth value
         raise corrupted("numpy array state has a non-boolean Fortran-order flag")
-    if not isinstance(dtype, _NpDType):
-        raise corrupted("numpy array state carries no numpy dtype")
-    if dtype.code == "O":
-        raise unsafe("numpy array with object dtype: its elements are arbitrary pickled "
-                     "Python objects, which the safe loader refuses")
-    if dtype.problem:
-        raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
+    _check_array_dtype(dtype, "numpy array state carries no numpy dtype")
     shape = _int_tuple(shape, "numpy array shape")
     numel = _checked_numel(shape, "numpy array")
     raw = _latin1(raw, "numpy array data")
