@@ -304,7 +304,8 @@ def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as
         if as_json:
             row = info.to_dict()
             if report is not None:
-                row |= {"ok": report.ok, "category": report.category, "message": report.message}
+                row |= {"ok": report.ok, "category": report.category, "code": report.code,
+                        "message": report.message}
             click.echo(json.dumps(row, default=str))
         else:
             table.add_row(*render.ls_row(info, report, check=check))

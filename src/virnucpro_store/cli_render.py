@@ -59,8 +59,8 @@ def report_line(report, url: str) -> str:
 
 def json_line(report) -> dict[str, Any]:
     row = report.to_dict()
-    return {k: row[k] for k in ("url", "ok", "level", "category", "message", "size", "schema",
-                                "details")}
+    return {k: row[k] for k in ("url", "ok", "level", "category", "code", "message", "size",
+                                "schema", "details")}
 
 
 def print_summary(results, *, to_stderr: bool) -> None:

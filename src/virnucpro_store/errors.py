@@ -43,6 +43,12 @@ class CheckpointError(StoreError):
         #: the ValidationReport behind the error, when a validation produced it
         self.report = report
 
+    @property
+    def code(self) -> str:
+        """The defect's stable code (``validation.problem.CODES``) when a validation named it,
+        else the category."""
+        return getattr(self.report, "code", None) or self.category
+
 
 class CheckpointMissing(CheckpointError, FileNotFoundError):
     category = "missing"

@@ -650,8 +650,10 @@ def _checksum(source: ByteSource, algorithm: str | None) -> str:
     return f"{algorithm}:{digest.hexdigest()}"
 
 
-def _fail(report: ValidationReport, category: str, message: str) -> ValidationReport:
-    return dataclasses.replace(report, ok=False, category=category, message=message)
+def _fail(report: ValidationReport, category: str, message: str,
+          code: str | None = None) -> ValidationReport:
+    return dataclasses.replace(report, ok=False, category=category, message=message,
+                               code=code or f"run.{category}")
 
 
 def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, deep: bool,
@@ -673,7 +675,7 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
                 ok=False, level=None, category="corrupted", size=raw.size, url=url,
                 requested_level=level, deep=deep, seconds=time.perf_counter() - started,
                 message=f"not the committed file: {raw.size} bytes, the run manifest says "
-                        f"{expect.size}"))
+                        f"{expect.size}", code="run.not_committed"))
         source: ByteSource = raw if deep else _Memo(raw)
         report, structure = _evaluate(source, schema=schema, level=level, deep=deep, url=url)
         found = _Examined(key, report)
@@ -689,7 +691,7 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
             problems = used.check(structure) if used is not None else []
             if problems:
                 more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-                found.report = _fail(report, "incompatible", problems[0] + more)
+                found.report = _fail(report, "incompatible", problems[0] + more, "keys.schema")
                 return found
         found.schema = used.name if used is not None else None
         if used is not None and used.id_field and level == "keys" \
@@ -702,12 +704,13 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
             try:
                 found.checksum = _checksum(source, algorithm)
             except Problem as exc:  # below the zip level, the directory was never checked
-                found.report = _fail(report, exc.category, f"no checksum: {exc.message}")
+                found.report = _fail(report, exc.category, f"no checksum: {exc.message}",
+                                     exc.code)
                 return found
             if expect is not None and found.checksum != expect.checksum:
                 found.report = _fail(report, "corrupted",
                                      "not the committed file: its checksum differs from the "
-                                     "run manifest's")
+                                     "run manifest's", "run.not_committed")
         return found
     finally:
         raw.close()

@@ -78,7 +78,7 @@ class _Run:
 
     def size(self) -> None:
         if self.source.size == 0:
-            raise corrupted("empty file (0 bytes)")
+            raise corrupted("empty file (0 bytes)", code="size.empty")
 
     def zip(self) -> None:
         index = read_index(self.reader)
@@ -132,27 +132,28 @@ class _Run:
                 safe_torch_load(target, mmap=path is not None)
             except CheckpointError as exc:
                 raise Problem(exc.category, f"torch.load(weights_only=True) failed: "
-                                            f"{str(exc).removeprefix('checkpoint: ')}") from None
+                                            f"{str(exc).removeprefix('checkpoint: ')}",
+                                            code="load.torch_refused") from None
             self.details["torch_load"] = "ok"
 
     def keys(self, schema: _schemas.Schema | None, auto: bool) -> None:
         problem = _schemas.check_version(self.structure)
         if problem:
-            raise incompatible(problem)
+            raise incompatible(problem, code="keys.version")
         if auto:
             schema = _schemas.detect_schema(self.structure)
             if schema is None:
                 keys = self.details.get("keys")
                 raise incompatible(f"no built-in schema matches this file (top-level keys: "
                                    f"{keys if keys is not None else 'not a dict'}); known: "
-                                   f"{', '.join(_schemas.BUILTIN_SCHEMAS)}")
+                                   f"{', '.join(_schemas.BUILTIN_SCHEMAS)}", code="keys.no_schema")
             self.details["schema"] = schema.name
         if schema is None:
             return
         problems = schema.check(self.structure)
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise incompatible(problems[0] + more)
+            raise incompatible(problems[0] + more, code="keys.schema")
 
 
 def _check_tensors(index: ZipIndex, tensors: list[tuple[str, Any]]) -> None:
@@ -173,24 +174,25 @@ def _check_tensors(index: ZipIndex, tensors: list[tuple[str, Any]]) -> None:
             record = index.record(name)
             if record is None:
                 raise corrupted(f"tensor {path!r} uses storage {storage.key!r} but record "
-                                f"{name!r} does not exist")
+                                f"{name!r} does not exist", code="tensor.storage_missing")
             if record.uncompressed_size != nbytes:
                 what = "short" if record.uncompressed_size < nbytes else "too long"
                 count = (f"{storage.numel} bytes" if storage.untyped
                          else f"{storage.numel} {storage.dtype} elements")
                 raise corrupted(f"record {name!r} is {what}: {record.uncompressed_size} bytes "
-                                f"stored, {nbytes} expected for {count}")
+                                f"stored, {nbytes} expected for {count}",
+                                code="tensor.storage_size")
             sizes[storage.key] = nbytes
         elif seen != nbytes:
             raise corrupted(f"storage {storage.key!r} is described as {seen} bytes and as "
-                            f"{nbytes} bytes (tensor {path!r})")
+                            f"{nbytes} bytes (tensor {path!r})", code="tensor.storage_size")
         if meta is None:
             continue
         where = (f"tensor {path!r} ({meta.dtype}, shape {shape_text(meta.shape)}, stride "
                  f"{shape_text(meta.stride)}, "
                  f"offset {meta.storage_offset})")
         if meta.storage_offset < 0 or any(s < 0 for s in meta.stride):
-            raise corrupted(f"{where} has a negative offset or stride")
+            raise corrupted(f"{where} has a negative offset or stride", code="tensor.out_of_bounds")
         # torch takes any sizes, negative ones too, when one of them is 0 (nothing to address)
         numel = 0 if 0 in meta.shape else _checked_numel(meta.shape, f"tensor {path!r}")
         if numel == 0:
@@ -199,7 +201,7 @@ def _check_tensors(index: ZipIndex, tensors: list[tuple[str, Any]]) -> None:
         available = nbytes // meta.itemsize
         if needed > available:
             raise corrupted(f"{where} needs {needed} elements but storage {storage.key!r} holds "
-                            f"{available}")
+                            f"{available}", code="tensor.out_of_bounds")
 
 
 #: an int the report carries as a number (JSON, repr) rather than as "<int of N bits>"
@@ -306,6 +308,7 @@ def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level
         ok=problem is None,
         level=passed,
         category=problem.category if problem else None,
+        code=(problem.code or f"{current}.{problem.category}") if problem else None,
         message=problem.message if problem else "; ".join(
             [f"valid up to the {passed} level", *run.notes]),
         notes=list(run.notes),

@@ -201,13 +201,13 @@ class _Container:
                 if n > MAX_KEYS_PER_HASH:
                     raise unsafe(f"pickle puts more than {MAX_KEYS_PER_HASH} {what}s with the "
                                  f"same hash value into one container (a hash flood: building "
-                                 f"it would take quadratic time)")
+                                 f"it would take quadratic time)", code="pickle.hash_flood")
             elif h is _UNK:
                 self.unknown += 1
                 if self.unknown > MAX_UNKNOWN_HASH_KEYS:
                     raise unsafe(f"pickle puts more than {MAX_UNKNOWN_HASH_KEYS} {what}s built "
                                  f"by calls (complex, torch.Size) into one container (a possible "
-                                 f"hash flood)")
+                                 f"hash flood)", code="pickle.hash_flood")
 
 
 class _Glob:
@@ -312,12 +312,13 @@ def _check_hashed(items: list, what: str) -> None:
                          f"{MAX_HASHED_DEPTH}")
         if item.nodes > MAX_HASHED_NODES:
             raise unsafe(f"pickle uses a tuple of more than {MAX_HASHED_NODES} nodes as a "
-                         f"{what} (a hash bomb: shared sub-tuples make hashing exponential)")
+                         f"{what} (a hash bomb: shared sub-tuples make hashing exponential)",
+                         code="pickle.hash_bomb")
 
 
 def _underflow(op: int, pos: int) -> Exception:
     return corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at offset "
-                     f"{pos} finds too few items on the stack")
+                     f"{pos} finds too few items on the stack", code="pickle.unreadable")
 
 
 class Scan:
@@ -436,7 +437,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         nonlocal fence
         if not marks:
             raise corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at "
-                            f"offset {at} finds no MARK")
+                            f"offset {at} finds no MARK", code="pickle.unreadable")
         start = marks.pop()
         fence = marks[-1] if marks else 0
         items = values(start, step) if step else []
@@ -451,7 +452,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             if index > stored + MAX_MEMO_GAP:
                 raise unsafe(f"pickle stores memo entry {index} with only {stored} entries "
                              f"before it (a memo bomb: the unpickler would allocate memory for "
-                             f"every index below it)")
+                             f"every index below it)", code="pickle.memo_bomb")
             memo.extend([_HOLE] * (index + 1 - len(memo)))
         if memo[index] is _HOLE:
             stored += 1
@@ -478,7 +479,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     def line(at: int) -> tuple[bytes, int]:
         nl = data.find(b"\n", at)
         if nl < 0:
-            raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+            raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                            code="pickle.unreadable")
         return data[at:nl], nl + 1
 
     def refuse_target(op: int, at: int, target: object, wants: str) -> None:
@@ -491,7 +493,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     while True:
         if pos >= end:
             raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
-                            "(no STOP opcode)")
+                            "(no STOP opcode)", code="pickle.unreadable")
         op = data[pos]
         at = pos
         if op in _PUSH_FIXED:
@@ -499,7 +501,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                    else _INT4S if op == 0x4A else _PUSHES)
             m = run.match(data, pos)
             if m is None:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                                code="pickle.unreadable")
             if run is _PUSHES:
                 chunk = data[pos: m.end()]
                 if 0x7D in chunk:  # every empty dict is a container of its own
@@ -525,7 +528,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                     break
                 window *= 2
             if pos + 2 * count > end:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                                code="pickle.unreadable")
             indices = data[pos + 1: pos + 2 * count: 2]
             memoized = {i: get(i) for i in set(indices)}
             if len(set(map(id, memoized.values()))) == 1:
@@ -551,12 +555,14 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         elif op in _COUNTED:
             width, signed = _COUNTED[op]
             if pos + width > end:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                                code="pickle.unreadable")
             size = int.from_bytes(data[pos: pos + width], "little", signed=signed)
             pos += width
             if size < 0 or size > end - pos:
                 raise corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at "
-                                f"offset {at} claims {size} bytes, {end - pos} remain")
+                                f"offset {at} claims {size} bytes, {end - pos} remain",
+                                code="pickle.unreadable")
             if op in _STRINGS:
                 stack.append(_Str(pos, size))
             elif op == 0x8A:  # LONG1: a number whose hash the file chooses
@@ -569,7 +575,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         elif op == 0x71 or op == 0x72:  # BINPUT, LONG_BINPUT
             width = 1 if op == 0x71 else 4
             if pos + width > end:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                                code="pickle.unreadable")
             index = int.from_bytes(data[pos: pos + width], "little")
             if index == len(memo) and len(stack) > fence:  # the usual: the next entry
                 memo.append(value(stack[-1], len(stack) - 1))
@@ -710,7 +717,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             stack.append(value(stack[-1], len(stack) - 1))
         elif op == 0x6A:  # LONG_BINGET (BINGET runs are handled above)
             if pos + 4 > end:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                                code="pickle.unreadable")
             stack.append(get(int.from_bytes(data[pos: pos + 4], "little")))
             pos += 4
         elif op == 0x67 or op == 0x70:  # GET, PUT (text index)
@@ -719,10 +727,10 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 index = int(text)
             except ValueError:
                 raise corrupted(f"data.pkl is not a readable pickle: bad memo index "
-                                f"{text[:20]!r} at offset {at}") from None
+                                f"{text[:20]!r} at offset {at}", code="pickle.unreadable") from None
             if index < 0:
                 raise corrupted(f"data.pkl is not a readable pickle: negative memo index at "
-                                f"offset {at}")
+                                f"offset {at}", code="pickle.unreadable")
             if op == 0x67:
                 stack.append(get(index))
             else:
@@ -759,7 +767,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         elif op == 0x95:  # FRAME: the unpickler insists the whole frame is there
             if pos + 8 > end or int.from_bytes(data[pos: pos + 8], "little") > end - pos - 8:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
-                                "(FRAME longer than the stream)")
+                                "(FRAME longer than the stream)", code="pickle.unreadable")
             pos += 8
         elif op in (0x97, 0x98):  # NEXT_BUFFER (pushes), READONLY_BUFFER (in place)
             if op == 0x97:
@@ -775,9 +783,10 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
             return Scan(builds, unsupported, unresolved, tuple(protocols), form, library)
         else:
             raise corrupted(f"data.pkl is not a readable pickle: invalid load key "
-                            f"{bytes([op])!r} at offset {at}")
+                            f"{bytes([op])!r} at offset {at}", code="pickle.unreadable")
         if pos > end:
-            raise corrupted("data.pkl is not a readable pickle: pickle data was truncated")
+            raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
+                            code="pickle.unreadable")
 
 
 def check_hashable(value: object, what: str) -> None:

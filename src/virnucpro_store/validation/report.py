@@ -28,6 +28,9 @@ class ValidationReport:
     what helps a person: top-level keys, tensor dtypes and shapes, record count, CRC status
     (``details["crc"]``: "not checked", "ok", "bad", or "absent" for a file written without
     CRCs). ``notes`` says what a passing report could not check (also in ``message``).
+    ``code`` names the defect of a failed report in a stable, machine-readable way
+    (``validation.problem.CODES``, e.g. ``"zip.crc_mismatch"``; else ``"<level>.<category>"``,
+    or the category alone where no level ran).
     """
 
     ok: bool
@@ -46,6 +49,11 @@ class ValidationReport:
     bytes_read: int = 0
     requests: int = 0
     seconds: float = 0.0
+    code: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.ok and self.code is None:
+            self.code = self.category or "corrupted"
 
     def __bool__(self) -> bool:
         return self.ok
@@ -57,6 +65,7 @@ class ValidationReport:
             "ok": self.ok,
             "level": self.level,
             "category": self.category,
+            "code": self.code,
             "message": self.message,
             "size": self.size,
             "requested_level": self.requested_level,

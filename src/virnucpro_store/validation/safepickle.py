@@ -164,7 +164,8 @@ def read_model(data: bytes) -> Model:
 def _read(data: bytes, library: bool) -> tuple[Any, bool]:
     if len(data) > MAX_PICKLE_BYTES:
         raise incompatible(f"data.pkl is {len(data)} bytes, above the validator's limit of "
-                           f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)")
+                           f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)",
+                           code="pickle.too_large")
     # memo and hash bombs the C unpickler would not survive, and forbidden globals named before
     # any damage, are refused before it runs
     scanned = scan(data, _resolve_library if library else _resolve)
@@ -182,23 +183,24 @@ def _read(data: bytes, library: bool) -> tuple[Any, bool]:
             # a form torch reads but the C unpickler words its own way (NEWOBJ of a stand-in,
             # REDUCE of a list, a SETITEM on a list): the form is what to report
             if problem and scanned.form:
-                raise incompatible(problem) from None
+                raise incompatible(problem, code="pickle.unsupported_form") from None
             raise
         # after the load, so that a forbidden global is named as "unsafe" first
         if problem:
-            raise incompatible(problem)
+            raise incompatible(problem, code="pickle.unsupported_form")
         return structure, scanned.builds
     except Problem:
         raise
     except RecursionError:
         raise unsafe("data.pkl nests too deeply to read (recursion limit): hostile or damaged "
-                     "pickle") from None
+                     "pickle", code="pickle.too_deep") from None
     except MemoryError:
         # typically a length field larger than the stream: random damage does this, so it is
         # "corrupted" (the file is capped at MAX_PICKLE_BYTES, so it cannot be a real object)
         raise corrupted("data.pkl asks for more memory than it could hold (a length field "
-                        "larger than the stream): damaged or hostile pickle") from None
+                        "larger than the stream): damaged or hostile pickle",
+                        code="pickle.unreadable") from None
     except Exception as exc:
         raise corrupted(f"data.pkl is not a readable pickle: {type(exc).__name__}: "
-                        f"{str(exc)[:200]}") from None
+                        f"{str(exc)[:200]}", code="pickle.unreadable") from None
 

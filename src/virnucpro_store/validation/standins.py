@@ -564,7 +564,7 @@ def _check_array_dtype(dtype: Any, missing: str) -> None:
         raise corrupted(missing)
     if dtype.code == "O":
         raise unsafe("numpy array with object dtype: its elements are arbitrary pickled "
-                     "Python objects, which the safe loader refuses")
+                     "Python objects, which the safe loader refuses", code="numpy.object_dtype")
     if dtype.problem:
         raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
 
@@ -607,7 +607,7 @@ def _check_flood(keys: Any, what: str) -> None:
         _, most = Counter(map(hash, keys)).most_common(1)[0]
         if most > MAX_KEYS_PER_HASH:
             raise unsafe(f"pickle puts more than {MAX_KEYS_PER_HASH} {what}s with the same hash "
-                         f"value into one container (a hash flood)")
+                         f"value into one container (a hash flood)", code="pickle.hash_flood")
 
 
 def _set(items: Any = ()) -> set[Any]:
@@ -746,8 +746,9 @@ def _resolve_qualname(qualname: str, module: str, name: str) -> Any:
     if qualname in _TORCH_KNOWN_UNSUPPORTED:
         raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
                            f"nested, sub-byte or legacy tensor classes), which this validator "
-                           f"does not support")
-    raise unsafe(f"pickle imports forbidden global {_short_name(f'{module}.{name}')!r}")
+                           f"does not support", code="pickle.unsupported_global")
+    raise unsafe(f"pickle imports forbidden global {_short_name(f'{module}.{name}')!r}",
+                 code="pickle.forbidden_global")
 
 
 def _resolve_library(module: str, name: str) -> Any:

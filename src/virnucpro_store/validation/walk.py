@@ -118,7 +118,8 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
             continue
         seen.add(id(obj))
         if nodes > max_nodes:
-            raise unsafe(f"data.pkl's structure has more than {max_nodes} nodes")
+            raise unsafe(f"data.pkl's structure has more than {max_nodes} nodes",
+                         code="pickle.too_deep")
         children = []
         for key, value in items:
             if type(value) in _ATOMIC_TYPES:

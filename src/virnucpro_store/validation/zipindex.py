@@ -150,7 +150,7 @@ class CachedReader:
     def read(self, offset: int, length: int, *, keep: bool = False) -> bytes:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise corrupted(f"read of {length} bytes at offset {offset} lies outside the "
-                            f"{self.size}-byte file")
+                            f"{self.size}-byte file", code="zip.out_of_bounds")
         for start, data in self._windows:
             if start <= offset and offset + length <= start + len(data):
                 return data[offset - start: offset - start + length]
@@ -250,15 +250,16 @@ def _not_a_zip(head: bytes, searched: int) -> Problem:
     if head.startswith(LEGACY_TORCH_MAGIC):
         return incompatible(
             "legacy torch serialization format (pre-1.6 bare pickle stream, written with "
-            "_use_new_zipfile_serialization=False): load it with a trusted torch and re-save it")
+            "_use_new_zipfile_serialization=False): load it with a trusted torch and re-save it",
+            code="zip.legacy_format")
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return incompatible(
             f"legacy torch serialization format: the file is a bare pickle stream (protocol "
-            f"{head[1]}), not a torch ZIP checkpoint ({base})")
+            f"{head[1]}), not a torch ZIP checkpoint ({base})", code="zip.legacy_format")
     if head.startswith(LFH_SIG):
         return corrupted(f"{base}: file truncated or not a ZIP (it starts with a ZIP local "
-                         f"header, so most likely truncated)")
-    return corrupted(f"{base}: file truncated or not a ZIP")
+                         f"header, so most likely truncated)", code="zip.no_end_record")
+    return corrupted(f"{base}: file truncated or not a ZIP", code="zip.no_end_record")
 
 
 def _find_eocd(tail: bytes) -> int | None:
@@ -304,17 +305,19 @@ def read_index(reader: CachedReader) -> ZipIndex:
         # what was saved (a concatenation, a padded transfer, an in-place overwrite)
         raise corrupted(f"{extra} unexpected bytes after the end of central directory at "
                         f"offset {tail_off + pos}: junk appended to the archive, or a "
-                        f"file overwritten in place without truncation")
+                        f"file overwritten in place without truncation", code="zip.hidden_data")
     if extra < 0:
         raise corrupted(f"end of central directory not found in the last {tail_len} bytes: "
                         f"the last end record signature (offset {tail_off + pos}) announces a "
                         f"{comment_len}-byte comment that runs {-extra} bytes past the end of "
-                        f"the file (truncated, or a signature inside the data)")
+                        f"the file (truncated, or a signature inside the data)",
+                        code="zip.no_end_record")
     other = _other_end_record(tail, pos, tail_off)
     if other is not None:
         raise corrupted(f"two plausible end of central directory records (offsets "
                         f"{tail_off + other} and {tail_off + pos}): ZIP readers could disagree "
-                        f"on which archive this is (a comment or data hiding an end record)")
+                        f"on which archive this is (a comment or data hiding an end record)",
+                        code="zip.ambiguous_end_record")
     eocd_abs = tail_off + pos
     (_, disk, cd_disk, n_disk, n_total, cd_size, cd_offset, _comment_len) = \
         _EOCD.unpack_from(tail, pos)
@@ -371,10 +374,10 @@ def read_index(reader: CachedReader) -> ZipIndex:
     if n_total > MAX_RECORDS:
         raise incompatible(f"the archive announces {n_total} records, more than the validator's "
                            f"limit of {MAX_RECORDS} (torch.save writes one record per tensor "
-                           f"storage plus a few control records)")
+                           f"storage plus a few control records)", code="zip.too_large")
     if cd_size > MAX_CENTRAL_DIRECTORY_BYTES:
         raise incompatible(f"central directory of {cd_size} bytes exceeds the validator's limit "
-                           f"of {MAX_CENTRAL_DIRECTORY_BYTES} bytes")
+                           f"of {MAX_CENTRAL_DIRECTORY_BYTES} bytes", code="zip.too_large")
     cd = reader.read(cd_offset, cd_size)
     records, by_key = _parse_central_directory(cd, n_total, cd_offset)
     del cd
@@ -433,10 +436,11 @@ def _parse_central_directory(cd: bytes, count: int, cd_offset: int
         seen = by_key.get(key)
         if seen is not None:
             if seen.raw == raw:
-                raise corrupted(f"duplicate record name {name!r} in the central directory")
+                raise corrupted(f"duplicate record name {name!r} in the central directory",
+                                code="zip.duplicate_name")
             raise corrupted(f"record names {seen.name!r} and {name!r} are the same name to "
                             f"torch, which looks names up case-insensitively: ZIP readers would "
-                            f"disagree on which record is meant")
+                            f"disagree on which record is meant", code="zip.duplicate_name")
         by_key[key] = rec
         append(rec)
         pos = end
@@ -461,12 +465,14 @@ def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: in
         raise corrupted(f"record {name!r} claims to start on disk {disk_start}: damaged "
                         f"central directory")
     if flags & 0x1:
-        raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are")
+        raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are",
+                           code="zip.unsupported_record")
     if flags & 0x60:
         # 0x20 "compressed patched data", 0x40 strong encryption: neither torch nor zipfile
         # reads such a record
         raise incompatible(f"record {name!r} has ZIP flags {flags:#06x} (patched data or "
-                           f"strong encryption); torch checkpoints never do")
+                           f"strong encryption); torch checkpoints never do",
+                           code="zip.unsupported_record")
     # torch.save stores every record uncompressed (method 0) and torch.load memory-maps and
     # aligns them. torch.load can read a re-zipped, deflated archive, but then the sizes and
     # CRCs this validator checks by range reads no longer describe the tensor bytes, so a
@@ -475,7 +481,7 @@ def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: in
     if method != 0:
         kind = _COMPRESSION.get(method, "unknown")
         raise incompatible(f"record {name!r} is compressed (method {method}, {kind}); torch "
-                           f"checkpoints store records uncompressed")
+                           f"checkpoints store records uncompressed", code="zip.unsupported_record")
     if csize != usize:
         raise corrupted(f"record {name!r} is stored uncompressed but its sizes differ "
                         f"({csize} stored, {usize} uncompressed): damaged central directory")
@@ -520,7 +526,8 @@ def _check_bounds(records: list[ZipRecord], cd_offset: int) -> None:
         first = records[0]
         raise corrupted(f"{first.offset} bytes before the first record {first.name!r} that the "
                         f"central directory does not account for (torch.save writes its first "
-                        f"record at offset 0; readers disagree on prefixed archives)")
+                        f"record at offset 0; readers disagree on prefixed archives)",
+                        code="zip.hidden_data")
 
 
 def _overlap(records: list[ZipRecord], cd_offset: int) -> None:
@@ -547,7 +554,8 @@ def check_torch_layout(index: ZipIndex) -> str:
     under it, with at least ``<top>/data.pkl`` and ``<top>/version`` (or ``<top>/.data/version``).
     """
     if not index.records:
-        raise incompatible("an empty ZIP archive (no records): not a torch checkpoint")
+        raise incompatible("an empty ZIP archive (no records): not a torch checkpoint",
+                           code="zip.not_torch")
     first = min(index.records, key=_by_index)
 
     def looks_torch() -> bool:
@@ -557,7 +565,8 @@ def check_torch_layout(index: ZipIndex) -> str:
     if b"/" not in first.raw:
         if not looks_torch():
             raise incompatible(f"a ZIP archive but not a torch checkpoint: record {first.name!r} "
-                               f"is not under a top-level folder and no data.pkl exists")
+                               f"is not under a top-level folder and no data.pkl exists",
+                               code="zip.not_torch")
         raise corrupted(f"record {first.name!r} is not under a top-level folder: damaged central "
                         f"directory")
     top_raw = first.raw.split(b"/", 1)[0]
@@ -566,7 +575,8 @@ def check_torch_layout(index: ZipIndex) -> str:
     top = first.name.split("/", 1)[0]
     if stray is not None:
         if not looks_torch():
-            raise incompatible("a ZIP archive but not a torch checkpoint (no data.pkl record)")
+            raise incompatible("a ZIP archive but not a torch checkpoint (no data.pkl record)",
+                               code="zip.not_torch")
         raise corrupted(f"records are not under one top-level folder: {top + '/'!r} and "
                         f"{stray.name!r}: damaged central directory")
     index.top, index.top_raw = top, top_raw
@@ -576,9 +586,11 @@ def check_torch_layout(index: ZipIndex) -> str:
     if missing:
         index.top, index.top_raw = "", b""
         if not looks_torch():
-            raise incompatible("a ZIP archive but not a torch checkpoint (no data.pkl record)")
+            raise incompatible("a ZIP archive but not a torch checkpoint (no data.pkl record)",
+                               code="zip.not_torch")
         raise corrupted(f"torch record {top + '/' + missing[0]!r} is missing from the central "
-                        f"directory ({len(index.records)} records under {top + '/'!r})")
+                        f"directory ({len(index.records)} records under {top + '/'!r})",
+                        code="zip.missing_record")
     return top
 
 
@@ -613,7 +625,7 @@ def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> byt
         if crc != record.crc:
             raise corrupted(f"CRC-32 mismatch in record {record.name!r}: stored "
                             f"{record.crc:08x}, computed {crc:08x} over {len(data)} bytes at "
-                            f"offset {record.offset + start}")
+                            f"offset {record.offset + start}", code="zip.crc_mismatch")
     _check_gap(buf[end:] if want == span else None, record, record.offset + end, limit)
     return data
 
@@ -645,10 +657,11 @@ def _check_gap(gap: bytes | None, record: ZipRecord, at: int, limit: int) -> Non
         raise corrupted(f"{what} record {record.name!r}: its data descriptor at offset {at} says "
                         f"crc {crc:08x}, size {csize}; the central directory says crc "
                         f"{record.crc:08x}, size {record.compressed_size}: damaged central "
-                        f"directory or descriptor")
+                        f"directory or descriptor", code="zip.header_mismatch")
     raise corrupted(f"{limit - at} bytes after the data of record {record.name!r} (offset {at} "
                     f"to {limit}) that the central directory does not account for: not a data "
-                    f"descriptor of this record (hidden data, or a damaged header)")
+                    f"descriptor of this record (hidden data, or a damaged header)",
+                    code="zip.hidden_data")
 
 
 def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
@@ -661,7 +674,8 @@ def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
         raise corrupted(f"{where} has a bad signature {sig!r}")
     name = bytes(buf[pos + LFH_SIZE: pos + LFH_SIZE + nlen])
     if name != record.raw:
-        raise corrupted(f"{where} names {name!r}, not the central directory's name")
+        raise corrupted(f"{where} names {name!r}, not the central directory's name",
+                        code="zip.header_mismatch")
     if method != record.method:
         raise corrupted(f"{where} says compression method {method}, central directory says "
                         f"{record.method}")
@@ -670,7 +684,8 @@ def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
                     (usize == 0xFFFFFFFF or usize == record.uncompressed_size))
         if crc != record.crc or not sizes_ok:
             raise corrupted(f"{where} disagrees with the central directory (crc {crc:08x} vs "
-                            f"{record.crc:08x}, size {csize} vs {record.compressed_size})")
+                            f"{record.crc:08x}, size {csize} vs {record.compressed_size})",
+                            code="zip.header_mismatch")
     return pos + LFH_SIZE + nlen + elen
 
 
@@ -700,7 +715,7 @@ class _Stream:
 
     def skip_to(self, offset: int) -> None:
         if offset < self.pos:
-            raise corrupted(f"records overlap near offset {offset}")
+            raise corrupted(f"records overlap near offset {offset}", code="zip.out_of_bounds")
         if offset > self.buf_start + len(self.buf):
             self.buf, self.buf_start = b"", offset
         self.pos = offset
@@ -768,7 +783,7 @@ def verify_crcs(source: ByteSource, index: ZipIndex, *, chunk_size: int = DEEP_C
                        f"{crc:08x} over {got} bytes at offset {data_offset}")
     if bad:
         more = f" (and {len(bad) - max_reported} more records)" if len(bad) > max_reported else ""
-        raise corrupted("; ".join(bad[:max_reported]) + more)
+        raise corrupted("; ".join(bad[:max_reported]) + more, code="zip.crc_mismatch")
     return len(index.records)
 
 
@@ -792,7 +807,8 @@ def read_control_records(reader: CachedReader, index: ZipIndex) -> dict[str, byt
     for rec in present.values():
         if rec.compressed_size > MAX_CONTROL_RECORD_BYTES:
             raise corrupted(f"control record {rec.name!r} holds {rec.compressed_size} bytes; "
-                            f"torch writes at most 40 (limit {MAX_CONTROL_RECORD_BYTES})")
+                            f"torch writes at most 40 (limit {MAX_CONTROL_RECORD_BYTES})",
+                            code="zip.control_record")
     pkl = index.member("data.pkl")
     wanted = sorted([*present.values(), *([pkl] if pkl is not None else [])], key=_by_offset)
     runs: list[list[ZipRecord]] = []
@@ -817,7 +833,7 @@ def parse_format_version(data: bytes, name: str) -> int:
     match = _STOULL.match(data)
     if match is None:
         raise corrupted(f"record {name!r} holds {data[:40]!r}, not a format version number "
-                        f"(torch: \"couldn't parse the version\")")
+                        f"(torch: \"couldn't parse the version\")", code="zip.control_record")
     sign, digits = match.groups()
     value = int(digits)
     if value >= 1 << 64:
@@ -832,7 +848,7 @@ def parse_format_version(data: bytes, name: str) -> int:
     if value > MAX_FORMAT_VERSION:
         raise incompatible(f"record {name!r}: format version {value} is newer than "
                            f"{MAX_FORMAT_VERSION}, the newest this torch reads: written by a "
-                           f"newer torch")
+                           f"newer torch", code="zip.newer_format")
     return value
 
 
@@ -851,7 +867,7 @@ def check_control_records(reader: CachedReader, index: ZipIndex) -> int:
     order = records.get("byteorder")
     if order is not None and order not in (b"little", b"big"):
         raise corrupted(f"record {top + 'byteorder'!r} holds {order[:40]!r}; torch reads only "
-                        f"'little' or 'big'")
+                        f"'little' or 'big'", code="zip.control_record")
     alignment = records.get(".storage_alignment")
     if alignment is not None:
         try:
