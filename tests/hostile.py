@@ -2,7 +2,8 @@
 say about each one at every level.
 
 :func:`build` returns 500+ :class:`Variant`\\ s made from valid files of every schema (DNABERT,
-ESM, merged, shard with tensor and with numpy embeddings: ``virnucpro_store.testing.samples.sample``).
+ESM, merged, shard with tensor and with numpy embeddings:
+``virnucpro_store.testing.samples.sample``).
 Each carries, for ``deep=False`` and ``deep=True``, the first level that must fail (or None: it
 must pass every level), the category, and substrings of which the message must contain one.
 
