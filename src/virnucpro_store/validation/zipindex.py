@@ -843,8 +843,7 @@ def parse_format_version(data: bytes, name: str) -> int:
     if value >= 1 << 63:  # torch then compares the version as a signed 64-bit number
         value -= 1 << 64
     if value < MIN_FORMAT_VERSION:
-        raise corrupted(f"record {name!r}: format version {value} is below {MIN_FORMAT_VERSION}, "
-                        f"the oldest torch reads (no torch release wrote it)")
+        raise corrupted(f"record {name!r}: format version {value} predates every torch")
     if value > MAX_FORMAT_VERSION:
         raise incompatible(f"record {name!r}: format version {value} is newer than "
                            f"{MAX_FORMAT_VERSION}, the newest this torch reads: written by a "
