@@ -33,7 +33,6 @@ import struct
 import sys
 import time
 import warnings
-import zipfile
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -959,21 +958,20 @@ def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
     reads it; torch's weights-only loader implements none of those opcodes): torch's verdict on
     the protocol-2 translation (``p45translate``), with numpy's protocol-5 global allowed as
     the library allows it. (None, ()) for every other mutant: torch judges it as it is."""
-    from p45translate import Untranslatable, archive_pickle, oracle_globals, translate_archive
+    from p45translate import Untranslatable, oracle_globals, translate_archive
 
     from virnucpro_store.validation.pickleguard import library_protocol
 
-    try:
-        pkl = archive_pickle(data)[1]
-    except Exception:  # noqa: BLE001 -- no readable data.pkl: the ZIP layer decides
-        return None, ()
+    # the data.pkl a plain scan finds (zipfile would refuse a CRC-less archive here)
+    pkl = Facts(data).pickle()
     if library_protocol(pkl) is None:
         return None, ()
     try:
         return translate_archive(data), oracle_globals()
-    except (Untranslatable, zipfile.BadZipFile, ValueError, KeyError):
-        # a pickle form, or a ZIP layout Python's zipfile cannot rewrite (torch's reader may
-        # still read it): nothing to ask torch about
+    except Untranslatable:  # a pickle form the translator cannot express
+        return _UNTRANSLATABLE, ()
+    except Exception:  # noqa: BLE001 -- an archive Python's zipfile cannot rewrite (damaged,
+        # encrypted or compressed records...), which torch's reader may still read
         return _UNTRANSLATABLE, ()
 
 
@@ -1052,6 +1050,8 @@ def main(argv: list[str] | None = None) -> int:
                "agree refuse/refuse": counts["refuse/refuse"],
                "documented refusals": counts["documented"], "disagreements": counts["disagree"],
                "oracle errors (not judged)": counts["oracle-error"],
+               "protocol 3-5, untranslatable (not judged)":
+                   counts["library path, untranslatable (not judged)"],
                "seconds": round(elapsed, 1),
                "mutants per second": round(counts["mutants"] / elapsed, 1),
                "documented by rule": {k.split(":", 1)[1]: v for k, v in sorted(counts.items())
