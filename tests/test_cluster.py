@@ -124,16 +124,11 @@ def test_cluster_run_survives_a_lost_node(tmp_path):
     SIGKILLed; the resume absorbs every failed or unwritten batch."""
     import boto3
     from botocore.config import Config
-    from s3server import weed_binary
+    from helpers import require_seaweedfs
     from seaweed_cluster import SeaweedCluster
     from test_pipeline_example import pipeline, s3_objects, visible_batches
 
-    try:
-        weed_binary()
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
+    require_seaweedfs()
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     started = time.monotonic()
     times: dict[str, float] = {}
