@@ -158,7 +158,8 @@ def test_sigkill_mid_save_never_leaves_a_partial_file(tmp_path):
     rng = random.Random(1234)
     root = tmp_path / "store"
     store = vs.open_store(root)
-    kills = int(os.environ.get("VNPS_KILLS", "12"))
+    # CI: 6 kills (the first already lands after a publish); VNPS_KILLS=N for a longer run
+    kills = int(os.environ.get("VNPS_KILLS", "6"))
     published_once = False
     for i in range(kills):
         rows = rng.choice([64, 512, 1500])  # ~0.8 MB, 6.8 MB, 20 MB

@@ -41,7 +41,7 @@ class Scale:
     node_ops: int  # saves (each with a load) before, and as many after, a node is lost
 
 
-CI = Scale(name="ci", crash_kills=12, crash_max_delay=1.2, race_writers=8, race_saves=4,
+CI = Scale(name="ci", crash_kills=8, crash_max_delay=1.2, race_writers=8, race_saves=4,
            race_readers=2, create_only_racers=8, create_only_rounds=3, many_key_workers=8,
            many_keys_each=3, net_rates=(0.05, 0.20), net_ops=24, disk_rounds=6, node_ops=6)
 FULL = Scale(name="full", crash_kills=120, crash_max_delay=1.5, race_writers=8, race_saves=25,
