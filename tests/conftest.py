@@ -14,7 +14,10 @@ import uuid
 
 import pytest
 
-# S3 fixtures (moto in-process, SeaweedFS on loopback) live in their own module.
+# Emulator fixtures live in one module per medium: Azurite, fake-gcs-server (with a recording
+# proxy), and moto in-process / SeaweedFS on loopback for S3.
+from azure_fixtures import *  # noqa: E402,F401,F403
+from gcs_fixtures import *  # noqa: E402,F401,F403
 from s3_fixtures import *  # noqa: E402,F401,F403
 
 import virnucpro_store as vs

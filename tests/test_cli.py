@@ -91,7 +91,7 @@ def test_validate_usage_errors_exit_2(folder, args):
 
 
 def test_unknown_scheme_is_one_line_exit_2():
-    out = run("validate", "gs://bucket/x.pt")
+    out = run("validate", "hdfs://bucket/x.pt")
     assert out.returncode == 2
     assert "unknown scheme" in out.stderr and "s3://" in out.stderr
     assert "Traceback" not in out.stderr

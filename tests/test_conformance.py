@@ -46,3 +46,23 @@ class TestS3Seaweed(ConformanceTests):
     @pytest.fixture
     def storage_options(self, seaweedfs) -> dict:
         return seaweedfs.storage_options()
+
+
+class TestGCS(ConformanceTests):
+    @pytest.fixture
+    def store_url(self, gcs_server) -> str:
+        return gcs_server.fresh_url()
+
+    @pytest.fixture
+    def storage_options(self, gcs_server) -> dict:
+        return gcs_server.storage_options()
+
+
+class TestAzure(ConformanceTests):
+    @pytest.fixture
+    def store_url(self, azurite) -> str:
+        return azurite.fresh_url()
+
+    @pytest.fixture
+    def storage_options(self, azurite) -> dict:
+        return azurite.storage_options()

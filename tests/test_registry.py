@@ -37,7 +37,7 @@ def test_parse_url(url, expected):
 
 
 @pytest.mark.parametrize(("url", "error", "match"), [
-    ("gs://bucket/x", vs.UnknownSchemeError, "known schemes: file://, memory://, s3://"),
+    ("hdfs://bucket/x", vs.UnknownSchemeError, "known schemes: .*file://.*memory://.*s3://"),
     ("ftp://host/x", vs.UnknownSchemeError, "unknown scheme 'ftp'"),
     ("", vs.UnknownSchemeError, "empty"),
     ("s3://", vs.UnknownSchemeError, "no bucket"),
@@ -53,7 +53,7 @@ def test_bad_urls(url, error, match):
 
 def test_open_store_unknown_scheme_lists_known_ones():
     with pytest.raises(vs.UnknownSchemeError) as err:
-        vs.open_store("gcs://bucket/prefix")
+        vs.open_store("hdfs://bucket/prefix")
     for scheme in ("file", "memory", "s3"):
         assert scheme in str(err.value)
 

@@ -17,13 +17,16 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from . import cli_render as render
 from . import errors
 from .validation.report import LEVELS
+
+if TYPE_CHECKING:
+    from .targets import StorageOptions
 
 EXIT_OK = 0
 EXIT_STORAGE = 1
@@ -57,11 +60,13 @@ def storage_options(func: Callable) -> Callable:
                   help="AWS profile from ~/.aws/config (env: AWS_PROFILE).")
     @functools.wraps(func)
     def wrapper(*args: Any, endpoint_url: str | None, profile: str | None, **kwargs: Any):
-        options: dict[str, Any] = {}
-        if endpoint_url:
-            options["endpoint_url"] = endpoint_url
-        if profile:
-            options["profile"] = profile
+        from .targets import StorageOptions
+
+        # AWS_* variables speak for S3 only; an explicit --endpoint-url for any remote store
+        source = click.get_current_context().get_parameter_source("endpoint_url")
+        from_env = source is click.core.ParameterSource.ENVIRONMENT
+        options = StorageOptions(endpoint_url=endpoint_url, endpoint_url_from_env=from_env,
+                                 profile=profile)
         return func(*args, options=options, **kwargs)
 
     return wrapper
@@ -137,9 +142,9 @@ def _urls_or_default(urls: tuple[str, ...]) -> list[str]:
 def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """Atomic, validated storage of VirNucPro's PyTorch feature files.
 
-    URLs are paths, file://, memory://NAME or s3://BUCKET/PREFIX. Commands that take a URL
-    fall back to $VIRNUCPRO_STORE_URL. Exit codes: 0 ok, 3 a bad checkpoint, 2 usage error,
-    1 storage failure.
+    URLs are paths, file://, memory://NAME, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or
+    az://CONTAINER/PREFIX. Commands that take a URL fall back to $VIRNUCPRO_STORE_URL. Exit
+    codes: 0 ok, 3 a bad checkpoint, 2 usage error, 1 storage failure.
 
     \b
     Examples:
@@ -173,7 +178,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 @handle_errors
 def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, level: str,
              deep: bool, pattern: str | None, jobs: int, quarantine: str | None,
-             as_json: bool, options: dict[str, Any]) -> None:
+             as_json: bool, options: StorageOptions) -> None:
     """Validate files, folders or prefixes (walked recursively).
 
     Exit 0 when every file is valid, 3 when any is not (or nothing matched), 2 on a usage
@@ -269,7 +274,7 @@ def _move(target, dest) -> None:
 @storage_options
 @handle_errors
 def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as_json: bool,
-               options: dict[str, Any]) -> None:
+               options: StorageOptions) -> None:
     """List keys with size and modification time (staging objects never appear).
 
     \b
@@ -320,7 +325,7 @@ def ls_command(url: str | None, check: bool, level: str, pattern: str | None, as
 @click.option("--json", "as_json", is_flag=True, help="The whole description as JSON.")
 @storage_options
 @handle_errors
-def info(url: str, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
+def info(url: str, deep: bool, as_json: bool, options: StorageOptions) -> None:
     """What a file holds, without loading its tensor data: keys, list lengths, tensor dtypes
     and shapes, version/status, size, CRC status with --deep.
 
@@ -353,7 +358,7 @@ def info(url: str, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
 @click.pass_context
 @handle_errors
 def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, force: bool,
-       options: dict[str, Any]) -> None:
+       options: StorageOptions) -> None:
     """Copy a file or a whole folder/prefix between stores (local, S3, memory).
 
     Each file is streamed, validated at the destination and published atomically there.
@@ -437,7 +442,7 @@ class _Counting:
 @storage_options
 @handle_errors
 def gc(url: str | None, older_than: str, dry_run: bool, virnucpro_tmp: bool,
-       options: dict[str, Any]) -> None:
+       options: StorageOptions) -> None:
     """Remove staging leftovers and incomplete uploads of killed saves.
 
     \b
@@ -513,7 +518,7 @@ def _write_ids(path: str, ids: list[str]) -> None:
 @handle_errors
 def scan(url: str | None, schema: str | None, level: str, deep: bool, pattern: str | None,
          jobs: int, expected_file: str | None, todo_file: str | None, as_json: bool,
-         options: dict[str, Any]) -> None:
+         options: StorageOptions) -> None:
     """Validate every checkpoint of a run folder/prefix and collect the sequence ids held by
     the valid files: what a resume needs. The ids of an invalid file are never counted as
     done. Sidecars (*.done), leftovers (*.tmp) and VirNucPro's manifest.json are listed apart.
@@ -561,7 +566,7 @@ def scan(url: str | None, schema: str | None, level: str, deep: bool, pattern: s
               help="Validation of each file before it is committed.")
 @storage_options
 @handle_errors
-def commit(url: str | None, level: str, options: dict[str, Any]) -> None:
+def commit(url: str | None, level: str, options: StorageOptions) -> None:
     """Validate every checkpoint of a run and publish its manifest (vnps-run-manifest.json:
     each file's key, size, checksum, schema and number of ids) last and create-only.
 
@@ -604,7 +609,7 @@ def _manifest_name() -> str:
 @click.option("--json", "as_json", is_flag=True, help="The verify report as one JSON object.")
 @storage_options
 @handle_errors
-def verify(url: str | None, deep: bool, as_json: bool, options: dict[str, Any]) -> None:
+def verify(url: str | None, deep: bool, as_json: bool, options: StorageOptions) -> None:
     """Check a committed run against its manifest: every listed file is there, valid, and the
     one committed (same size and checksum). Checkpoints not in the manifest are listed as
     extra; they do not fail the run.
@@ -639,7 +644,7 @@ def verify(url: str | None, deep: bool, as_json: bool, options: dict[str, Any]) 
 @click.option("--entries", default=64, show_default=True, help="Entries per feature file.")
 @storage_options
 @handle_errors
-def demo(url: str, entries: int, options: dict[str, Any]) -> None:
+def demo(url: str, entries: int, options: StorageOptions) -> None:
     """Write the four feature formats to URL, damage copies, and watch the validator name
     each fault. URL defaults to the local folder ./virnucpro-demo.
 

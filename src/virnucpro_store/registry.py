@@ -47,8 +47,10 @@ _BACKENDS: dict[str, BackendSpec] = {
     "file": BackendSpec("virnucpro_store.backends.local:LocalBackend"),
     "memory": BackendSpec("virnucpro_store.backends.memory:MemoryBackend"),
     "s3": BackendSpec("virnucpro_store.backends.s3:S3Backend", extra="s3"),
+    "gs": BackendSpec("virnucpro_store.backends.gcs:GCSBackend", extra="gcs"),
+    "az": BackendSpec("virnucpro_store.backends.azure:AzureBackend", extra="azure"),
 }
-_ALIASES = {"s3a": "s3", "local": "file"}
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "local": "file"}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986, after lower()
 # scheme -> the specs its entry points declare (more than one distinct target: ambiguous)
 _entry_points: dict[str, list[BackendSpec]] | None = None
@@ -167,7 +169,8 @@ def parse_url(url: str | os.PathLike[str]) -> ParsedURL:
         return ParsedURL("file", _abs_path(unquote(rest)))
     location = rest.strip("/")
     if not location:
-        what = "bucket" if scheme == "s3" else "name"
+        what = ("bucket" if scheme in ("s3", "gs") else "container" if scheme == "az"
+                else "name")
         raise UnknownSchemeError(f"{url!r} has no {what}: use {scheme}://{what.upper()}[/prefix]")
     if any(part == ".." for part in location.split("/")):
         raise InvalidKey(f"{url!r} climbs with '..'")
@@ -189,8 +192,9 @@ def split_object_url(url: str | os.PathLike[str]) -> tuple[ParsedURL, str]:
             raise InvalidKey(f"{url!r} names a folder, not a file")
         return ParsedURL("file", head or "/"), tail
     if "/" not in location:
-        raise InvalidKey(f"{url!r} names a {'bucket' if parsed.scheme == 's3' else 'store'}, "
-                         "not an object in it")
+        what = ("bucket" if parsed.scheme in ("s3", "gs") else "container"
+                if parsed.scheme == "az" else "store")
+        raise InvalidKey(f"{url!r} names a {what}, not an object in it")
     head, tail = location.rsplit("/", 1)
     return ParsedURL(parsed.scheme, head), tail
 

@@ -24,12 +24,38 @@ class Target:
         return self.store.url_for(self.key)
 
 
-def storage_options_for(url: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Storage options (endpoint, profile, ...) apply to remote URLs only."""
-    return options if registry.parse_url(url).scheme not in ("file", "memory") else {}
+@dataclass(frozen=True)
+class StorageOptions:
+    """The command line's storage flags, before they are given to one URL's backend."""
+
+    endpoint_url: str | None = None
+    #: the endpoint came from ``AWS_ENDPOINT_URL``, not from ``--endpoint-url``
+    endpoint_url_from_env: bool = False
+    #: an AWS profile (``--profile`` / ``AWS_PROFILE``)
+    profile: str | None = None
 
 
-def open_url_store(url: str, options: dict[str, Any]) -> CheckpointStore:
+def storage_options_for(url: str, options: StorageOptions | dict[str, Any] | None
+                        ) -> dict[str, Any]:
+    """The storage options for ``url``'s backend: none for local and memory stores; the AWS
+    profile and an endpoint from ``AWS_ENDPOINT_URL`` for ``s3://`` only (an S3 user's
+    environment must not send ``gs://`` or ``az://`` requests to their S3 endpoint); an
+    explicit ``--endpoint-url`` for any remote store (an emulator, a private endpoint)."""
+    scheme = registry.parse_url(url).scheme
+    if scheme in ("file", "memory") or options is None:
+        return {}
+    if isinstance(options, dict):
+        return dict(options)
+    chosen: dict[str, Any] = {}
+    if options.endpoint_url and (scheme == "s3" or not options.endpoint_url_from_env):
+        chosen["endpoint_url"] = options.endpoint_url
+    if options.profile and scheme == "s3":
+        chosen["profile"] = options.profile
+    return chosen
+
+
+def open_url_store(url: str, options: StorageOptions | dict[str, Any] | None
+                   ) -> CheckpointStore:
     return CheckpointStore(registry.open_backend(url, **storage_options_for(url, options)))
 
 
