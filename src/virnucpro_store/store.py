@@ -442,10 +442,15 @@ def _checked_schema(schema: SchemaArg) -> SchemaArg:
 
 
 def open_store(url: str | os.PathLike[str], **storage_options: Any) -> CheckpointStore:
-    """Open the store at ``url``: a plain path, ``file://``, ``memory://NAME`` or ``s3://``.
+    """Open the store at ``url``: a plain path, ``file://``, ``memory://NAME``,
+    ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` or ``az://CONTAINER/PREFIX`` (or a scheme
+    a plugin registers).
 
-    ``storage_options`` go to the backend (for S3: ``endpoint_url``, ``key``, ``secret``,
-    ``client_kwargs``, ... as for ``s3fs.S3FileSystem``).
+    ``storage_options`` go to the backend: for S3 as for ``s3fs.S3FileSystem``
+    (``endpoint_url``, ``key``, ``secret``, ...), for GCS as for ``gcsfs.GCSFileSystem``
+    (``token``, ``project``, ...), for Azure adlfs's names (``connection_string``,
+    ``account_name``, ``account_key``, ...); plus each object store's own ``retries``,
+    ``part_size``, ``max_concurrency``, ``request_timeout``.
 
     >>> open_store("memory://scratch").url
     'memory://scratch'
