@@ -19,6 +19,7 @@ from virnucpro_store.testing.compare import assert_same  # noqa: F401 -- the one
 from virnucpro_store.testing.damage import (  # noqa: F401
     malicious_checkpoint,
     put_bytes,
+    truncate,
     truncated,
 )
 from virnucpro_store.testing.samples import to_bytes  # noqa: F401
@@ -259,3 +260,34 @@ def structural_diff(a: Any, b: Any) -> str | None:
 
     seen: set[tuple[int, int]] = set()
     return walk(a, b, "<root>", 0)
+
+
+def run_commands_round_trip(invoke: Any, store: Any, url: str, tmp_path: Any) -> None:
+    """``scan`` (with ``--expected``/``--todo``), ``commit`` and ``verify`` through the command
+    line on ``url`` (the root of ``store``); ``invoke(*args)`` runs one command in-process and
+    returns click's result (``exit_code``, ``stdout``)."""
+    import json
+
+    from virnucpro_store.testing.samples import sample
+
+    for part in range(2):
+        store.save(sample("merged", 3, seed=part), f"run/part_{part}.pt", schema="merged")
+    store.save_bytes(truncate(to_bytes(sample("merged", 3, seed=2))), "run/part_2.pt",
+                     validate=None)
+    expected = tmp_path / "ids.txt"
+    ids = [f"seq{seed}_{i:06d}" for seed in range(3) for i in range(3)]  # samples' ids
+    expected.write_text("".join(f"{i}\n" for i in ids))
+    todo = tmp_path / "todo.txt"
+    scanned = invoke("scan", f"{url}/run", "--expected", str(expected), "--todo", str(todo))
+    assert scanned.exit_code == 3 and "part_2.pt" in scanned.stdout, scanned.output
+    assert todo.read_text().split() == ids[6:]
+    assert invoke("commit", f"{url}/run").exit_code == 3  # an invalid file: nothing committed
+    store.delete("run/part_2.pt")
+    committed = invoke("commit", f"{url}/run")
+    assert committed.exit_code == 0, committed.output
+    assert invoke("commit", f"{url}/run").exit_code == 1  # committed once
+    verified = invoke("verify", f"{url}/run", "--json", "--deep")
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.stdout)["n_ids"] == 6
+    store.save(sample("merged", 3, seed=9), "run/part_0.pt", schema="merged")
+    assert invoke("verify", f"{url}/run").exit_code == 3

@@ -92,3 +92,12 @@ def test_bad_credentials_are_one_line(azurite):
 def test_missing_credentials_are_one_line():
     line = one_line_error(run("ls", "az://c/x", connection_string=None))
     assert "AZURE_STORAGE_CONNECTION_STRING" in line
+
+
+def test_scan_commit_verify_on_azure(azurite, tmp_path):
+    from helpers import run_commands_round_trip
+
+    url = azurite.fresh_url()
+    store = vs.open_store(url, **azurite.storage_options())
+    run_commands_round_trip(lambda *args: run(*args, connection_string=azurite.connection_string),
+                            store, url, tmp_path)

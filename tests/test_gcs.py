@@ -606,3 +606,19 @@ def test_cli_keeps_the_aws_environment_to_s3(gcs_server, monkeypatch):
     flag = StorageOptions("http://127.0.0.1:9", endpoint_url_from_env=False)
     assert storage_options_for("az://c/p", flag) == {"endpoint_url": "http://127.0.0.1:9"}
     assert storage_options_for("/tmp/x", flag) == {}
+
+
+def test_cli_scan_commit_verify(gcs_server, tmp_path):
+    from click.testing import CliRunner
+    from helpers import run_commands_round_trip
+
+    from virnucpro_store.cli import cli as command_group
+
+    env = {"STORAGE_EMULATOR_HOST": gcs_server.endpoint_url, "VIRNUCPRO_STORE_URL": None,
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "AWS_ENDPOINT_URL": None,
+           "AWS_PROFILE": None, "COLUMNS": "200"}
+    url = gcs_server.fresh_url()
+    run_commands_round_trip(
+        lambda *args: CliRunner().invoke(command_group, list(args), env=env,
+                                         catch_exceptions=False),
+        make_store(gcs_server, url), url, tmp_path)

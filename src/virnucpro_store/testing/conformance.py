@@ -293,3 +293,26 @@ class ConformanceTests:
         store.save({"k": 2}, "r.pt")
         again = vs.open_store(store.url, **storage_options)
         assert again.load("r.pt") == {"k": 2}
+
+    # -- runs: many files, one writer, a resume scan, a committed manifest ------------------------
+
+    def test_a_run_is_written_scanned_committed_and_verified(self, store):
+        with store.writer(max_pending=2) as writer:
+            for part in range(3):
+                writer.submit(sample("merged", 3, seed=part), f"run/part_{part}.pt",
+                              schema="merged")
+        store.save({"not": "a checkpoint"}, "run/notes.pt", validate=None)
+        scanned = store.scan("run", schema="merged")
+        assert not scanned.ok and list(scanned.invalid) == ["run/notes.pt"]
+        assert scanned.valid == [f"run/part_{part}.pt" for part in range(3)]
+        assert len(scanned.ids) == 9 and not scanned.committed
+        store.delete("run/notes.pt")
+        store.commit_run("run")
+        with pytest.raises(vs.AlreadyExists):
+            store.commit_run("run")
+        verified = store.verify_run("run", deep=True)
+        assert verified.ok and verified.committed and len(verified.valid) == 3
+        # a valid file of the same size but other values is not the committed one
+        store.save(sample("merged", 3, seed=7), "run/part_1.pt", schema="merged")
+        changed = store.verify_run("run")
+        assert not changed.ok and changed.invalid["run/part_1.pt"].category == "corrupted"
