@@ -290,4 +290,6 @@ def run_commands_round_trip(invoke: Any, store: Any, url: str, tmp_path: Any) ->
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.stdout)["n_ids"] == 6
     store.save(sample("merged", 3, seed=9), "run/part_0.pt", schema="merged")
-    assert invoke("verify", f"{url}/run").exit_code == 3
+    changed = invoke("verify", f"{url}/run", "--json")
+    assert changed.exit_code == 3, changed.output
+    assert json.loads(changed.stdout)["invalid"]["part_0.pt"]["category"] == "corrupted"

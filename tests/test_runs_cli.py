@@ -242,43 +242,22 @@ def test_memory_round_trip_through_main(capsys):
 
 @pytest.mark.s3
 def test_s3_scan_commit_verify_round_trip(seaweedfs, tmp_path):
+    """scan --expected/--todo, commit and verify on SeaweedFS, as an S3 user runs them: the
+    endpoint and keys from the AWS variables (in-process: the command group itself)."""
+    from click.testing import CliRunner
+    from helpers import run_commands_round_trip
+
+    from virnucpro_store.cli import cli as command_group
+
+    env = {"AWS_ENDPOINT_URL": seaweedfs.endpoint_url, "AWS_ACCESS_KEY_ID": seaweedfs.key,
+           "AWS_SECRET_ACCESS_KEY": seaweedfs.secret, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_PROFILE": None, "AWS_EC2_METADATA_DISABLED": "true",
+           "VIRNUCPRO_STORE_URL": None, "COLUMNS": "200"}
     url = seaweedfs.fresh_url()
-    store = vs.open_store(url, **seaweedfs.storage_options())
-    for b in range(3):
-        store.save(merged([f"s{2 * b}", f"s{2 * b + 1}"]), f"shard_0/batch_{b:05d}.pt")
-    store.save_bytes(damage.truncate(to_bytes(merged(["s6"]))), "shard_1/batch_00000.pt",
-                     validate=None)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({"AWS_ENDPOINT_URL": seaweedfs.endpoint_url, "AWS_ACCESS_KEY_ID": seaweedfs.key,
-                "AWS_SECRET_ACCESS_KEY": seaweedfs.secret, "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_EC2_METADATA_DISABLED": "true"})
-    ids_file = tmp_path / "ids.txt"
-    ids_file.write_text("".join(f"s{i}\n" for i in range(8)))
-    todo = tmp_path / "todo.txt"
-
-    def s3(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "virnucpro_store", *args],
-                              capture_output=True, text=True, env=env, timeout=300)
-
-    out = s3("scan", url, "--expected", str(ids_file), "--todo", str(todo))
-    assert out.returncode == 3 and "shard_1/batch_00000.pt" in out.stdout, out
-    assert todo.read_text().split() == ["s6", "s7"]
-    assert s3("commit", url).returncode == 3
-    store.delete("shard_1/batch_00000.pt")
-    committed = s3("commit", url)
-    assert committed.returncode == 0, committed.stderr
-    assert s3("commit", url).returncode == 1
-    verified = s3("verify", url, "--json")
-    assert verified.returncode == 0, verified.stderr
-    assert json.loads(verified.stdout)["n_ids"] == 6
-    client = seaweedfs.client()
-    bucket, _, prefix = url[len("s3://"):].partition("/")
-    client.put_object(Bucket=bucket, Key=f"{prefix}/shard_0/batch_00002.pt",
-                      Body=to_bytes(merged(["s4", "s5", "s5b"])))
-    changed = s3("verify", url, "--json")
-    assert changed.returncode == 3
-    assert json.loads(changed.stdout)["invalid"]["shard_0/batch_00002.pt"]["category"] == \
-        "corrupted"
+    run_commands_round_trip(
+        lambda *args: CliRunner().invoke(command_group, list(args), env=env,
+                                         catch_exceptions=False),
+        vs.open_store(url, **seaweedfs.storage_options()), url, tmp_path)
 
 
 def test_gc_removes_virnucpro_tmp_files_only_when_asked_and_old(run_dir):
