@@ -50,7 +50,7 @@ from virnucpro_store.testing.samples import FORMATS, sample
 from virnucpro_store.validation.pickleguard import library_protocol
 from virnucpro_store.validation.torch_load import numpy_safe_globals
 
-SUBSET = 500
+SUBSET = 300
 FULL = os.environ.get("VNPS_FUZZ") == "full"
 PROTOCOLS = (4, 5)
 

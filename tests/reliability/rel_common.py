@@ -43,7 +43,7 @@ class Scale:
 
 CI = Scale(name="ci", crash_kills=8, crash_max_delay=1.2, race_writers=8, race_saves=4,
            race_readers=2, create_only_racers=8, create_only_rounds=3, many_key_workers=8,
-           many_keys_each=3, net_rates=(0.05, 0.20), net_ops=24, disk_rounds=6, node_ops=6)
+           many_keys_each=3, net_rates=(0.05, 0.20), net_ops=16, disk_rounds=6, node_ops=6)
 FULL = Scale(name="full", crash_kills=120, crash_max_delay=1.5, race_writers=8, race_saves=25,
              race_readers=3, create_only_racers=8, create_only_rounds=25, many_key_workers=8,
              many_keys_each=25, net_rates=(0.01, 0.05, 0.10, 0.20), net_ops=150,
