@@ -1,11 +1,30 @@
-"""What any object-store backend (S3 today; GCS, Azure next) shares, independent of its API.
+"""What every object-store backend (S3, GCS, Azure) shares, independent of its API; a new
+object store is one package on top of this module and :mod:`.objectstore_io`:
 
-* :class:`RetryPolicy`: capped exponential backoff with jitter for transient failures.
-* :func:`staging_name_for`: the hidden staging name next to a key.
+* :class:`ObjectStoreOptions`: the backend's own options (``retries``, ``retry_base_wait``,
+  ``retry_max_wait``, ``part_size``, ``max_concurrency``, ``request_timeout``) and the
+  :class:`RetryPolicy` they make (capped exponential backoff with jitter);
+* :func:`split_location`: ``bucket/prefix`` -> bucket, root prefix, URL;
+* :class:`ObjectStoreBackend`: the :class:`~.base.Backend` parts that do not depend on the
+  medium (request counters, a download-once ``open_for_load``);
+* :func:`staging_name_for`: the hidden staging name next to a key;
 * :class:`ObjectStoreStaging`: the staging life cycle (writing -> finished -> published |
   aborted) of a save that streams to a staging object and publishes it with a server-side
   copy; a backend supplies the medium's steps (complete the upload, read the staged object,
-  copy it to the key, delete it, abort the upload).
+  copy it to the key, delete it, abort the upload);
+* :func:`utc`, :func:`strip_etag`: small normalizations of listing and HEAD answers.
+
+In :mod:`.objectstore_io`: :class:`~.objectstore_io.PartWriter` (the part-buffering file
+``torch.save`` writes into; a backend sends a part), :class:`~.objectstore_io.RangedSource`
+and :class:`~.objectstore_io.AsyncRangedSource` (pinned ranged reads, parallel downloads into
+a :class:`~.objectstore_io.MemoryReader`; a backend makes one ranged GET), the request-client
+base :class:`~.objectstore_io.ObjectStoreClient` (with
+:class:`~.objectstore_io.FsspecLoopClient` for fsspec-based ones) and the fork-safety hook
+:func:`~.objectstore_io.isolate_fsspec_loop_on_fork`.
+
+What stays per backend: the request entry point (its retry loop, the medium's error table
+and messages), the upload and commit primitives, the publish (copy) and its create-only
+condition, listing and leftovers.
 """
 
 from __future__ import annotations
@@ -13,13 +32,16 @@ from __future__ import annotations
 import logging
 import random
 from abc import abstractmethod
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from ..errors import StorageFailure, StoreError
 from ..keys import staging_file_name
 from ..source import ByteSource
-from .base import ObjectInfo, Staging
+from .base import Backend, FileTarget, LoadTarget, ObjectInfo, Staging, published
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +64,100 @@ class RetryPolicy:
         return random.uniform(cap / 2, cap)
 
 
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class ObjectStoreOptions:
+    """The options every object-store backend takes besides its medium's own (the same
+    names, meanings and defaults on S3, GCS and Azure)."""
+
+    #: retries of a transient failure per request
+    retries: int = 5
+    #: first backoff in seconds; it doubles per retry
+    retry_base_wait: float = 0.1
+    #: cap of one backoff in seconds
+    retry_max_wait: float = 10.0
+    #: upload part (chunk, block) size in bytes
+    part_size: int = 8 * MiB
+    #: parts or ranges in flight per upload or download
+    max_concurrency: int = 4
+    #: seconds one attempt of one request may take
+    request_timeout: float = 300.0
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(int(self.retries), float(self.retry_base_wait),
+                           float(self.retry_max_wait))
+
+    @property
+    def concurrency(self) -> int:
+        """``max_concurrency``, at least 1."""
+        return max(1, int(self.max_concurrency))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The options as given, for ``storage_options`` (what reopens the store)."""
+        return asdict(self)
+
+
+def split_location(scheme: str, location: str, what: str = "bucket") -> tuple[str, str, str]:
+    """``bucket/prefix`` -> (bucket, root prefix ('' or ending in '/'), the store's URL);
+    ``what`` names the bucket in the error for a location without one."""
+    bucket, _, prefix = location.strip("/").partition("/")
+    if not bucket:
+        raise StorageFailure(f"{scheme}://{location}: no {what} in the URL")
+    root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    return bucket, root, f"{scheme}://{bucket}/{root}".rstrip("/")
+
+
+def strip_etag(etag: str | None) -> str | None:
+    """An ETag without its quotes (S3 and Azure quote them)."""
+    return etag.strip('"') if etag else etag
+
+
+class ObjectStoreBackend(Backend):
+    """The medium-independent part of an object-store backend: it has a ``client`` (an
+    :class:`~.objectstore_io.ObjectStoreClient`) and sources with ``download()``; it lists
+    through :meth:`_listing` and :meth:`_entry_info`."""
+
+    client: Any
+
+    @abstractmethod
+    def _listing(self, prefix: str) -> Iterable[tuple[str, Any]]:
+        """(name relative to the root, listing entry) of every object under ``prefix``
+        that may be a published key (staging and invalid names are dropped here)."""
+
+    @abstractmethod
+    def _entry_info(self, name: str, entry: Any) -> ObjectInfo:
+        """The info of a listed object, from its listing entry alone."""
+
+    def _listed(self, prefix: str) -> list[tuple[str, Any]]:
+        """(key, listing entry) of every published key under ``prefix``, sorted by key."""
+        return published(self._listing(prefix), self.url_for)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return iter([name for name, _ in self._listed(prefix)])
+
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Sizes, times and versions from the listing itself: no request per key."""
+        return iter([self._entry_info(name, entry) for name, entry in self._listed(prefix)])
+
+    @property
+    def request_counts(self) -> Counter[str]:
+        """Requests sent, by operation name (retries included)."""
+        return self.client.request_counts
+
+    @property
+    def bytes_downloaded(self) -> int:
+        """Bytes received by ranged GETs."""
+        return self.client.bytes_downloaded
+
+    def open_for_load(self, key: str) -> LoadTarget:
+        """One metadata request now (``open_source``); the version it names is downloaded
+        on first use, once, into one buffer, by parallel ranged GETs pinned to it."""
+        source = self.open_source(key)
+        return FileTarget(source, lambda _source: source.download())
+
+
 def staging_name_for(key: str) -> str:
     """A unique staging name next to ``key``: ``dir/.name.vnps-staging-<uuid>`` (the name cut
     to fit 255 bytes; see :func:`virnucpro_store.keys.staging_file_name`)."""
@@ -59,10 +175,18 @@ def utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+def age_if_old(when: datetime | None, older_than: float, now: datetime) -> float | None:
+    """The age in seconds of a leftover made at ``when`` (unknown: infinitely old), or None
+    when it is younger than ``older_than`` (``older_than <= 0``: everything is old)."""
+    at = utc(when)
+    age = (now - at).total_seconds() if at else float("inf")
+    return max(age, 0.0) if older_than <= 0 or age >= older_than else None
+
+
 class ObjectStoreStaging(Staging):
     """A save in flight on an object store: ``file`` streams to a staging object next to
     ``key``; :meth:`publish` copies it to ``key`` on the server, then deletes it. Subclasses
-    implement the five medium steps below; this class keeps the order and the states."""
+    implement the medium steps below; this class keeps the order and the states."""
 
     def __init__(self, key: str, url: str) -> None:
         self.key = key
@@ -91,9 +215,10 @@ class ObjectStoreStaging(Staging):
     def delete_staged(self) -> None:
         """Delete the completed staging object."""
 
-    @abstractmethod
     def abort_upload(self) -> None:
-        """Stop the upload in flight and discard what it sent; best effort."""
+        """Stop the upload in flight and discard what it sent; best effort. The default
+        aborts ``file`` (a :class:`~.objectstore_io.PartWriter` with an ``abort()``)."""
+        self.file.abort()  # type: ignore[attr-defined]
 
     # -- the life cycle --------------------------------------------------------------------------
 

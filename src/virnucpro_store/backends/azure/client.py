@@ -8,8 +8,6 @@ and fork handling (a forked child makes its own container client)."""
 
 from __future__ import annotations
 
-import collections
-import enum
 import logging
 import os
 import threading
@@ -26,8 +24,9 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from ...errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
+from ...errors import StorageFailure, StoreError
 from ..objectstore import RetryPolicy
+from ..objectstore_io import ErrorKind, ObjectStoreClient, kind_of
 
 log = logging.getLogger("virnucpro_store.backends.azure")
 
@@ -41,19 +40,6 @@ SAVE_ID_KEY = "vnpssave"
 #: the storage options of adlfs this backend understands, beyond its own
 _ADLFS_OPTIONS = frozenset({"connection_string", "account_name", "account_key", "credential",
                             "sas_token", "account_url", "endpoint_url", "account_host", "anon"})
-
-
-class ErrorKind(enum.Enum):
-    """What an Azure failure means to this library."""
-
-    MISSING = "missing"
-    NO_CONTAINER = "no-container"
-    EXISTS = "exists"
-    CHANGED = "changed"
-    DENIED = "denied"
-    CREDENTIALS = "credentials"
-    TRANSIENT = "transient"
-    OTHER = "other"
 
 
 _K = ErrorKind
@@ -80,9 +66,7 @@ def classify(exc: BaseException) -> tuple[ErrorKind, str]:
         raw = exc.error_code
         code = str(getattr(raw, "value", raw) or exc.status_code)
         status = str(exc.status_code)
-        kind = ERROR_KINDS.get(code) or ERROR_KINDS.get(status) or ErrorKind.OTHER
-        if kind is ErrorKind.OTHER and status.startswith("5"):
-            kind = ErrorKind.TRANSIENT
+        kind = kind_of(ERROR_KINDS, code, status=status)
         if kind is ErrorKind.OTHER and status == "409" and code == "PendingCopyOperation":
             kind = ErrorKind.EXISTS  # a create-only copy onto a blob another copy is filling
         message = (exc.reason or "").strip().splitlines()[0][:160] if exc.reason else ""
@@ -155,27 +139,20 @@ def _default_credential() -> Any:
     return DefaultAzureCredential()
 
 
-class AzureClient:
+class AzureClient(ObjectStoreClient):
     """Calls on one container under one root prefix: retries, error translation, and a
     container client made again in a forked child (DataLoader workers)."""
 
+    log = log
+
     def __init__(self, container: str, root: str, url: str, *, retry: RetryPolicy,
                  request_timeout: float, options: dict[str, Any]) -> None:
+        super().__init__(container, root, url, retry=retry, request_timeout=request_timeout)
         self.container = container
-        #: blob-name prefix of the store inside the container ('' or ending in '/')
-        self.root = root
-        #: the store's root URL, for messages
-        self.url = url
-        self.retry = retry
-        self.request_timeout = float(request_timeout)
         self._make_service = _resolve_credentials(dict(options), self.request_timeout)
         self._client: ContainerClient | None = None
         self._pid = -1
         self._lock = threading.Lock()
-        #: requests sent, by operation name (retries included); tests count these
-        self.request_counts: collections.Counter[str] = collections.Counter()
-        #: bytes received by ranged GETs
-        self.bytes_downloaded = 0
 
     @property
     def container_client(self) -> ContainerClient:
@@ -194,12 +171,6 @@ class AzureClient:
         """The BlobClient of the blob ``name`` (relative to the container, root included)."""
         return self.container_client.get_blob_client(name)
 
-    def path(self, key: str) -> str:
-        return self.root + key
-
-    def url_for(self, key: str | None) -> str:
-        return f"{self.url.rstrip('/')}/{key}" if key else self.url
-
     def call(self, op: str, fn: Callable[[], T], *, key: str | None = None,
              precondition: Literal["exists", "changed"] = "exists") -> T:
         """Run one SDK call, retrying transient failures with capped backoff; errors come out
@@ -214,9 +185,8 @@ class AzureClient:
                 raise
             except (AzureError, ConnectionError, TimeoutError) as exc:
                 kind, what = classify(exc)
-                if kind is ErrorKind.TRANSIENT and attempt < self.retry.retries:
-                    wait = self.retry.backoff(attempt)
-                    log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
+                wait = self.retry_wait(kind, attempt, op, key, what)
+                if wait is not None:
                     attempt += 1
                     time.sleep(wait)
                     continue
@@ -225,27 +195,17 @@ class AzureClient:
     def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
                   precondition: str, attempts: int) -> StoreError:
         """The store error for a failed call (``attempts`` retries were made)."""
-        url = self.url_for(key)
         code = what.split(" ", 1)[0]
-        if kind is ErrorKind.MISSING:
-            return CheckpointMissing(f"{url}: no such object", key=key, url=url)
-        if kind in (ErrorKind.EXISTS, ErrorKind.CHANGED):
-            if precondition == "changed" or (kind is ErrorKind.CHANGED
-                                              and what.startswith("Source")):
-                return ObjectChanged(f"{url}: the object changed while it was being read",
-                                     key=key, url=url)
-            return AlreadyExists(f"{url} already exists (create-only save)", key=key, url=url)
-        message = {
+        if kind is ErrorKind.CHANGED and what.startswith("Source"):
+            precondition = "changed"  # the source of a copy changed
+        return self.store_error(kind, what, op, key, precondition, attempts, {
             ErrorKind.NO_CONTAINER: f"the container {self.container!r} does not exist",
             ErrorKind.DENIED: (f"permission refused by Azure for {op} ({code}): check the "
                                "credentials and their rights on the container"),
             ErrorKind.CREDENTIALS: (
                 f"Azure refused the credentials ({code}); set AZURE_STORAGE_CONNECTION_STRING "
                 "or AZURE_STORAGE_ACCOUNT_NAME/_KEY, or pass connection_string=/account_key=/"
-                "sas_token="),
-            ErrorKind.TRANSIENT: f"{op} failed after {attempts + 1} attempts: {what}",
-        }.get(kind, f"{op} failed: {what}")
-        return StorageFailure(f"{url}: {message}", key=key, url=url)
+                "sas_token=")})
 
 
 def copy_status(props: Any) -> str | None:

@@ -4,67 +4,63 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from azure.core import MatchConditions
 
-from ...errors import StorageFailure
-from ...source import Source
+from ...source import SeekableReader
+from ..objectstore_io import RangedSource
 from .client import AzureClient
 
 
-class AzureSource(Source):
+class AzureSource(RangedSource):
     """A :class:`~virnucpro_store.source.ByteSource` over one blob: every ``read`` is one
     ranged GET pinned to ``etag`` (``If-Match``), so a blob replaced meanwhile raises
     :class:`~virnucpro_store.errors.ObjectChanged` instead of mixing versions."""
 
+    client: AzureClient
+
     def __init__(self, client: AzureClient, key: str, size: int, etag: str | None, *,
                  path: str | None = None, max_concurrency: int = 4) -> None:
-        self.client = client
-        self.key = key
+        super().__init__(client, key, size, etag, max_concurrency=max_concurrency)
         self.path = path if path is not None else client.path(key)
-        self.size = size
-        self.etag = etag
-        self.max_concurrency = max(1, max_concurrency)
-        self.requests = 0
-        self.bytes_read = 0
 
-    def _download(self, offset: int, length: int, concurrency: int) -> Any:
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` from ``offset``: the SDK's download (parallel ranged GETs, all pinned
+        to the ETag) writes straight into it."""
+        if not len(view):
+            return
         pinned = ({"etag": self.etag, "match_condition": MatchConditions.IfNotModified}
                   if self.etag else {})
-        return self.client.blob(self.path).download_blob(
-            offset=offset, length=length, max_concurrency=concurrency, **pinned)
 
-    def read(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError("negative offset or length")
-        length = max(0, min(length, self.size - offset))
-        if length == 0:
-            return b""
-        data = self.client.call("get_blob", lambda: self._download(offset, length, 1).readall(),
-                                key=self.key, precondition="changed")
-        if len(data) != length:
-            raise StorageFailure(f"{self.client.url_for(self.key)}: short read ({len(data)} of "
-                                 f"{length} bytes)", key=self.key)
-        self.requests += 1
-        self.bytes_read += length
-        self.client.bytes_downloaded += length
-        return data
+        def fetch() -> None:
+            got = self.client.blob(self.path).download_blob(
+                offset=offset, length=len(view), max_concurrency=self.max_concurrency,
+                **pinned).readinto(_ViewWriter(view))
+            if got != len(view):
+                raise ConnectionError(f"short read: {got} of {len(view)} bytes")
 
-    def download(self) -> io.BytesIO:
-        """The whole blob in memory (parallel ranged GETs, all pinned to the ETag)."""
-        def fetch() -> io.BytesIO:
-            buffer = io.BytesIO()
-            if self.size:
-                self._download(0, self.size, self.max_concurrency).readinto(buffer)
-            if buffer.tell() != self.size:
-                raise ConnectionError(f"short read: {buffer.tell()} of {self.size} bytes")
-            buffer.seek(0)
-            return buffer
+        self.client.call("get_blob", fetch, key=self.key, precondition="changed")
+        self._counted(len(view))
 
-        buffer = self.client.call("get_blob", fetch, key=self.key, precondition="changed")
-        self.requests += 1
-        self.bytes_read += self.size
-        self.client.bytes_downloaded += self.size
-        return buffer
+
+class _ViewWriter(SeekableReader):
+    """A seekable, writable file over a preallocated buffer, for the SDK's parallel
+    download (it seeks to each chunk's place before writing it)."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self.size = len(view)
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = memoryview(data).cast("B")
+        self._view[self._pos:self._pos + len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)

@@ -6,10 +6,8 @@ ties them to the staging life cycle of
 from __future__ import annotations
 
 import base64
-import collections
 import concurrent.futures
 import contextlib
-import io
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ from azure.storage.blob import BlobBlock
 from ...errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
 from ..base import ObjectInfo
 from ..objectstore import ObjectStoreStaging
+from ..objectstore_io import PartWriter
 from .client import SAVE_ID_KEY, AzureClient, copy_status
 from .read import AzureSource
 
@@ -27,59 +26,26 @@ if TYPE_CHECKING:
     from .backend import AzureBackend
 
 
-class BlockWriter(io.RawIOBase):
+class BlockWriter(PartWriter):
     """A write-only file that streams into a staging block blob: one Put Block per part as it
     fills, at most ``max_concurrency`` in flight, Put Block List at :meth:`complete`; an
     object smaller than a part is one Put Blob. Closing it never commits anything."""
 
     def __init__(self, client: AzureClient, key: str, path: str, metadata: dict[str, str], *,
                  part_size: int, max_concurrency: int) -> None:
-        super().__init__()
+        super().__init__(part_size, max_concurrency)
         self._client = client
         self._key = key
         self._path = path
         self._metadata = metadata
-        self._part_size = part_size
-        self._max_inflight = max(1, max_concurrency)
-        self._buf = bytearray(part_size)
-        self._fill = 0
-        self._size = 0
         self._blocks: list[str] = []
-        self._inflight: collections.deque[concurrent.futures.Future[None]] = collections.deque()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._done = False
         #: a Put Blob / Put Block List was sent: the blob may exist, committed
         self._commit_sent = False
         #: blocks staged (Put Block requests that succeeded); tests count these
         self.blocks_staged = 0
 
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._size
-
-    def write(self, data: Any) -> int:
-        if self._done:
-            raise ValueError("write to a finished or aborted staging upload")
-        self._raise_failure()
-        view = memoryview(data).cast("B")
-        total = len(view)
-        while view:
-            take = min(len(self._buf) - self._fill, len(view))
-            self._buf[self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == len(self._buf):
-                self._send_block()
-        self._size += total
-        return total
-
-    def _raise_failure(self) -> None:
-        while self._inflight and self._inflight[0].done():
-            self._inflight.popleft().result()
-
-    def _send_block(self) -> None:
+    def send_part(self, *, last: bool = False) -> None:
         number = len(self._blocks)
         # Same-length ids (the service requires it); 50,000 blocks at most per blob, so parts
         # double every 10,000: even a multi-TB stream fits.
@@ -91,10 +57,7 @@ class BlockWriter(io.RawIOBase):
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self._max_inflight,
                                                                thread_name_prefix="vnps-azure")
-        self._inflight.append(self._pool.submit(self._stage, block_id, body))
-        while len(self._inflight) >= self._max_inflight:
-            self._inflight.popleft().result()
-        self._raise_failure()
+        self._track(self._pool.submit(self._stage, block_id, body))
 
     def _stage(self, block_id: str, body: bytes) -> None:
         blob = self._client.blob(self._path)
@@ -114,17 +77,15 @@ class BlockWriter(io.RawIOBase):
                     max_concurrency=1), key=self._key)
             else:
                 if self._fill:
-                    self._send_block()
-                while self._inflight:
-                    self._inflight.popleft().result()
+                    self.send_part(last=True)
+                self._drain()
                 blocks = [BlobBlock(block_id=b) for b in self._blocks]
                 self._commit_sent = True
                 result = self._client.call("put_block_list", lambda: blob.commit_block_list(
                     blocks, metadata=self._metadata), key=self._key)
         finally:
             self._shutdown()
-        self._done = True
-        self._buf = bytearray()
+        self._finished()
         return self._size, result["etag"]
 
     def _shutdown(self) -> None:
@@ -135,22 +96,14 @@ class BlockWriter(io.RawIOBase):
     def abort(self) -> None:
         """Stop the blocks in flight and delete what was staged (the blob with its uncommitted
         blocks); best effort."""
-        self._done = True
-        self._buf = bytearray()
-        for future in self._inflight:
-            future.cancel()
+        self._cancel_inflight()
         self._shutdown()
-        self._inflight.clear()
         if self._commit_sent:  # a commit whose answer was lost may have gone through
             blob = self._client.blob(self._path)
             with contextlib.suppress(CheckpointMissing):
                 self._client.call("delete_blob", blob.delete_blob, key=self._key)
         if self._blocks:
             remove_uncommitted(self._client, self._path, self._key)
-
-    def close(self) -> None:
-        # Closing is not completing: a half-written checkpoint must never be published.
-        super().close()
 
 
 def remove_uncommitted(client: AzureClient, path: str, key: str | None) -> None:
@@ -200,9 +153,6 @@ class AzureStaging(ObjectStoreStaging):
         blob = self._client.blob(self.path)
         with contextlib.suppress(CheckpointMissing):
             self._client.call("delete_blob", blob.delete_blob, key=self.key)
-
-    def abort_upload(self) -> None:
-        self.file.abort()
 
 
 class Copier:

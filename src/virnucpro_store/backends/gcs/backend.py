@@ -4,35 +4,29 @@ reads)."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from ...errors import CheckpointMissing, StorageFailure
+from ...errors import CheckpointMissing
 from ...keys import is_staging_file_name
-from ..base import Backend, FileTarget, Leftover, LoadTarget, ObjectInfo, published
-from ..objectstore import RetryPolicy
+from ..base import Leftover, ObjectInfo
+from ..objectstore import ObjectStoreBackend, ObjectStoreOptions, age_if_old, split_location
 from .client import GCSClient, _parse_time, object_info
 from .read import DOWNLOAD_CHUNK, GCSSource
 from .upload import CHUNK_QUANTUM, UPLOAD_PART_SIZE, GCSStaging
 
 
-class GCSBackend(Backend):
+class GCSBackend(ObjectStoreBackend):
     """Checkpoints under ``gs://bucket/prefix``.
 
     ``storage_options`` go to :class:`gcsfs.GCSFileSystem` (``token``, ``project``,
     ``endpoint_url``, ``requester_pays``, ``session_kwargs``, ...): Application Default
     Credentials and ``STORAGE_EMULATOR_HOST`` work as in gcsfs (with the emulator and no
-    ``token``, requests are anonymous). These belong to this backend:
-
-    ``retries``          retries of a transient failure per request (default 5)
-    ``retry_base_wait``  first backoff in seconds (default 0.1); it doubles per retry
-    ``retry_max_wait``   cap of one backoff in seconds (default 10)
-    ``part_size``        resumable-upload chunk in bytes (default 8 MiB; a multiple of 256 KiB)
-    ``max_concurrency``  ranged GETs in flight per download (default 4)
-    ``request_timeout``  seconds one attempt of one request may take (default 300)
+    ``token``, requests are anonymous). The options of
+    :class:`~virnucpro_store.backends.objectstore.ObjectStoreOptions` belong to this backend,
+    ``part_size`` being the resumable-upload chunk (a multiple of 256 KiB) and
+    ``max_concurrency`` the ranged GETs in flight per download.
     """
 
     scheme = "gs"
@@ -46,38 +40,21 @@ class GCSBackend(Backend):
         if part_size < CHUNK_QUANTUM or part_size % CHUNK_QUANTUM:
             raise ValueError(f"part_size must be a positive multiple of {CHUNK_QUANTUM} bytes "
                              "(256 KiB, Cloud Storage's resumable-upload granularity)")
+        options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
+                                     max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
-        self.storage_options: dict[str, Any] = {
-            "retries": retries, "retry_base_wait": retry_base_wait,
-            "retry_max_wait": retry_max_wait, "part_size": part_size,
-            "max_concurrency": max_concurrency, "request_timeout": request_timeout,
-            **storage_options}
-        bucket, _, prefix = location.strip("/").partition("/")
-        if not bucket:
-            raise StorageFailure(f"gs://{location}: no bucket in the URL")
-        self.bucket = bucket
-        self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        self.url = f"gs://{bucket}/{self.root}".rstrip("/")
-        retry = RetryPolicy(int(retries), float(retry_base_wait), float(retry_max_wait))
+        self.storage_options: dict[str, Any] = {**options.as_dict(), **storage_options}
+        self.bucket, self.root, self.url = split_location("gs", location)
         #: sends every request (retries, error translation, fork handling)
-        self.client = GCSClient(bucket, self.root, self.url, retry=retry,
+        self.client = GCSClient(self.bucket, self.root, self.url, retry=options.retry_policy(),
                                 request_timeout=request_timeout,
                                 fs_options=dict(storage_options))
         self.part_size = part_size
-        self.max_concurrency = max(1, int(max_concurrency))
+        self.max_concurrency = options.concurrency
         #: size of each ranged GET of a parallel download
         self.download_chunk = DOWNLOAD_CHUNK
         #: ``maxBytesRewrittenPerCall`` of a publish (None: the service decides)
         self.rewrite_chunk: int | None = None
-
-    @property
-    def request_counts(self) -> collections.Counter[str]:
-        """Requests sent, by operation name (retries included)."""
-        return self.client.request_counts
-
-    @property
-    def bytes_downloaded(self) -> int:
-        return self.client.bytes_downloaded
 
     def _stat_resource(self, key: str) -> dict[str, Any]:
         return self.client.run(self.client.get_json("stat", self.client.object_url(
@@ -94,12 +71,6 @@ class GCSBackend(Backend):
         return GCSSource(self.client, key, self.client.path(key), int(resource["size"]),
                          str(resource["generation"]), download_chunk=self.download_chunk,
                          max_concurrency=self.max_concurrency)
-
-    def open_for_load(self, key: str) -> LoadTarget:
-        """One metadata GET now; the generation it names is downloaded on first use, once,
-        by parallel ranged GETs."""
-        source = self.open_source(key)
-        return FileTarget(source, lambda _source: source.download())
 
     def _objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         """(name relative to the root, listing entry) of every object under ``prefix``."""
@@ -119,13 +90,11 @@ class GCSBackend(Backend):
                 return out
             params["pageToken"] = token
 
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter([name for name, _ in published(self._objects(prefix), self.url_for)])
+    def _listing(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        return self._objects(prefix)
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Sizes, times and generations from the listing itself: no request per key."""
-        return iter([object_info(entry, name, self.url_for(name))
-                     for name, entry in published(self._objects(prefix), self.url_for)])
+    def _entry_info(self, name: str, entry: dict[str, Any]) -> ObjectInfo:
+        return object_info(entry, name, self.url_for(name))
 
     def delete(self, key: str) -> None:
         self.client.run(self.client.request("delete", "DELETE", self.client.object_url(
@@ -139,10 +108,10 @@ class GCSBackend(Backend):
         for name, entry in self._objects():
             if not is_staging_file_name(name):
                 continue
-            created = _parse_time(entry.get("timeCreated") or entry.get("updated"))
-            age = (now - created).total_seconds() if created else float("inf")
-            if older_than <= 0 or age >= older_than:
-                found.append(Leftover(name, max(age, 0.0), "staging",
+            age = age_if_old(_parse_time(entry.get("timeCreated") or entry.get("updated")),
+                             older_than, now)
+            if age is not None:
+                found.append(Leftover(name, age, "staging",
                                       int(entry.get("size", 0))))
         return found
 
@@ -150,6 +119,3 @@ class GCSBackend(Backend):
         with contextlib.suppress(CheckpointMissing):
             self.client.run(self.client.request("delete", "DELETE", self.client.object_url(
                 self.client.path(leftover.name)), key=leftover.name))
-
-    def close(self) -> None:
-        """Nothing to release: the gcsfs instance (and its session) is shared."""

@@ -11,12 +11,10 @@ exceptions that cannot tell a missing bucket from a missing object -- for the ta
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -26,25 +24,26 @@ import gcsfs.retry
 import google.auth.exceptions
 from gcsfs.core import GCSFileSystem, quote
 
-from ...errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
+from ...errors import StoreError
 from ..base import ObjectInfo
 from ..objectstore import RetryPolicy
+from ..objectstore_io import ErrorKind, FsspecLoopClient, isolate_fsspec_loop_on_fork, kind_of
 
 log = logging.getLogger("virnucpro_store.backends.gcs")
 
 T = TypeVar("T")
 
+_K = ErrorKind
 #: HTTP status -> what it means to this library (404 is refined: object or bucket)
-ERROR_KINDS: dict[int, str] = {
-    401: "credentials", 403: "denied", 404: "missing", 412: "precondition",
-    408: "transient", 429: "transient",
+ERROR_KINDS: dict[int, ErrorKind] = {
+    401: _K.CREDENTIALS, 403: _K.DENIED, 404: _K.MISSING, 412: _K.PRECONDITION,
+    408: _K.TRANSIENT, 429: _K.TRANSIENT,
 }
 
 
-def classify_status(status: int) -> str:
-    """The kind of a failed response: missing, precondition, credentials, denied, transient,
-    other."""
-    return ERROR_KINDS.get(status) or ("transient" if status >= 500 else "other")
+def classify_status(status: int) -> ErrorKind:
+    """The kind of a failed response (a ``str`` enum: ``"missing"``, ``"transient"``, ...)."""
+    return kind_of(ERROR_KINDS, status=status)
 
 
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
@@ -72,38 +71,20 @@ def _parse_time(value: str | None) -> datetime | None:
         return None
 
 
-# -- fork handling (as the S3 backend: a forked child must not share the parent's selector) ------
-
-_parent_loop: list[asyncio.AbstractEventLoop | None] = [None]
-
-
-def _isolate_loop_in_child() -> None:
-    loop, _parent_loop[0] = _parent_loop[0], None
-    if loop is not None and hasattr(loop, "_selector"):
-        import selectors
-
-        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=lambda: _parent_loop.__setitem__(0, fsspec.asyn.loop[0]),
-                        after_in_child=_isolate_loop_in_child,
-                        after_in_parent=lambda: _parent_loop.__setitem__(0, None))
+isolate_fsspec_loop_on_fork()
 
 
 # -- the client --------------------------------------------------------------------------------
 
-class GCSClient:
+class GCSClient(FsspecLoopClient):
     """Requests to one bucket under one root prefix, through one (per process) gcsfs
     instance: retries, timeouts and the translation of failures into store errors."""
 
+    log = log
+
     def __init__(self, bucket: str, root: str, url: str, *, retry: RetryPolicy,
                  request_timeout: float, fs_options: dict[str, Any]) -> None:
-        self.bucket = bucket
-        self.root = root
-        self.url = url
-        self.retry = retry
-        self.request_timeout = float(request_timeout)
+        super().__init__(bucket, root, url, retry=retry, request_timeout=request_timeout)
         if "token" not in fs_options and os.environ.get("STORAGE_EMULATOR_HOST"):
             # as Google's own client libraries do: an emulator takes no credentials, and
             # looking for them (metadata server probe) costs seconds
@@ -112,10 +93,6 @@ class GCSClient:
         self._fs: GCSFileSystem | None = None
         self._fs_pid = -1
         self._bucket_exists = False
-        #: requests sent, by operation name (retries included); tests count these
-        self.request_counts: collections.Counter[str] = collections.Counter()
-        #: bytes received by ranged reads
-        self.bytes_downloaded = 0
 
     @property
     def fs(self) -> GCSFileSystem:
@@ -125,12 +102,6 @@ class GCSClient:
             self._fs_pid = os.getpid()
             self._bucket_exists = False
         return self._fs
-
-    def path(self, key: str) -> str:
-        return self.root + key
-
-    def url_for(self, key: str | None) -> str:
-        return f"{self.url.rstrip('/')}/{key}" if key else self.url
 
     def object_url(self, name: str, *, media: bool = False) -> str:
         """The JSON API URL of object ``name`` (its bytes with ``media``)."""
@@ -143,16 +114,6 @@ class GCSClient:
 
     def upload_url(self) -> str:
         return f"{self.fs._location}/upload/storage/v1/b/{quote(self.bucket)}/o"
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on gcsfs's event loop and wait for it."""
-        async def wrapper() -> T:
-            return await coro
-
-        return fsspec.asyn.sync(self.fs.loop, wrapper)
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
 
     async def _attempt(self, method: str, url: str, params: dict[str, Any],
                        headers: dict[str, str] | None, data: Any,
@@ -194,19 +155,18 @@ class GCSClient:
             except StoreError:
                 raise
             except _TRANSIENT_TYPES as exc:
-                kind, what = "transient", f"{type(exc).__name__}: {exc}"
+                kind, what = _K.TRANSIENT, f"{type(exc).__name__}: {exc}"
             except _CREDENTIAL_TYPES as exc:  # credentials that cannot be loaded or refreshed
-                kind, what = "credentials", f"{type(exc).__name__}: {exc}"
+                kind, what = _K.CREDENTIALS, f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 -- translated here, at the edge
-                kind, what = "other", f"{type(exc).__name__}: {exc}"
-            if kind == "transient" and attempt < self.retry.retries:
-                wait = self.retry.backoff(attempt)
-                log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
+                kind, what = _K.OTHER, f"{type(exc).__name__}: {exc}"
+            wait = self.retry_wait(kind, attempt, op, key, what)
+            if wait is not None:
                 attempt += 1
                 await asyncio.sleep(wait)
                 continue
-            if kind == "missing" and await self._bucket_missing(op):
-                kind = "no-bucket"
+            if kind is _K.MISSING and await self._bucket_missing(op):
+                kind = _K.NO_BUCKET
             raise self.translate(kind, what, op, key, precondition, attempt)
 
     async def _bucket_missing(self, op: str) -> bool:
@@ -224,30 +184,20 @@ class GCSClient:
         self._bucket_exists = status == 200
         return status == 404
 
-    def translate(self, kind: str, what: str, op: str, key: str | None, precondition: str,
-                  attempts: int) -> StoreError:
+    def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
+                  precondition: str, attempts: int) -> StoreError:
         """The store error for a failed request (after ``attempts`` retries)."""
-        url = self.url_for(key)
-        if kind == "missing":
-            return CheckpointMissing(f"{url}: no such object", key=key, url=url)
-        if kind == "precondition":
-            if precondition == "changed":
-                return ObjectChanged(f"{url}: the object changed while it was being read",
-                                     key=key, url=url)
-            return AlreadyExists(f"{url} already exists (create-only save)", key=key, url=url)
+        kind = ErrorKind(kind)  # tests and callers may pass its value ("denied")
         anonymous = self._fs is not None and self._fs.credentials.credentials is None
-        if kind == "denied" and anonymous and not os.environ.get("STORAGE_EMULATOR_HOST"):
-            kind = "credentials"
-        message = {
-            "denied": f"permission refused by Google Cloud Storage for {op} ({what})",
-            "no-bucket": f"the bucket {self.bucket!r} does not exist",
-            "credentials": (
+        if kind is _K.DENIED and anonymous and not os.environ.get("STORAGE_EMULATOR_HOST"):
+            kind = _K.CREDENTIALS
+        return self.store_error(kind, what, op, key, precondition, attempts, {
+            _K.DENIED: f"permission refused by Google Cloud Storage for {op} ({what})",
+            _K.NO_BUCKET: f"the bucket {self.bucket!r} does not exist",
+            _K.CREDENTIALS: (
                 f"no usable Google credentials ({what}); run 'gcloud auth "
                 "application-default login', set GOOGLE_APPLICATION_CREDENTIALS, or pass "
-                "token= as a storage option"),
-            "transient": f"{op} failed after {attempts + 1} attempts: {what}",
-        }.get(kind, f"{op} failed: {what}")
-        return StorageFailure(f"{url}: {message}", key=key, url=url)
+                "token= as a storage option")})
 
     async def get_json(self, op: str, url: str, *, key: str | None = None,
                        **params: Any) -> dict[str, Any]:

@@ -4,9 +4,7 @@ into a resumable upload; :class:`GCSStaging` publishes the finished staging obje
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import io
 import json
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -17,6 +15,7 @@ from ...errors import AlreadyExists, CheckpointMissing, StorageFailure
 from ...source import ByteSource
 from ..base import ObjectInfo
 from ..objectstore import ObjectStoreStaging
+from ..objectstore_io import PartWriter
 from .client import GCSClient, object_info
 from .read import GCSSource
 
@@ -32,7 +31,7 @@ UPLOAD_PART_SIZE = 8 * MiB
 SAVE_ID_KEY = "vnps-save"
 
 
-class GCSUploadWriter(io.RawIOBase):
+class GCSUploadWriter(PartWriter):
     """A write-only file that streams into a resumable upload at ``name``: each full chunk
     is sent while the next one fills (chunks of a resumable upload go in order, so one is in
     flight at a time). Nothing is finalized until :meth:`complete`; closing or dropping the
@@ -40,48 +39,25 @@ class GCSUploadWriter(io.RawIOBase):
 
     def __init__(self, client: GCSClient, key: str, name: str, metadata: dict[str, str], *,
                  part_size: int) -> None:
-        super().__init__()
+        # one chunk in flight while the next fills: _track's limit of 2 never waits
+        super().__init__(part_size, max_inflight=2)
         self._client = client
         self._key = key
         self._name = name
         self._metadata = metadata
-        self._buf = bytearray(part_size)
-        self._fill = 0
-        self._size = 0  # bytes written
         self._sent = 0  # bytes handed to chunk uploads
-        self._inflight: concurrent.futures.Future[None] | None = None
         #: the resumable session's URI, once started
         self.session: str | None = None
         #: chunks sent (the final one included); tests count these
         self.chunks = 0
         self._result: Any = None
-        self._done = False
 
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._size
-
-    def write(self, data: Any) -> int:
-        if self._done:
-            raise ValueError("write to a finished or aborted staging upload")
-        view = memoryview(data).cast("B")
-        total = len(view)
-        while view:
-            take = min(len(self._buf) - self._fill, len(view))
-            self._buf[self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == len(self._buf):
-                self._send(final=False)
-        self._size += total
-        return total
+    def send_part(self, *, last: bool = False) -> None:
+        self._send(final=last)
 
     def _wait(self) -> None:
-        if self._inflight is not None:
-            future, self._inflight = self._inflight, None
-            future.result()
+        """Wait for the chunk in flight (chunks of a resumable upload go in order)."""
+        self._drain()
 
     def _send(self, *, final: bool) -> None:
         self._wait()
@@ -95,7 +71,7 @@ class GCSUploadWriter(io.RawIOBase):
         if final:
             self._result = future.result()
         else:
-            self._inflight = future
+            self._track(future)
 
     async def _start(self) -> str:
         _, headers, _ = await self._client.request(
@@ -149,8 +125,7 @@ class GCSUploadWriter(io.RawIOBase):
         else:
             self._send(final=True)
             resource = self._result
-        self._done = True
-        self._buf = bytearray()
+        self._finished()
         self.session = None
         return resource
 
@@ -168,22 +143,12 @@ class GCSUploadWriter(io.RawIOBase):
 
     def abort(self) -> None:
         """Stop the chunk in flight and cancel the resumable session; best effort."""
-        self._done = True
-        self._buf = bytearray()
-        if self._inflight is not None:
-            self._inflight.cancel()
-            with contextlib.suppress(BaseException):
-                self._inflight.result(timeout=60)
-            self._inflight = None
+        self._cancel_inflight()
         if self.session is not None:
             session, self.session = self.session, None
             # 499: cancelled; 404/410: already gone
             self._client.run(self._client.request("cancel_upload", "DELETE", session,
                                                   key=self._key, ok=(200, 204, 404, 410, 499)))
-
-    def close(self) -> None:
-        # Closing is not completing: a half-written checkpoint must never be finalized.
-        super().close()
 
 
 def _persisted(headers: Any) -> int:
@@ -261,6 +226,3 @@ class GCSStaging(ObjectStoreStaging):
             self._client.run(self._client.request(
                 "delete", "DELETE", self._client.object_url(self.name), key=self.key,
                 params={"generation": self.generation}))
-
-    def abort_upload(self) -> None:
-        self.file.abort()

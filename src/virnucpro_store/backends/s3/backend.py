@@ -5,14 +5,19 @@ reads)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from ...errors import StorageFailure
 from ...keys import is_staging_file_name
-from ..base import Backend, FileTarget, Leftover, LoadTarget, ObjectInfo, published
-from ..objectstore import RetryPolicy, utc
+from ..base import Leftover, ObjectInfo
+from ..objectstore import (
+    ObjectStoreBackend,
+    ObjectStoreOptions,
+    age_if_old,
+    split_location,
+    strip_etag,
+    utc,
+)
 from .client import S3Client
 from .read import DOWNLOAD_CHUNK, S3Source
 from .upload import UPLOAD_PART_SIZE, S3Staging, S3Uploader
@@ -20,11 +25,7 @@ from .upload import UPLOAD_PART_SIZE, S3Staging, S3Uploader
 log = logging.getLogger("virnucpro_store.backends.s3")
 
 
-def _strip_etag(etag: str | None) -> str | None:
-    return etag.strip('"') if etag else etag
-
-
-class S3Backend(Backend):
+class S3Backend(ObjectStoreBackend):
     """Checkpoints under ``s3://bucket/prefix``.
 
     ``storage_options`` go to :class:`s3fs.S3FileSystem` (``endpoint_url``, ``key``,
@@ -49,21 +50,14 @@ class S3Backend(Backend):
                  retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
                  max_concurrency: int = 4, create_only_via: str = "auto",
                  request_timeout: float = 300.0, **storage_options: Any) -> None:
+        options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
+                                     max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
         self.storage_options: dict[str, Any] = {
-            "retries": retries, "retry_base_wait": retry_base_wait,
-            "retry_max_wait": retry_max_wait, "part_size": part_size,
-            "max_concurrency": max_concurrency, "create_only_via": create_only_via,
-            "request_timeout": request_timeout, **storage_options}
-        bucket, _, prefix = location.strip("/").partition("/")
-        if not bucket:
-            raise StorageFailure(f"s3://{location}: no bucket in the URL")
-        self.bucket = bucket
-        self.root = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
-        self.url = f"s3://{bucket}/{self.root}".rstrip("/")
-        retry = RetryPolicy(int(retries), float(retry_base_wait), float(retry_max_wait))
+            **options.as_dict(), "create_only_via": create_only_via, **storage_options}
+        self.bucket, self.root, self.url = split_location("s3", location)
         #: sends every request (retries, error translation, fork handling)
-        self.client = S3Client(bucket, self.root, self.url, retry=retry,
+        self.client = S3Client(self.bucket, self.root, self.url, retry=options.retry_policy(),
                                request_timeout=request_timeout,
                                fs_options=dict(storage_options))
         #: stages, copies and aborts (its part and copy sizes apply to the next save)
@@ -72,16 +66,6 @@ class S3Backend(Backend):
                                    create_only_via=create_only_via)  # type: ignore[arg-type]
         #: size of each ranged GET of a parallel download
         self.download_chunk = DOWNLOAD_CHUNK
-
-    @property
-    def request_counts(self) -> Any:
-        """Requests sent, by operation name (retries included)."""
-        return self.client.request_counts
-
-    @property
-    def bytes_downloaded(self) -> int:
-        """Bytes received by ranged GETs."""
-        return self.client.bytes_downloaded
 
     def _call(self, op: str, key: str | None = None, **params: Any) -> Any:
         return self.client.run(self.client.request(op, key=key, **params))
@@ -99,7 +83,7 @@ class S3Backend(Backend):
         head = self._head(key)
         return ObjectInfo(key=key, size=int(head["ContentLength"]),
                           modified=utc(head.get("LastModified")),
-                          etag=_strip_etag(head.get("ETag")), url=self.url_for(key))
+                          etag=strip_etag(head.get("ETag")), url=self.url_for(key))
 
     def open_source(self, key: str) -> S3Source:
         head = self._head(key)
@@ -107,25 +91,13 @@ class S3Backend(Backend):
                         download_chunk=self.download_chunk,
                         max_concurrency=self.uploader.max_concurrency)
 
-    def open_for_load(self, key: str) -> LoadTarget:
-        """One HEAD now; the object is downloaded on first use, once, into one
-        preallocated buffer, in parallel ranged GETs pinned to the HEAD's ETag."""
-        source = self.open_source(key)
-        return FileTarget(source, lambda _source: source.download())
+    def _listing(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        return self._list_objects(prefix)
 
-    def _listed(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
-        """(key, listing entry) of every published key under ``prefix``, sorted by key."""
-        return published(self._list_objects(prefix), self.url_for)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return iter([name for name, _ in self._listed(prefix)])
-
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Sizes, times and etags from the listing itself: no request per key."""
-        return iter([ObjectInfo(key=name, size=int(entry.get("Size", 0)),
-                                modified=utc(entry.get("LastModified")),
-                                etag=_strip_etag(entry.get("ETag")), url=self.url_for(name))
-                     for name, entry in self._listed(prefix)])
+    def _entry_info(self, name: str, entry: dict[str, Any]) -> ObjectInfo:
+        return ObjectInfo(key=name, size=int(entry.get("Size", 0)),
+                          modified=utc(entry.get("LastModified")),
+                          etag=strip_etag(entry.get("ETag")), url=self.url_for(name))
 
     def _list_objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         """(key relative to the root, listing entry) of every object under ``prefix``."""
@@ -150,12 +122,6 @@ class S3Backend(Backend):
 
     def leftovers(self, older_than: float) -> list[Leftover]:
         now = datetime.now(timezone.utc)
-
-        def old(when: datetime | None) -> tuple[bool, float]:
-            at = utc(when)
-            age = (now - at).total_seconds() if at else float("inf")
-            return older_than <= 0 or age >= older_than, max(age, 0.0)
-
         # Only the store's own staging objects and the uploads of staging objects, matched
         # on the file name: a user's folder named like one is data. (An upload at a final key,
         # left by a multipart-copy publish killed mid-way, is not taken for ours: a bucket
@@ -163,15 +129,15 @@ class S3Backend(Backend):
         found: list[Leftover] = []
         for name, entry in self._list_objects():
             if is_staging_file_name(name):
-                is_old, age = old(entry.get("LastModified"))
-                if is_old:
+                age = age_if_old(entry.get("LastModified"), older_than, now)
+                if age is not None:
                     found.append(Leftover(name, age, "staging", int(entry.get("Size", 0))))
         for upload in self._list_uploads():
             name = upload["Key"][len(self.root):]
             if not is_staging_file_name(name):
                 continue
-            is_old, age = old(upload.get("Initiated"))
-            if is_old:
+            age = age_if_old(upload.get("Initiated"), older_than, now)
+            if age is not None:
                 found.append(Leftover(f"{name}?uploadId={upload['UploadId']}", age, "upload"))
         return found
 
@@ -192,6 +158,3 @@ class S3Backend(Backend):
             self.client.run(self.uploader.abort(self.client.path(name), upload_id, name))
         else:
             self._call("delete_object", leftover.name, Key=self.client.path(leftover.name))
-
-    def close(self) -> None:
-        """Nothing to release: the s3fs instance (and its connection pool) is shared."""

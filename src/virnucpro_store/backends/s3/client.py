@@ -9,39 +9,22 @@ handling (DataLoader workers), and every use of s3fs and asyncio internals.
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
-import enum
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
 
 import fsspec.asyn
 import s3fs
 
-from ...errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
+from ...errors import StorageFailure, StoreError
 from ..objectstore import RetryPolicy
+from ..objectstore_io import ErrorKind, FsspecLoopClient, isolate_fsspec_loop_on_fork, kind_of
 
 log = logging.getLogger("virnucpro_store.backends.s3")
 
-T = TypeVar("T")
-
 #: operations that legitimately take minutes on multi-GB objects (10x the request timeout)
 _SLOW_OPS = frozenset({"copy_object", "upload_part_copy", "complete_multipart_upload"})
-
-
-class ErrorKind(enum.Enum):
-    """What an S3 failure means to this library."""
-
-    MISSING = "missing"
-    NO_UPLOAD = "no-upload"
-    NO_BUCKET = "no-bucket"
-    PRECONDITION = "precondition"
-    DENIED = "denied"
-    CREDENTIALS = "credentials"
-    TRANSIENT = "transient"
-    OTHER = "other"
 
 
 _K = ErrorKind
@@ -101,10 +84,7 @@ def classify(exc: BaseException) -> tuple[ErrorKind, str]:
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         code = str(err.get("Code") or status)
         message = err.get("Message") or ""
-        kind = ERROR_KINDS.get(code) or ERROR_KINDS.get(status) or ErrorKind.OTHER
-        if kind is ErrorKind.OTHER and status.startswith("5"):
-            kind = ErrorKind.TRANSIENT
-        return kind, f"{code} {message}".strip()
+        return kind_of(ERROR_KINDS, code, status=status), f"{code} {message}".strip()
     if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError,
                         be.CredentialRetrievalError, be.ProfileNotFound)):
         return ErrorKind.CREDENTIALS, str(exc)
@@ -113,50 +93,23 @@ def classify(exc: BaseException) -> tuple[ErrorKind, str]:
     return ErrorKind.OTHER, f"{type(exc).__name__}: {exc}"
 
 
-# -- fork handling ---------------------------------------------------------------------------------
-
-_parent_loop: list[asyncio.AbstractEventLoop | None] = [None]
-
-
-def _remember_loop_before_fork() -> None:
-    _parent_loop[0] = fsspec.asyn.loop[0]
-
-
-def _isolate_loop_in_child() -> None:
-    """In a forked child, give the parent's event loop (a copy no thread runs here) a private
-    selector. The child's copy shares the parent's epoll instance: when inherited s3fs
-    sessions are garbage-collected here, closing their sockets would unregister them from
-    that shared epoll, and the parent's pending requests would hang for good."""
-    loop, _parent_loop[0] = _parent_loop[0], None
-    if loop is not None and hasattr(loop, "_selector"):
-        import selectors
-
-        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_remember_loop_before_fork, after_in_child=_isolate_loop_in_child,
-                        after_in_parent=lambda: _parent_loop.__setitem__(0, None))
+isolate_fsspec_loop_on_fork()
 
 
 # -- the client ------------------------------------------------------------------------------------
 
-class S3Client:
+class S3Client(FsspecLoopClient):
     """Requests to one bucket under one root prefix, through one (per process) s3fs instance.
 
     :meth:`request` is the one way to send a request (a coroutine); :meth:`run` blocks on a
     coroutine and :meth:`submit` schedules one, both on s3fs's event loop thread.
     """
 
+    log = log
+
     def __init__(self, bucket: str, root: str, url: str, *, retry: RetryPolicy,
                  request_timeout: float, fs_options: dict[str, Any]) -> None:
-        self.bucket = bucket
-        #: key prefix of the store inside the bucket ('' or ending in '/')
-        self.root = root
-        #: the store's root URL, for messages
-        self.url = url
-        self.retry = retry
-        self.request_timeout = float(request_timeout)
+        super().__init__(bucket, root, url, retry=retry, request_timeout=request_timeout)
         config_kwargs = dict(fs_options.pop("config_kwargs", None) or {})
         # Retries live in request() alone; botocore's own would multiply them.
         config_kwargs.setdefault("retries", {"total_max_attempts": 1})
@@ -164,10 +117,6 @@ class S3Client:
         self._fs_options = {"config_kwargs": config_kwargs, **fs_options}
         self._fs: s3fs.S3FileSystem | None = None
         self._fs_pid = -1
-        #: requests sent, by operation name (retries included); tests count these
-        self.request_counts: collections.Counter[str] = collections.Counter()
-        #: bytes received by ranged GETs
-        self.bytes_downloaded = 0
 
     @property
     def fs(self) -> s3fs.S3FileSystem:
@@ -177,24 +126,6 @@ class S3Client:
             self._fs = s3fs.S3FileSystem(**self._fs_options)
             self._fs_pid = os.getpid()
         return self._fs
-
-    def path(self, key: str) -> str:
-        """The object name of ``key`` in the bucket."""
-        return self.root + key
-
-    def url_for(self, key: str | None) -> str:
-        return f"{self.url.rstrip('/')}/{key}" if key else self.url
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run ``coro`` on the event loop and wait for its result."""
-        async def wrapper() -> T:
-            return await coro
-
-        return fsspec.asyn.sync(self.fs.loop, wrapper)
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the event loop; its future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
 
     async def request(self, op: str, *, key: str | None = None,
                       body: Callable[[Any], Awaitable[Any]] | None = None,
@@ -229,9 +160,8 @@ class S3Client:
                 raise
             except Exception as exc:
                 kind, what = classify(exc)
-                if kind is ErrorKind.TRANSIENT and attempt < self.retry.retries:
-                    wait = self.retry.backoff(attempt)
-                    log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
+                wait = self.retry_wait(kind, attempt, op, key, what)
+                if wait is not None:
                     attempt += 1
                     await asyncio.sleep(wait)
                     continue
@@ -240,25 +170,15 @@ class S3Client:
     def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
                   precondition: str, attempts: int) -> StoreError:
         """The store error for a failed request (``attempts`` retries were made)."""
-        url = self.url_for(key)
-        if kind is ErrorKind.MISSING:
-            return CheckpointMissing(f"{url}: no such object", key=key, url=url)
         if kind is ErrorKind.NO_UPLOAD:
+            url = self.url_for(key)
             return NoSuchUpload(f"{url}: the upload is gone", key=key, url=url)
-        if kind is ErrorKind.PRECONDITION:
-            if precondition == "changed":
-                return ObjectChanged(f"{url}: the object changed while it was being read",
-                                     key=key, url=url)
-            return AlreadyExists(f"{url} already exists (create-only save)", key=key, url=url)
-        message = {
+        return self.store_error(kind, what, op, key, precondition, attempts, {
             ErrorKind.DENIED: f"permission refused by S3 for {op} ({what})",
             ErrorKind.NO_BUCKET: f"the bucket {self.bucket!r} does not exist",
             ErrorKind.CREDENTIALS: (
                 f"no usable AWS credentials ({what}); set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, a profile, or pass key=/secret= storage options"),
-            ErrorKind.TRANSIENT: f"{op} failed after {attempts + 1} attempts: {what}",
-        }.get(kind, f"{op} failed: {what}")
-        return StorageFailure(f"{url}: {message}", key=key, url=url)
+                "AWS_SECRET_ACCESS_KEY, a profile, or pass key=/secret= storage options")})
 
 
 async def _attempt(method: Callable[..., Awaitable[Any]], kwargs: dict[str, Any],

@@ -16,10 +16,7 @@ create-only, ``PreconditionFailed``) or a retried conditional CopyObject answere
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
-import io
 import logging
 import uuid
 from collections.abc import Callable
@@ -29,6 +26,7 @@ from ...errors import AlreadyExists, CheckpointMissing, StoreError
 from ...source import ByteSource
 from ..base import ObjectInfo
 from ..objectstore import ObjectStoreStaging
+from ..objectstore_io import PartWriter
 from .client import NoSuchUpload, S3Client
 from .read import S3Source
 
@@ -188,7 +186,7 @@ class S3Uploader:
                                       UploadId=upload_id)
 
 
-class UploadWriter(io.RawIOBase):
+class UploadWriter(PartWriter):
     """A write-only file that streams into a multipart upload at ``path``, one part as it
     fills, at most ``max_concurrency`` parts in flight; a small object becomes one PutObject.
     Nothing is completed until :meth:`complete`; closing or dropping the writer never
@@ -196,48 +194,15 @@ class UploadWriter(io.RawIOBase):
 
     def __init__(self, uploader: S3Uploader, key: str, path: str,
                  metadata: dict[str, str]) -> None:
-        super().__init__()
+        super().__init__(uploader.part_size, uploader.max_concurrency)
         self._uploader = uploader
         self._client = uploader.client
         self._key = key
         self._path = path
         self._metadata = metadata
-        self._part_size = uploader.part_size
-        self._max_inflight = uploader.max_concurrency
-        self._buf = bytearray(self._part_size)
-        self._fill = 0
-        self._size = 0
         self._next_part = 1
         self._parts: dict[int, str] = {}
-        self._inflight: collections.deque[concurrent.futures.Future[None]] = collections.deque()
         self.upload_id: str | None = None
-        self._done = False
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._size
-
-    def write(self, data: Any) -> int:
-        if self._done:
-            raise ValueError("write to a finished or aborted staging upload")
-        self._raise_failure()
-        view = memoryview(data).cast("B")
-        total = len(view)
-        while view:
-            take = min(len(self._buf) - self._fill, len(view))
-            self._buf[self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == len(self._buf):
-                self.send_part()
-        self._size += total
-        return total
-
-    def _raise_failure(self) -> None:
-        while self._inflight and self._inflight[0].done():
-            self._inflight.popleft().result()
 
     def _request(self, op: str, **params: Any) -> Any:
         return self._client.run(self._client.request(op, key=self._key, Key=self._path,
@@ -254,10 +219,7 @@ class UploadWriter(io.RawIOBase):
         # Parts double every 1000 so that even a multi-TB stream fits in 10,000 parts.
         size = 0 if last else self._part_size * 2 ** (number // 1000)
         self._buf, self._fill = bytearray(size), 0
-        self._inflight.append(self._client.submit(self._upload_part(number, body)))
-        while len(self._inflight) >= self._max_inflight:
-            self._inflight.popleft().result()
-        self._raise_failure()
+        self._track(self._client.submit(self._upload_part(number, body)))
 
     async def _upload_part(self, number: int, body: bytearray | bytes) -> None:
         result = await self._client.request("upload_part", key=self._key, Key=self._path,
@@ -271,39 +233,25 @@ class UploadWriter(io.RawIOBase):
         if self.upload_id is None:
             result = self._request("put_object", Body=bytes(self._buf[:self._fill]),
                                    Metadata=self._metadata)
-            self._done = True
-            self._buf = bytearray()
+            self._finished()
             return self._size, result.get("ETag")
         if self._fill:
             self.send_part(last=True)
-        while self._inflight:
-            self._inflight.popleft().result()
+        self._drain()
         parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._parts.items())]
         result = self._client.run(self._uploader.complete(
             self._path, self.upload_id, parts, key=self._key, metadata=self._metadata,
             size=self._size))
-        self._done = True
+        self._finished()
         self.upload_id = None
-        self._buf = bytearray()
         return self._size, result.get("ETag")
 
     def abort(self) -> None:
         """Stop the uploads in flight and abort the multipart upload; best effort."""
-        self._done = True
-        self._buf = bytearray()
-        for future in self._inflight:
-            future.cancel()
-        for future in self._inflight:
-            with contextlib.suppress(BaseException):
-                future.result(timeout=60)
-        self._inflight.clear()
+        self._cancel_inflight()
         if self.upload_id is not None:
             self._client.run(self._uploader.abort(self._path, self.upload_id, self._key))
             self.upload_id = None
-
-    def close(self) -> None:
-        # Closing is not completing: a half-written checkpoint must never be published.
-        super().close()
 
 
 class S3Staging(ObjectStoreStaging):
@@ -340,6 +288,3 @@ class S3Staging(ObjectStoreStaging):
 
     def delete_staged(self) -> None:
         self._client.run(self._client.request("delete_object", key=self.key, Key=self.path))
-
-    def abort_upload(self) -> None:
-        self.file.abort()
