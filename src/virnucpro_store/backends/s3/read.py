@@ -21,6 +21,10 @@ class S3Source(Source):
     ranged GET, pinned to ``etag`` (when given) so a concurrent overwrite is noticed instead of
     mixing versions. Holds nothing that needs closing."""
 
+    #: a staging object's upload record (validation/sentbytes.py): a deep check of it may use
+    #: the bytes sent instead of downloading them; None elsewhere
+    sent: Any = None
+
     def __init__(self, client: S3Client, key: str, size: int, etag: str | None, *,
                  download_chunk: int = DOWNLOAD_CHUNK, max_concurrency: int = 4,
                  path: str | None = None) -> None:
