@@ -103,7 +103,7 @@ class CheckpointStore:
                     f"{type(exc).__name__}: {exc}", key=key, url=url) from exc
 
         return self._publish(serialize, key, schema=schema, validate=validate,
-                             overwrite=overwrite, deep=deep)
+                             overwrite=overwrite, deep=deep, own_save=True)
 
     def save_bytes(self, data: bytes | IO[bytes], key: str, *, schema: SchemaArg = None,
                    validate: str | None = "keys", overwrite: bool = True,
@@ -150,19 +150,24 @@ class CheckpointStore:
 
     def _publish(self, write: Callable[[IO[bytes], str, str], None], key: str, *,
                  schema: SchemaArg, validate: str | None, overwrite: bool,
-                 deep: bool) -> ObjectInfo:
+                 deep: bool, own_save: bool = False) -> ObjectInfo:
+        """Stage, validate, publish. ``own_save``: the bytes come from this process's own
+        ``torch.save`` (not :meth:`save_bytes`), so a deep check needs no second torch.load."""
         key = normalize_key(key)
         schema_obj = _checked_schema(schema)
         if validate is not None:
             check_level(validate)
         url = self.backend.url_for(key)
         with self.backend.stage(key) as staging:
+            track = getattr(staging, "track_sent", None)
+            if deep and validate is not None and track is not None:
+                track()  # an object store's deep check then needs no download of the object
             write(staging.file, url, key)
             staging.finish()
             if validate is not None:
                 with staging.source() as source:
                     report = validate_source(source, schema=schema_obj, level=validate,
-                                             deep=deep, url=url)
+                                             deep=deep, url=url, own_save=own_save)
                 if not report.ok:
                     raise report.error(key=key)
             return staging.publish(overwrite=overwrite)

@@ -160,7 +160,9 @@ class Staging(ABC):
 
     @abstractmethod
     def finish(self) -> None:
-        """Make the staged bytes complete and durable (fsync / complete the upload)."""
+        """Make the staged bytes complete (complete the upload; locally: flush, and start the
+        fsync). They must be durable before :meth:`publish` makes them visible -- the local
+        backend's fsync runs while the store validates, and ``publish`` waits for it."""
 
     @abstractmethod
     def source(self) -> ByteSource:

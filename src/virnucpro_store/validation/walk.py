@@ -9,7 +9,7 @@ from typing import Any
 from ..lazy import INT64, ArrayMeta, TensorMeta
 from ..lazy import short_value as _short
 from .problem import unsafe
-from .standins import _ATOMIC_TYPES, _TorchBuilt
+from .standins import _ATOMIC_TYPES, TorchCounter, TorchOrderedDict, _TorchBuilt
 
 #: the walk over the loaded structure visits at most this many nodes
 MAX_WALK_NODES = 200_000_000
@@ -78,7 +78,7 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
                 pairs = list(obj.attrs) + list((obj.pydict or {}).items())
                 nodes += len(pairs)
                 stack.extend(((chain, _attr_part(k)), v) for k, v in reversed(pairs)
-                             if type(v) not in _ATOMIC_TYPES)
+                             if type(v) not in _ATOMIC_TYPES and not _holds_nothing(v))
             continue
         if kind in _ATOMIC_TYPES or id(obj) in seen:
             continue
@@ -127,6 +127,18 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
             children.append(((chain, _path_part(key)), value))
         stack.extend(reversed(children))
 
+
+
+#: containers that hold nothing to walk when they are empty (and carry no attributes)
+_EMPTY_WHEN_FALSE = frozenset({list, tuple, dict, TorchOrderedDict, TorchCounter})
+
+
+def _holds_nothing(value: Any) -> bool:
+    """An empty container without attributes (every tensor's ``_backward_hooks``, an empty
+    OrderedDict): visiting it would find nothing. Checked after unpickling, so a container the
+    pickle filled later is not empty here."""
+    return type(value) in _EMPTY_WHEN_FALSE and not value and not (
+        isinstance(value, _TorchBuilt) and vars(value))
 
 
 def _attr_part(name: Any) -> str:

@@ -19,6 +19,9 @@ class S3Source(AsyncRangedSource):
     mixing versions. Holds nothing that needs closing."""
 
     client: S3Client
+    #: a staging object's upload record (validation/sentbytes.py): a deep check of it may use
+    #: the bytes sent instead of downloading them; None elsewhere
+    sent: Any = None
 
     def __init__(self, client: S3Client, key: str, size: int, etag: str | None, *,
                  download_chunk: int = DOWNLOAD_CHUNK, max_concurrency: int = 4,

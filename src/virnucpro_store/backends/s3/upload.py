@@ -16,14 +16,17 @@ create-only, ``PreconditionFailed``) or a retried conditional CopyObject answere
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import uuid
+import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
 from ...errors import AlreadyExists, CheckpointMissing, StoreError
 from ...source import ByteSource
+from ...validation.sentbytes import SentLedger
 from ..base import ObjectInfo
 from ..objectstore import ObjectStoreStaging
 from ..objectstore_io import PartWriter
@@ -203,6 +206,40 @@ class UploadWriter(PartWriter):
         self._next_part = 1
         self._parts: dict[int, str] = {}
         self.upload_id: str | None = None
+        #: what was sent, for a deep check without a download (None: not tracked)
+        self.ledger: SentLedger | None = None
+
+    def track_sent(self) -> None:
+        """Record every write (offsets, CRC-32s, small writes' bytes) and send every part with
+        its CRC-32 for the server to check: see :mod:`virnucpro_store.validation.sentbytes`.
+        Call before the first write. Not where the client is configured to send checksums
+        only when required (servers that refuse checksum headers): the deep check then reads
+        the object back, as always."""
+        config = self._client._fs_options.get("config_kwargs") or {}
+        if self._size == 0 and config.get("request_checksum_calculation") != "when_required":
+            self.ledger = SentLedger()
+
+    def _checksum(self, body: Any) -> dict[str, str]:
+        """The part's CRC-32 as S3 wants it (base64 of the big-endian value); none untracked."""
+        if self.ledger is None:
+            return {}
+        crc = zlib.crc32(body)
+        return {"ChecksumCRC32": base64.b64encode(crc.to_bytes(4, "big")).decode()}
+
+    def _acknowledged(self, sent: dict[str, str], result: dict[str, Any]) -> None:
+        """A part the server answered with the very checksum it was sent has been checked
+        against the bytes it received (S3 refuses a mismatch with BadDigest)."""
+        if self.ledger is not None:
+            self.ledger.parts_sent += 1
+        if self.ledger is not None and sent and \
+                result.get("ChecksumCRC32") == sent["ChecksumCRC32"]:
+            self.ledger.parts_verified += 1
+
+    def write(self, data: Any) -> int:
+        written = super().write(data)
+        if self.ledger is not None:  # after the write: a refused write sent nothing
+            self.ledger.record(data)
+        return written
 
     def _request(self, op: str, **params: Any) -> Any:
         return self._client.run(self._client.request(op, key=self._key, Key=self._path,
@@ -222,17 +259,23 @@ class UploadWriter(PartWriter):
         self._track(self._client.submit(self._upload_part(number, body)))
 
     async def _upload_part(self, number: int, body: bytearray | bytes) -> None:
+        checksum = ({} if self.ledger is None else await asyncio.get_running_loop()
+                    .run_in_executor(None, self._checksum, body))  # off the event loop
         result = await self._client.request("upload_part", key=self._key, Key=self._path,
                                             UploadId=self.upload_id, PartNumber=number,
-                                            Body=body)
+                                            Body=body, **checksum)
+        self._acknowledged(checksum, result)
         self._parts[number] = result["ETag"]
 
     def complete(self) -> tuple[int, str | None]:
         """Upload what is left and complete the upload; returns (size, etag)."""
         self._raise_failure()
         if self.upload_id is None:
-            result = self._request("put_object", Body=bytes(self._buf[:self._fill]),
-                                   Metadata=self._metadata)
+            body = bytes(self._buf[:self._fill])
+            checksum = self._checksum(body)
+            result = self._request("put_object", Body=body, Metadata=self._metadata,
+                                   **checksum)
+            self._acknowledged(checksum, result)
             self._finished()
             return self._size, result.get("ETag")
         if self._fill:
@@ -273,12 +316,20 @@ class S3Staging(ObjectStoreStaging):
         size, _ = self.file.complete()
         return size
 
+    def track_sent(self) -> None:
+        """Let a deep check use the bytes this upload sends instead of a download."""
+        self.file.track_sent()
+
     def open_staged(self, size: int) -> ByteSource:
         # No If-Match here: nothing else writes a staging key, and ETag formats of upload
         # responses differ between servers.
-        return S3Source(self._client, self.key, size, None, path=self.path,
-                        download_chunk=self._download_chunk,
-                        max_concurrency=self._uploader.max_concurrency)
+        source = S3Source(self._client, self.key, size, None, path=self.path,
+                          download_chunk=self._download_chunk,
+                          max_concurrency=self._uploader.max_concurrency)
+        ledger = self.file.ledger
+        # the staging name is unique to this save: what was sent is all it holds
+        source.sent = ledger if ledger is not None and ledger.vouches_for(size) else None
+        return source
 
     def copy_to_key(self, size: int, *, overwrite: bool) -> ObjectInfo:
         self._client.run(self._uploader.copy(self.path, self._client.path(self.key), size,
