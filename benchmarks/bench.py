@@ -5,9 +5,10 @@
     python benchmarks/bench.py --only 'local-save:esm-10k' 'validate:*'   # a subset, printed
 
 Cases are named ``GROUP:OBJECT`` -- ``local-save:*``, ``s3-save:*``, ``validate:*`` (each level on
-one file, local and S3) and ``scan:shard-files`` (``store.scan(level="keys")`` of 1,000 shard
-files against a loop of ``torch.load``, from benchmarks/bench_runs.py); ``--only`` takes glob
-patterns over those names and prints instead of writing RESULTS.md.
+one file, local and S3) and ``scan:shard-files`` (``store.scan(level="keys")`` and the CLI's
+``validate`` of 1,000 shard files against a loop of ``torch.load``, from
+benchmarks/bench_runs.py); ``--only`` takes glob patterns over those names and prints instead of
+writing RESULTS.md.
 
 Times: one subprocess per object builds it once, warms every method up, then runs the methods
 round by round (``--repeats`` rounds, the order rotating), each run after an untimed
@@ -586,10 +587,11 @@ def main() -> None:
                 print(f"validate {obj_name} done", flush=True)
             else:
                 rows = scan_rows(s3, work, files=scan_files, rounds=repeats)
-                lines += [f"`store.scan(level=\"keys\")` (what `virnucpro-store validate` of a "
-                          f"folder runs) over {scan_files} shard files of 100 rows, against "
-                          f"the obvious alternative, a loop of `torch.load(weights_only=True)` "
-                          f"(on S3: list + GET + load).", ""] + scan_table(rows) + [""]
+                lines += [f"`store.scan(level=\"keys\")` (what `virnucpro-store scan` runs) "
+                          f"and `virnucpro-store validate --level keys` (in-process) over "
+                          f"{scan_files} shard files of 100 rows, against the obvious "
+                          f"alternative, a loop of `torch.load(weights_only=True)` (on S3: "
+                          f"list + GET + load).", ""] + scan_table(rows) + [""]
                 print("scan done", flush=True)
     finally:
         if server is not None:

@@ -345,6 +345,28 @@ def scan_ids(store: Any, folder: str, files: int) -> int:
     return len(report.ids)
 
 
+def cli_validate(url: str, s3: dict | None, files: int, expected: int) -> int:
+    """``virnucpro-store validate URL --level keys --json`` (8 jobs), run in-process through
+    the command group itself (the interpreter's start-up is not the validator's cost); the
+    ids are not the CLI's business, so this returns ``expected`` once every file passed."""
+    import json
+
+    from click.testing import CliRunner
+
+    from virnucpro_store.cli import cli
+
+    env = {"VIRNUCPRO_STORE_URL": None}
+    if s3 is not None and url.startswith("s3://"):
+        env.update({"AWS_ENDPOINT_URL": s3["endpoint_url"], "AWS_ACCESS_KEY_ID": s3["key"],
+                    "AWS_SECRET_ACCESS_KEY": s3["secret"], "AWS_DEFAULT_REGION": "us-east-1"})
+    result = CliRunner().invoke(cli, ["-q", "validate", url, "--level", "keys", "--json"],
+                                env=env, catch_exceptions=False)
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert result.exit_code == 0 and len(lines) == files and all(r["ok"] for r in lines), \
+        result.output[-2000:]
+    return expected
+
+
 def bench_scan(stores: dict[str, Any], s3: dict | None, *, files: int, rows: int, rounds: int,
                work: Path, emit: Callable[[dict], None]) -> None:
     folder = f"scan{rows}"
@@ -353,7 +375,9 @@ def bench_scan(stores: dict[str, Any], s3: dict | None, *, files: int, rows: int
     size = (work / "local" / folder / "shard_00000.pt").stat().st_size
     for where, store in stores.items():
         methods: dict[str, Callable[[], int]] = {
-            'store.scan(level="keys") [jobs=8]': partial(scan_ids, store, folder, files)}
+            'store.scan(level="keys") [jobs=8]': partial(scan_ids, store, folder, files),
+            "virnucpro-store validate --level keys [-j 8, in-process]": partial(
+                cli_validate, store.url_for(folder), s3, files, expected)}
         if where == "local":
             methods["loop of torch.load(weights_only=True)"] = partial(
                 load_loop_local, work / "local" / folder)
