@@ -23,9 +23,9 @@ import bisect
 import mmap
 import os
 import struct
-import zlib
 from typing import Any
 
+from .checksum import crc32
 from .problem import Problem
 from .zipindex import LFH_SIZE, MAX_DESCRIPTOR, ZipIndex, _check_gap, _parse_local_header
 
@@ -52,7 +52,7 @@ class SentLedger:
         n = len(view)
         if n:
             self._starts.append(self.size)
-            self._spans[self.size] = (n, zlib.crc32(view))
+            self._spans[self.size] = (n, crc32(view))
             if n <= KEEP_BYTES:
                 self._kept[self.size] = bytes(view)
         self.size += n
@@ -105,7 +105,7 @@ class MappedFile:
 
     def crc_of(self, offset: int, length: int) -> int | None:
         with self._view[offset:offset + length] as view:
-            return zlib.crc32(view) if len(view) == length else None
+            return crc32(view) if len(view) == length else None
 
     def close(self) -> None:
         self._view.release()

@@ -36,11 +36,11 @@ import bisect
 import operator
 import re
 import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..source import ByteSource
+from .checksum import crc32
 from .problem import Problem, corrupted, incompatible
 
 EOCD_SIG = b"PK\x05\x06"
@@ -621,7 +621,7 @@ def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> byt
                         f"the next record at offset {limit}")
     data = buf[start:end]
     if not index.crc_less:
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         if crc != record.crc:
             raise corrupted(f"CRC-32 mismatch in record {record.name!r}: stored "
                             f"{record.crc:08x}, computed {crc:08x} over {len(data)} bytes at "
@@ -741,7 +741,7 @@ class _Stream:
             if not view:
                 break
             part = view[: n - got]
-            crc = zlib.crc32(part, crc)
+            crc = crc32(part, crc)
             got += len(part)
             self.pos += len(part)
         return crc, got

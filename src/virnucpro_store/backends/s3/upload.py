@@ -20,12 +20,12 @@ import base64
 import contextlib
 import logging
 import uuid
-import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
 from ...errors import AlreadyExists, CheckpointMissing, StoreError
 from ...source import ByteSource
+from ...validation.checksum import crc32
 from ...validation.sentbytes import SentLedger
 from ..base import ObjectInfo
 from ..objectstore import ObjectStoreStaging
@@ -223,7 +223,7 @@ class UploadWriter(PartWriter):
         """The part's CRC-32 as S3 wants it (base64 of the big-endian value); none untracked."""
         if self.ledger is None:
             return {}
-        crc = zlib.crc32(body)
+        crc = crc32(body)
         return {"ChecksumCRC32": base64.b64encode(crc.to_bytes(4, "big")).decode()}
 
     def _acknowledged(self, sent: dict[str, str], result: dict[str, Any]) -> None:
