@@ -293,3 +293,34 @@ def run_commands_round_trip(invoke: Any, store: Any, url: str, tmp_path: Any) ->
     changed = invoke("verify", f"{url}/run", "--json")
     assert changed.exit_code == 3, changed.output
     assert json.loads(changed.stdout)["invalid"]["part_0.pt"]["category"] == "corrupted"
+
+
+def _forked_child_saves_and_loads(store: Any, results: Any) -> None:
+    import gc
+
+    try:
+        store.save({"from": "child"}, "child.pt")
+        loaded = store.load("parent.pt")
+        gc.collect()  # drop the inherited connections now, while the parent still uses them
+        results.put(loaded)
+    except BaseException as exc:
+        results.put(f"error {type(exc).__name__}: {exc}")
+
+
+def assert_works_in_a_forked_child_and_after(store: Any) -> None:
+    """DataLoader workers fork: a forked child saves and loads through ``store`` on its own
+    connections, and dropping the inherited ones there does not break the parent's, which
+    saves and loads three times more afterwards."""
+    import multiprocessing
+
+    store.save({"from": "parent"}, "parent.pt")
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_forked_child_saves_and_loads, args=(store, results))
+    child.start()
+    got = results.get(timeout=60)
+    child.join(timeout=30)
+    assert got == {"from": "parent"}
+    for i in range(3):  # reuses the parent's pooled connections
+        assert store.load("child.pt") == {"from": "child"}
+        store.save({"i": i}, f"after{i}.pt")

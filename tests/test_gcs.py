@@ -297,32 +297,11 @@ def test_gc_leaves_user_objects_alone(gcs_server):
     assert names(gcs_server, store) == sorted(["d/k.pt", user])
 
 
-def _fork_child(store: vs.CheckpointStore, results: Any) -> None:
-    import gc
-
-    try:
-        store.save({"from": "child"}, "child.pt")
-        loaded = store.load("parent.pt")
-        gc.collect()  # drop the inherited session now, while the parent still uses it
-        results.put(loaded)
-    except BaseException as exc:
-        results.put(f"error {type(exc).__name__}: {exc}")
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 def test_store_works_in_a_forked_child_and_after(gcs_server):
-    store = make_store(gcs_server)
-    store.save({"from": "parent"}, "parent.pt")
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    child = ctx.Process(target=_fork_child, args=(store, results))
-    child.start()
-    got = results.get(timeout=60)
-    child.join(timeout=30)
-    assert got == {"from": "parent"}
-    for i in range(3):
-        assert store.load("child.pt") == {"from": "child"}
-        store.save({"i": i}, f"after{i}.pt")
+    from helpers import assert_works_in_a_forked_child_and_after
+
+    assert_works_in_a_forked_child_and_after(make_store(gcs_server))
 
 
 # -- reads pinned to a generation ---------------------------------------------------------------

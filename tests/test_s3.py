@@ -8,7 +8,6 @@ object run on SeaweedFS only.
 from __future__ import annotations
 
 import contextlib
-import gc
 import multiprocessing
 import os
 import signal
@@ -552,32 +551,11 @@ def test_module_constants_are_the_defaults():
         S3Backend("bucket", part_size=1024)
 
 
-def _fork_child(store: vs.CheckpointStore, results: Any) -> None:
-    try:
-        store.save({"from": "child"}, "child.pt")
-        loaded = store.load("parent.pt")
-        gc.collect()  # drop the inherited connections now, while the parent still uses them
-        results.put(loaded)
-    except BaseException as exc:
-        results.put(f"error {type(exc).__name__}: {exc}")
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 def test_store_works_in_a_forked_child_and_after(s3_server):
-    # DataLoader workers fork. The child must get its own connections, and dropping the
-    # inherited ones there must not break the parent's (they share one epoll instance).
-    store = make_store(s3_server)
-    store.save({"from": "parent"}, "parent.pt")
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    child = ctx.Process(target=_fork_child, args=(store, results))
-    child.start()
-    got = results.get(timeout=60)
-    child.join(timeout=30)
-    assert got == {"from": "parent"}
-    for i in range(3):  # reuses the parent's pooled connections
-        assert store.load("child.pt") == {"from": "child"}
-        store.save({"i": i}, f"after{i}.pt")
+    from helpers import assert_works_in_a_forked_child_and_after
+
+    assert_works_in_a_forked_child_and_after(make_store(s3_server))
 
 
 # -- reads of an object replaced mid-read restart on the new version -----------------------------
