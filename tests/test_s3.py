@@ -30,6 +30,7 @@ from virnucpro_store.backends.s3 import ErrorKind, S3Backend, classify
 from virnucpro_store.errors import ObjectChanged
 from virnucpro_store.keys import STAGING_MARKER
 from virnucpro_store.store import READ_ATTEMPTS
+from virnucpro_store.testing.samples import sample
 
 pytestmark = pytest.mark.s3
 
@@ -781,6 +782,36 @@ def test_list_info_takes_sizes_from_the_listing(s3_server):
         assert info.size == head["ContentLength"] and info.etag == head["ETag"].strip('"')
         assert info.modified == head["LastModified"]
     assert [i.key for i in store.list_info("a/")] == ["a/x.pt", "a/y.bin"]
+
+
+def test_scan_reads_each_listed_version_without_a_head(s3_server):
+    # a scan of small files: the listing names each version, so each file costs its reads
+    # alone (here one tail read), pinned to the listed ETag; a stale ETag is a restart
+    store = make_store(s3_server)
+    for part in range(3):
+        store.save(sample("shard", 4, seed=part), f"run/s{part}.pt", schema="shard")
+    backend = store.backend
+    backend.request_counts.clear()
+    scanned = store.scan("run")
+    assert scanned.ok and len(scanned.valid) == 3 and len(scanned.ids) == 12
+    assert backend.request_counts["head_object"] == 0
+    assert backend.request_counts["list_objects_v2"] == 1
+    assert backend.request_counts["get_object"] == 3  # files this small: one tail read each
+    # the pinned read refuses the version replaced after the listing; the restart judges the
+    # new one (the server's 412 is the oracle, not a fake)
+    listing = store.list_info
+    replaced = sample("shard", 5, seed=9)
+
+    def list_then_replace(prefix=""):
+        infos = list(listing(prefix))
+        store.save(replaced, "run/s0.pt", schema="shard")
+        backend.request_counts.clear()
+        return iter(infos)
+
+    store.list_info = list_then_replace  # type: ignore[method-assign]
+    again = store.scan("run")
+    assert again.ok and again.ids_by_key["run/s0.pt"] == replaced["sequence_ids"]
+    assert backend.request_counts["head_object"] == 1  # the restart looked s0 up afresh
 
 
 def test_list_skips_names_that_are_not_keys(s3_server, caplog):

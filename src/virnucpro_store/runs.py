@@ -657,63 +657,81 @@ def _fail(report: ValidationReport, category: str, message: str,
 
 
 def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, deep: bool,
-                  want_checksum: bool, expect: ManifestEntry | None) -> _Examined:
-    """One read of one version of ``key``: validate, read ids, checksum (and compare)."""
+                  want_checksum: bool, expect: ManifestEntry | None,
+                  listed: ObjectInfo | None = None) -> _Examined:
+    """One read of one version of ``key``: validate, read ids, checksum (and compare).
+    ``listed``: the version a listing described, read without looking it up again."""
     url = store.backend.url_for(key)
     started = time.perf_counter()
-    try:
-        raw = store.backend.open_source(key)
-    except CheckpointMissing:
+
+    def missing() -> _Examined:
         message = "no such checkpoint" if expect is None else \
             "listed in the run manifest but no longer there"
         return _Examined(key, ValidationReport(
             ok=False, level=None, category="missing", message=message, size=None, url=url,
             requested_level=level, deep=deep, seconds=time.perf_counter() - started))
+
     try:
-        if expect is not None and raw.size != expect.size:
-            return _Examined(key, ValidationReport(
-                ok=False, level=None, category="corrupted", size=raw.size, url=url,
-                requested_level=level, deep=deep, seconds=time.perf_counter() - started,
-                message=f"not the committed file: {raw.size} bytes, the run manifest says "
-                        f"{expect.size}", code="run.not_committed"))
-        source: ByteSource = raw if deep else _Memo(raw)
-        report, structure = _evaluate(source, schema=schema, level=level, deep=deep, url=url)
-        found = _Examined(key, report)
-        if not report.ok:
-            return found
-        used = schema if isinstance(schema, _schemas.Schema) else None
-        if schema == _schemas.AUTO:
-            used = _schemas.BUILTIN_SCHEMAS.get(report.schema or "")
-        if schema is None and level == "keys":
-            # no schema named: check the built-in one the keys match, so that ids are only
-            # counted from a file whose ids fit its rows
-            used = _schemas.detect_schema(structure)
-            problems = used.check(structure) if used is not None else []
-            if problems:
-                more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-                found.report = _fail(report, "incompatible", problems[0] + more, "keys.schema")
-                return found
-        found.schema = used.name if used is not None else None
-        if used is not None and used.id_field and level == "keys" \
-                and isinstance(structure, Mapping):
-            ids = structure.get(used.id_field)
-            if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
-                found.ids = ids
-        if want_checksum or expect is not None:
-            algorithm = expect.checksum.partition(":")[0] if expect is not None else None
-            try:
-                found.checksum = _checksum(source, algorithm)
-            except Problem as exc:  # below the zip level, the directory was never checked
-                found.report = _fail(report, exc.category, f"no checksum: {exc.message}",
-                                     exc.code)
-                return found
-            if expect is not None and found.checksum != expect.checksum:
-                found.report = _fail(report, "corrupted",
-                                     "not the committed file: its checksum differs from the "
-                                     "run manifest's", "run.not_committed")
-        return found
+        raw = store.backend.open_listed(listed) if listed is not None else \
+            store.backend.open_source(key)
+    except CheckpointMissing:
+        return missing()
+    try:
+        return _examine_source(key, raw, schema=schema, level=level, deep=deep,
+                               want_checksum=want_checksum, expect=expect, url=url,
+                               started=started)
+    except CheckpointMissing:  # deleted while it was read
+        return missing()
     finally:
         raw.close()
+
+
+def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep: bool,
+                    want_checksum: bool, expect: ManifestEntry | None, url: str,
+                    started: float) -> _Examined:
+    """:func:`_examine_once` on an opened source."""
+    if expect is not None and raw.size != expect.size:
+        return _Examined(key, ValidationReport(
+            ok=False, level=None, category="corrupted", size=raw.size, url=url,
+            requested_level=level, deep=deep, seconds=time.perf_counter() - started,
+            message=f"not the committed file: {raw.size} bytes, the run manifest says "
+                    f"{expect.size}", code="run.not_committed"))
+    source: ByteSource = raw if deep else _Memo(raw)
+    report, structure = _evaluate(source, schema=schema, level=level, deep=deep, url=url)
+    found = _Examined(key, report)
+    if not report.ok:
+        return found
+    used = schema if isinstance(schema, _schemas.Schema) else None
+    if schema == _schemas.AUTO:
+        used = _schemas.BUILTIN_SCHEMAS.get(report.schema or "")
+    if schema is None and level == "keys":
+        # no schema named: check the built-in one the keys match, so that ids are only
+        # counted from a file whose ids fit its rows
+        used = _schemas.detect_schema(structure)
+        problems = used.check(structure) if used is not None else []
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            found.report = _fail(report, "incompatible", problems[0] + more, "keys.schema")
+            return found
+    found.schema = used.name if used is not None else None
+    if used is not None and used.id_field and level == "keys" \
+            and isinstance(structure, Mapping):
+        ids = structure.get(used.id_field)
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            found.ids = ids
+    if want_checksum or expect is not None:
+        algorithm = expect.checksum.partition(":")[0] if expect is not None else None
+        try:
+            found.checksum = _checksum(source, algorithm)
+        except Problem as exc:  # below the zip level, the directory was never checked
+            found.report = _fail(report, exc.category, f"no checksum: {exc.message}",
+                                 exc.code)
+            return found
+        if expect is not None and found.checksum != expect.checksum:
+            found.report = _fail(report, "corrupted",
+                                 "not the committed file: its checksum differs from the "
+                                 "run manifest's", "run.not_committed")
+    return found
 
 
 def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
@@ -770,10 +788,17 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     if schema != _schemas.AUTO:
         schema = _schemas.get_schema(schema)
     folder = _folder(prefix)
-    listed = list(store.list(folder))
+    infos = {info.key: info for info in store.list_info(folder)}
+    listed = list(infos)
     keys, skipped = _classify(listed, pattern)
-    results = _examine_all(store, keys, jobs, lambda key: _examine_once(
-        store, key, schema=schema, level=level, deep=deep, want_checksum=False, expect=None))
+
+    def examine(key: str) -> _Examined:
+        # the listed version on the first attempt (no request to look it up); a restart,
+        # after the object was replaced, opens the key afresh
+        return _examine_once(store, key, schema=schema, level=level, deep=deep,
+                             want_checksum=False, expect=None, listed=infos.pop(key, None))
+
+    results = _examine_all(store, keys, jobs, examine)
     report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
                         schema=schema if isinstance(schema, str) else getattr(schema, "name",
                                                                               None),

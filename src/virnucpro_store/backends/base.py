@@ -181,6 +181,12 @@ class Staging(ABC):
     def abort(self) -> None:
         """Discard the staged bytes. Idempotent; never touches the published key."""
 
+    def track_sent(self) -> None:  # noqa: B027 -- optional hook, a no-op unless overridden
+        """Optional, called before the first write of a save checked with ``deep=True``: keep
+        a record of what is sent, so that the source of the staged object carries it as
+        ``sent`` (a :class:`~virnucpro_store.validation.sentbytes.SentLedger`) and the deep
+        check verifies the CRC-32s from it instead of downloading the object (S3 does)."""
+
     def __enter__(self) -> Staging:
         return self
 
@@ -217,6 +223,14 @@ class Backend(ABC):
     def open_source(self, key: str) -> ByteSource:
         """Random read access to one version of a published object; raises
         ``CheckpointMissing``. The caller closes the source (``with`` does)."""
+
+    def open_listed(self, info: ObjectInfo) -> ByteSource:
+        """:meth:`open_source` of the version a listing described (``info`` from
+        :meth:`list_info`). The default opens ``info.key`` afresh; object stores whose listing
+        names the version (S3's ETag) read that version with no request to look it up, and a
+        read of a version replaced since the listing raises ``ObjectChanged``, as any pinned
+        read does. A scan of many small files saves one request per file."""
+        return self.open_source(info.key)
 
     @abstractmethod
     def stat(self, key: str) -> ObjectInfo:

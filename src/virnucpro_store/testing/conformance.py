@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import virnucpro_store as vs
+from virnucpro_store.backends.base import Backend
 
 from .compare import assert_same
 from .damage import malicious_checkpoint, put_bytes, truncated
@@ -316,3 +317,35 @@ class ConformanceTests:
         store.save(sample("merged", 3, seed=7), "run/part_1.pt", schema="merged")
         changed = store.verify_run("run")
         assert not changed.ok and changed.invalid["run/part_1.pt"].category == "corrupted"
+
+    def test_a_scan_judges_what_is_stored_after_its_listing(self, store, monkeypatch):
+        # a scan reads each file as its listing described it (object stores skip the lookup);
+        # a file replaced after the listing is judged on its new version, one deleted is
+        # "missing", and neither stops the scan
+        for part in range(3):
+            store.save(sample("merged", 2, seed=part), f"run/part_{part}.pt", schema="merged")
+        backend = store.backend
+        looked_up: list[str] = []
+        open_source = backend.open_source
+
+        def counted(key):
+            looked_up.append(key)
+            return open_source(key)
+
+        monkeypatch.setattr(backend, "open_source", counted)
+        assert store.scan("run", schema="merged").ok
+        if type(backend).open_listed is not Backend.open_listed:
+            assert looked_up == []  # the listed versions were read as listed: no lookups
+        listing = store.list_info
+
+        def list_then_change(prefix=""):
+            infos = list(listing(prefix))
+            store.save(sample("merged", 3, seed=9), "run/part_0.pt", schema="merged")
+            store.delete("run/part_1.pt")
+            return iter(infos)
+
+        monkeypatch.setattr(store, "list_info", list_then_change)
+        scanned = store.scan("run", schema="merged")
+        assert scanned.valid == ["run/part_0.pt", "run/part_2.pt"]
+        assert scanned.invalid["run/part_1.pt"].category == "missing"
+        assert scanned.ids_by_key["run/part_0.pt"] == sample("merged", 3, seed=9)["ids"]

@@ -78,6 +78,13 @@ class AzureBackend(ObjectStoreBackend):
         return AzureSource(self.client, key, int(props.size), props.etag,
                            max_concurrency=self.max_concurrency)
 
+    def open_listed(self, info: ObjectInfo) -> AzureSource:
+        if info.etag is None:
+            return self.open_source(info.key)
+        # the listing's ETag (unquoted there); the reads' If-Match wants the quoted form
+        return AzureSource(self.client, info.key, info.size, f'"{info.etag}"',
+                           max_concurrency=self.max_concurrency)
+
     def _list_blobs(self, prefix: str = "", *, uncommitted: bool = False) -> list[Any]:
         include = ["copy", "uncommittedblobs"] if uncommitted else ["copy"]
 

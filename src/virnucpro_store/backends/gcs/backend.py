@@ -72,6 +72,14 @@ class GCSBackend(ObjectStoreBackend):
                          str(resource["generation"]), download_chunk=self.download_chunk,
                          max_concurrency=self.max_concurrency)
 
+    def open_listed(self, info: ObjectInfo) -> GCSSource:
+        if info.etag is None:
+            return self.open_source(info.key)
+        # a listed object's etag is its generation, which the reads are pinned to
+        return GCSSource(self.client, info.key, self.client.path(info.key), info.size,
+                         info.etag, download_chunk=self.download_chunk,
+                         max_concurrency=self.max_concurrency)
+
     def _objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         """(name relative to the root, listing entry) of every object under ``prefix``."""
         out: list[tuple[str, dict[str, Any]]] = []

@@ -91,6 +91,14 @@ class S3Backend(ObjectStoreBackend):
                         download_chunk=self.download_chunk,
                         max_concurrency=self.uploader.max_concurrency)
 
+    def open_listed(self, info: ObjectInfo) -> S3Source:
+        if info.etag is None:
+            return self.open_source(info.key)
+        # the listing's ETag is the object's (unquoted there); If-Match wants the quoted form
+        return S3Source(self.client, info.key, info.size, f'"{info.etag}"',
+                        download_chunk=self.download_chunk,
+                        max_concurrency=self.uploader.max_concurrency)
+
     def _listing(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         return self._list_objects(prefix)
 
