@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 
 @runtime_checkable
@@ -60,6 +60,10 @@ class Source(Closeable):
 
     size: int
     etag: str | None = None
+    #: for a staging object this process just uploaded with ``Staging.track_sent()``: the
+    #: record of what was sent (validation/sentbytes.py), which a deep check may verify
+    #: instead of reading the object back; None everywhere else
+    sent: Any = None
 
 
 class BytesSource(Source):

@@ -159,9 +159,8 @@ class CheckpointStore:
             check_level(validate)
         url = self.backend.url_for(key)
         with self.backend.stage(key) as staging:
-            track = getattr(staging, "track_sent", None)
-            if deep and validate is not None and track is not None:
-                track()  # an object store's deep check then needs no download of the object
+            if deep and validate is not None:
+                staging.track_sent()  # an object store's deep check then downloads nothing
             write(staging.file, url, key)
             staging.finish()
             if validate is not None:

@@ -99,6 +99,7 @@ class _Run:
         self.details["top"] = check_torch_layout(index)
         self.index = index
         if self.deep:
+            # Source.sent (None on sources from outside the package, which may lack it)
             sent = getattr(self.source.inner, "sent", None)
             try:
                 # a staged upload's own record of what it sent, acknowledged part by part, is

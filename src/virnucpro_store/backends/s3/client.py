@@ -119,6 +119,13 @@ class S3Client(FsspecLoopClient):
         self._fs_pid = -1
 
     @property
+    def sends_checksums(self) -> bool:
+        """Whether requests may carry checksum headers: not where the user configured
+        botocore to send them only when required (servers that refuse them)."""
+        config = self._fs_options.get("config_kwargs") or {}
+        return config.get("request_checksum_calculation") != "when_required"
+
+    @property
     def fs(self) -> s3fs.S3FileSystem:
         """The s3fs filesystem; made again in a forked child (DataLoader workers), where the
         parent's event loop and connections do not exist."""

@@ -215,8 +215,7 @@ class UploadWriter(PartWriter):
         Call before the first write. Not where the client is configured to send checksums
         only when required (servers that refuse checksum headers): the deep check then reads
         the object back, as always."""
-        config = self._client._fs_options.get("config_kwargs") or {}
-        if self._size == 0 and config.get("request_checksum_calculation") != "when_required":
+        if self._size == 0 and self._client.sends_checksums:
             self.ledger = SentLedger()
 
     def _checksum(self, body: Any) -> dict[str, str]:
