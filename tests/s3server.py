@@ -82,12 +82,16 @@ class SeaweedFS:
     an IAM config (``-s3.config``) holding :data:`ADMIN` and these, and refuses other keys.
     ``replication`` (e.g. ``"001"``) and ``extra_volumes``: the master's default replication,
     and more volume servers (``weed volume``, same rack) to hold the replicas; stop one with
-    :meth:`stop_volume` to lose a storage node.
+    :meth:`stop_volume` to lose a storage node. ``volume_size_mb``: the master's volume size
+    limit (small for tests; the benchmark, which writes tens of GB, asks for larger volumes so
+    that SeaweedFS grows them less often: it answers ``InternalError`` while it grows one).
     """
 
     def __init__(self, *, startup_timeout: float = 60.0, bucket: str = "vnps-probe",
                  identities: list[dict[str, Any]] | None = None,
-                 replication: str | None = None, extra_volumes: int = 0) -> None:
+                 replication: str | None = None, extra_volumes: int = 0,
+                 volume_size_mb: int = 1024) -> None:
+        self.volume_size_mb = volume_size_mb
         self.startup_timeout = startup_timeout
         self.probe_bucket = bucket
         self.identities = identities
@@ -126,7 +130,7 @@ class SeaweedFS:
             "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", "-volume.preStopSeconds=0",
             # small volumes so a test run does not reserve 30 GB per volume
-            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}", "-volume.max=0",
         ]
         if self.identities:
             config = os.path.join(self.dir, "s3.json")
