@@ -181,6 +181,7 @@ def test_gc_removes_a_committed_staging_blob(azurite):
     assert raw_names(azurite, store) == []
 
 
+@pytest.mark.usefixtures("ranged_reads")
 def test_source_pinned_to_etag_notices_a_replacement(azurite):
     store = azurite.factory()()
     store.save({"v": 1}, "k.pt")

@@ -306,6 +306,7 @@ def test_store_works_in_a_forked_child_and_after(gcs_server):
 
 # -- reads pinned to a generation ---------------------------------------------------------------
 
+@pytest.mark.usefixtures("ranged_reads")
 def test_source_is_pinned_to_its_generation(gcs_server):
     store = make_store(gcs_server)
     first = store.save({"v": 1}, "k.pt", validate=None)

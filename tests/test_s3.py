@@ -589,6 +589,7 @@ def _replace_on(monkeypatch, cls: type, method: str, replace, *, calls: set[int]
     return seen
 
 
+@pytest.mark.usefixtures("ranged_reads")
 def test_validate_restarts_when_replaced_between_tail_and_data_pkl(s3_server, monkeypatch):
     store = make_store(s3_server)
     writer = make_store(s3_server, store.url)
@@ -605,6 +606,7 @@ def test_validate_restarts_when_replaced_between_tail_and_data_pkl(s3_server, mo
     assert store.load("m.pt", schema="merged")["ids"] == new["ids"]
 
 
+@pytest.mark.usefixtures("ranged_reads")
 def test_replaced_every_time_gives_up_after_bounded_attempts(s3_server, monkeypatch):
     store = make_store(s3_server)
     writer = make_store(s3_server, store.url)
@@ -620,6 +622,7 @@ def test_replaced_every_time_gives_up_after_bounded_attempts(s3_server, monkeypa
     assert _counting_heads(store) == READ_ATTEMPTS
 
 
+@pytest.mark.usefixtures("ranged_reads")
 def test_load_restarts_when_replaced_mid_download(s3_server, monkeypatch):
     # load() opens the object once (one HEAD): validation and download read the same ETag.
     # Replaced after the download's first ranged GET, the next GETs are refused and the load
@@ -649,6 +652,7 @@ def test_load_restarts_when_replaced_mid_download(s3_server, monkeypatch):
 
 
 @pytest.mark.parametrize("replacement", ["valid", "off-schema"])
+@pytest.mark.usefixtures("ranged_reads")
 def test_load_never_returns_a_version_it_did_not_validate(s3_server, monkeypatch, replacement):
     # The object is replaced after validation, before the download: the download's GETs are
     # pinned to the ETag that was validated, so they are refused, and the load restarts and
@@ -812,6 +816,30 @@ def test_scan_reads_each_listed_version_without_a_head(s3_server):
     again = store.scan("run")
     assert again.ok and again.ids_by_key["run/s0.pt"] == replaced["sequence_ids"]
     assert backend.request_counts["head_object"] == 1  # the restart looked s0 up afresh
+
+
+def test_small_object_is_fetched_whole_by_its_first_read(s3_server):
+    # at most WHOLE_READ_BELOW: one GET serves the tail and data.pkl (a second round trip
+    # costs more than the rest); above it, ranged reads of a small part of the object
+    from virnucpro_store.backends.objectstore_io import WHOLE_READ_BELOW
+
+    store = make_store(s3_server)
+    backend = store.backend
+    for rows, whole in [(100, True), (400, False)]:
+        info = store.save(sample("shard", rows), f"s{rows}.pt", schema="shard")
+        assert (info.size <= WHOLE_READ_BELOW) is whole
+        backend.request_counts.clear()
+        before = backend.bytes_downloaded
+        assert store.validate(f"s{rows}.pt", schema="shard").ok
+        downloaded = backend.bytes_downloaded - before
+        if whole:
+            assert backend.request_counts["get_object"] == 1 and downloaded == info.size
+        else:
+            assert backend.request_counts["get_object"] == 2 and downloaded < info.size // 4
+        backend.request_counts.clear()  # a load of a small object: validated and loaded
+        assert store.load(f"s{rows}.pt")["sequence_ids"] == sample("shard", rows)["sequence_ids"]
+        if whole:
+            assert backend.request_counts["get_object"] == 1
 
 
 def test_list_skips_names_that_are_not_keys(s3_server, caplog):
