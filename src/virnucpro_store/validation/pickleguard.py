@@ -722,7 +722,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         block[2::7] = repeat(sizes, count)
         block[3::7] = repeat(strides, count)
         # each REDUCE of OrderedDict makes its own container (a later SETITEMS fills one)
-        block[4::7] = ([_reduce_result(od) for _ in range(count)] if type(made) is _Container
+        block[4::7] = ([_Container(made.kind) for _ in range(count)] if type(made) is _Container
                        else repeat(made, count))
         block[5::7] = repeat(args, count)
         block[6::7] = repeat(result, count)
