@@ -22,6 +22,7 @@ SeaweedFS server the benchmark starts on loopback (tests/s3server.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +398,86 @@ def measure_validation(obj_name: str, s3: dict | None, work: Path) -> list[dict]
     return rows
 
 
+def keys_profile(path: Path, rounds: int = 7) -> list[str]:
+    """Where a keys-level validation of the file at ``path`` spends its time, phase by phase
+    (medians of ``rounds``), next to reference floors for a validator written in Python:
+    the standard library's own central-directory parse (``zipfile.ZipFile``), the C
+    unpickler with do-nothing Python hooks (one call per global and per persistent id, as
+    any hook costs), and ``torch.load(weights_only=True)``."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    from virnucpro_store import schemas
+    from virnucpro_store.source import CountingSource, FileSource
+    from virnucpro_store.validation import levels, pickleguard
+    from virnucpro_store.validation.safepickle import read_model
+    from virnucpro_store.validation.walk import iter_tensors
+    from virnucpro_store.validation.zipindex import (
+        CachedReader,
+        check_control_records,
+        check_torch_layout,
+        read_index,
+        read_record,
+    )
+
+    class Hollow(pickle.Unpickler):
+        def find_class(self, module, name):
+            return lambda *args: None
+
+        def persistent_load(self, pid):
+            return None
+
+    times: dict[str, list[float]] = {}
+
+    @contextlib.contextmanager
+    def timed(label: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        times.setdefault(label, []).append(time.perf_counter() - started)
+
+    for _ in range(rounds):
+        with timed("total: validate_source(level=\"keys\")"):
+            levels.validate_source(FileSource(str(path)), level="keys")
+        reader = CachedReader(CountingSource(FileSource(str(path))))
+        with timed("zip: central directory and layout"):
+            index = read_index(reader)
+            check_torch_layout(index)
+        with timed("load: control records and data.pkl read"):
+            check_control_records(reader, index)
+            pkl = read_record(reader, index, index.member("data.pkl"))
+        with timed("load: opcode pre-scan (bombs, torch's opcode rules)"):
+            pickleguard.scan(bytes(pkl))
+        with timed("load: pre-scan + restricted unpickling"):
+            model = read_model(pkl)
+        with timed("load: walk (every tensor and its path)"):
+            tensors = list(iter_tensors(model.structure))
+        with timed("load: storage records and views"):
+            levels._check_tensors(index, tensors + [("-", m) for m in model.made])
+        with timed("keys: schema"):
+            schemas.detect_schema(model.structure).check(model.structure)
+        with timed("reference: zipfile.ZipFile (stdlib central-directory parse)"):
+            zipfile.ZipFile(path).close()
+        with timed("reference: C unpickler, do-nothing hooks"):
+            Hollow(io.BytesIO(bytes(pkl))).load()
+        with timed("reference: torch.load(weights_only=True)"):
+            torch.load(path, weights_only=True)
+    median = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    scan_ms = median["load: opcode pre-scan (bombs, torch's opcode rules)"]
+    lines = ["| phase | median ms |", "|---|---:|"]
+    for label, ms in median.items():
+        if label.startswith("total"):
+            continue
+        if label == "load: pre-scan + restricted unpickling":
+            label, ms = "load: restricted unpickling (read_model less the pre-scan)", ms - scan_ms
+        lines.append(f"| {label} | {ms:.1f} |")
+    total = next(k for k in median if k.startswith("total"))
+    lines.insert(lines.index(next(x for x in lines if "reference" in x)),
+                 f"| **{total}** | **{median[total]:.1f}** |")
+    return lines
+
+
 # -- parent side -------------------------------------------------------------------------------
 
 def run_worker(args: list[str], work: Path, env: dict[str, str]) -> dict:
@@ -634,7 +716,9 @@ def main() -> None:
                     met = "met" if keys["seconds"] <= ESM_KEYS_TARGET_S else "NOT met"
                     lines += [f"Keys-level validation of this file: {keys['seconds'] * 1000:.1f} "
                               f"ms locally (target <= {ESM_KEYS_TARGET_S * 1000:.0f} ms: "
-                              f"{met}).", ""]
+                              f"{met}). Where the time goes, phase by phase, next to "
+                              f"reference floors for a validator in Python (medians of 7):",
+                              ""] + keys_profile(work / "validate" / "x.pt") + [""]
                 print(f"validate {obj_name} done", flush=True)
             else:
                 rows = scan_rows(s3, work, files=scan_files, rounds=repeats)
