@@ -309,6 +309,7 @@ def _first_numpy(obj):
     return None
 
 
+@pytest.mark.usefixtures("ranged_reads")
 @pytest.mark.parametrize("call", ["read_bytes", "open", "inspect", "inspect-deep"])
 def test_reads_of_a_replaced_s3_object_restart_on_the_new_version(moto_server, monkeypatch, call):
     """read_bytes(), open() and inspect() (and so the CLI's info) describe one whole version: an

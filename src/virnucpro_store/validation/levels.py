@@ -34,6 +34,7 @@ from .. import schemas as _schemas
 from ..errors import CheckpointError, StoreError
 from ..lazy import ArrayMeta, StorageRef, TensorMeta, shape_text
 from ..source import ByteSource, CountingSource, FileSource, SourceReader
+from .gcpause import gc_paused
 from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
 from .safepickle import read_model
@@ -341,12 +342,13 @@ def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level
     current = LEVELS[0]
     problem: Problem | None = None
     try:
-        for current in LEVELS[: LEVELS.index(level) + 1]:
-            if current == "keys":
-                run.keys(schema_obj, auto)
-            else:
-                getattr(run, current)()
-            passed = current
+        with gc_paused():
+            for current in LEVELS[: LEVELS.index(level) + 1]:
+                if current == "keys":
+                    run.keys(schema_obj, auto)
+                else:
+                    getattr(run, current)()
+                passed = current
     except Problem as exc:
         problem = exc
     except (RecursionError, MemoryError) as exc:
