@@ -32,7 +32,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..lazy import INT64, StorageRef, TensorMeta
+from ..lazy import INT64, StorageRef, TensorMeta, make_storage_ref
 from ..lazy import short_value as _short
 from .pickleguard import library_protocol, scan
 from .problem import Problem, corrupted, incompatible, unsafe
@@ -67,7 +67,32 @@ class RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> StorageRef:
         """torch.serialization._load's persistent_load: ``('storage', type, key, location,
         numel)``; a key seen before (with a non-empty storage) returns that first storage,
-        whatever dtype and size this id names -- torch keeps the first in ``loaded_storages``."""
+        whatever dtype and size this id names -- torch keeps the first in ``loaded_storages``.
+
+        A fast path for the ids torch.save writes; :meth:`checked_persistent_load` for all."""
+        # Taken only where every check of checked_persistent_load passes, in its order: the
+        # tag "storage", a legacy storage type (never a tensor class), a string key; then a
+        # storage cached under that key is returned, else a str location and an exact int
+        # numel in [0, MAX_ELEMENTS] make the same StorageRef, noted and cached the same way.
+        if type(pid) is tuple and len(pid) == 5:
+            tag, stype, key, location, numel = pid
+            if (type(tag) is str and tag == "storage" and type(stype) is _StorageType
+                    and type(key) is str):
+                cached = self.storages.get(key)
+                if cached is not None:
+                    return cached
+                if type(location) is str and type(numel) is int and 0 <= numel <= MAX_ELEMENTS:
+                    ref = make_storage_ref(key, stype.dtype, numel, location, stype.untyped)
+                    made = getattr(_MADE, "items", None)  # _note(ref), inlined
+                    if made is not None:
+                        made.append(ref)
+                    if numel:  # ref.nbytes: numel times an item size of at least 1
+                        self.storages[key] = ref
+                    return ref
+        return self.checked_persistent_load(pid)
+
+    def checked_persistent_load(self, pid: Any) -> StorageRef:
+        """:meth:`persistent_load` with every check, for any id (the reference)."""
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
             raise corrupted(f"pickle has an unknown persistent id ({_short(pid)}); torch reads "
                             f"('storage', type, key, location, numel) only")

@@ -27,6 +27,7 @@ from ..lazy import (
     TensorMeta,
     TorchDType,
     _Frozen,
+    make_tensor_meta,
     shape_text,
 )
 from ..lazy import (
@@ -153,13 +154,21 @@ class _NpDType:
 class _StandIn:
     """A named stand-in for an allowed global. BUILD on it is refused."""
 
-    __slots__ = ("qualname", "fn")
+    __slots__ = ("qualname", "fn", "fast")
 
-    def __init__(self, qualname: str, fn: Callable[..., Any] | None = None) -> None:
+    def __init__(self, qualname: str, fn: Callable[..., Any] | None = None,
+                 fast: Callable[[tuple[Any, ...]], Any] | None = None) -> None:
         self.qualname = qualname
         self.fn = fn
+        #: a fast path for the calls torch.save writes: the arguments -> what ``fn`` makes of
+        #: them, or None for any call it does not cover (``fn`` then checks and makes it)
+        self.fast = fast
 
     def __call__(self, *args: Any) -> Any:
+        if self.fast is not None:
+            made = self.fast(args)
+            if made is not None:
+                return made
         if self.fn is None:
             raise incompatible(f"pickle calls {self.qualname!r} directly (not modelled)")
         try:
@@ -723,6 +732,39 @@ def _counter(*args: Any) -> Counter[Any]:
     return TorchCounter(items or {})
 
 
+def _fast_rebuild_tensor_v2(args: tuple[Any, ...]) -> TensorMeta | None:
+    """What ``_rebuild_tensor_v2(*args)`` makes for the arguments torch.save writes,
+    ``(storage, offset, size, stride, requires_grad, backward_hooks)``; None for any other."""
+    # Taken only where every check of _new_tensor (_tensor_fields, then _extras) passes: a
+    # StorageRef; exact ints in the signed 64-bit range for the offset and in tuples of one
+    # length for size and stride, no stride negative (the slow path then keeps both tuples as
+    # they are); a bool requires_grad allowed for the dtype; no metadata. It then makes what
+    # _new_tensor makes. Anything else (and so every error) is left to the slow path.
+    if len(args) != 6:
+        return None
+    storage, offset, size, stride, requires_grad, hooks = args
+    if type(storage) is not StorageRef:
+        return None
+    dtype = storage.dtype
+    if not (type(offset) is int and -INT64 <= offset < INT64 and type(size) is tuple
+            and type(stride) is tuple and len(size) == len(stride) and dtype in TORCH_DTYPES
+            and (requires_grad is False or requires_grad is True and dtype in _GRAD_DTYPES)):
+        return None
+    for v in size:
+        if type(v) is not int or not -INT64 <= v < INT64:
+            return None
+    for v in stride:
+        if type(v) is not int or not 0 <= v < INT64:
+            return None
+    made = make_tensor_meta(dtype, size, stride, offset, storage.key, requires_grad,
+                            storage, () if type(hooks) in _ATOMIC_TYPES
+                            else (("_backward_hooks", hooks),))
+    items = getattr(_MADE, "items", None)  # _note(made), inlined
+    if items is not None:
+        items.append(made)
+    return made
+
+
 def _build_allowed() -> dict[str, _StandIn | TorchDType]:
     table: dict[str, Any] = {}
 
@@ -730,7 +772,8 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
         table[qualname] = _StandIn(qualname, fn)
 
     add("torch._utils._rebuild_tensor", _rebuild_tensor)
-    add("torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2)
+    table["torch._utils._rebuild_tensor_v2"] = _StandIn(
+        "torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2, _fast_rebuild_tensor_v2)
     add("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3)
     add("torch._utils._rebuild_parameter", _rebuild_parameter)
     add("torch._utils._rebuild_parameter_with_state", _rebuild_parameter_with_state)
