@@ -26,7 +26,6 @@ requires_grad=False)
 
 from __future__ import annotations
 
-import gc
 import io
 import pickle
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any, NamedTuple
 
 from ..lazy import INT64, StorageRef, TensorMeta, make_storage_ref
 from ..lazy import short_value as _short
+from .gcpause import gc_paused
 from .pickleguard import library_protocol, scan
 from .problem import Problem, corrupted, incompatible, unsafe
 from .standins import (
@@ -142,13 +142,8 @@ def _without_gc(load: Callable[[], Any]) -> Any:
     """Run ``load`` with the cyclic garbage collector paused. Unpickling allocates containers
     only (a million nested lists, 10,000 tensor records); each collection the allocations
     trigger re-walks everything built so far, which made loading quadratic."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return load()
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def read_structure(data: bytes) -> tuple[Any, bool]:
