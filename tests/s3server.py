@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +86,19 @@ class SeaweedFS:
     :meth:`stop_volume` to lose a storage node. ``volume_size_mb``: the master's volume size
     limit (small for tests; the benchmark, which writes tens of GB, asks for larger volumes so
     that SeaweedFS grows them less often: it answers ``InternalError`` while it grows one).
+    ``max_volumes``: the volume server's volume count limit (0: free disk / volume size, at
+    start; each bucket is a collection that grows 7 volumes at a time). :meth:`vacuum`
+    reclaims the space of deleted and overwritten objects, which SeaweedFS otherwise keeps
+    until its own vacuum (every 15 minutes): a benchmark that overwrites tens of GB runs out of
+    volumes before that.
     """
 
     def __init__(self, *, startup_timeout: float = 60.0, bucket: str = "vnps-probe",
                  identities: list[dict[str, Any]] | None = None,
                  replication: str | None = None, extra_volumes: int = 0,
-                 volume_size_mb: int = 1024) -> None:
+                 volume_size_mb: int = 1024, max_volumes: int = 0) -> None:
         self.volume_size_mb = volume_size_mb
+        self.max_volumes = max_volumes
         self.startup_timeout = startup_timeout
         self.probe_bucket = bucket
         self.identities = identities
@@ -103,6 +110,17 @@ class SeaweedFS:
         self.s3_port = 0
         self.master_port = 0
         self._log: Any = None
+
+    def vacuum_url(self, garbage_threshold: float = 0.01) -> str:
+        """The master's URL that compacts, when asked, every volume with more than
+        ``garbage_threshold`` of deleted data."""
+        return (f"http://127.0.0.1:{self.master_port}/vol/vacuum"
+                f"?garbageThreshold={garbage_threshold}")
+
+    def vacuum(self, garbage_threshold: float = 0.01) -> None:
+        """Compact the volumes now (see :meth:`vacuum_url`)."""
+        with urllib.request.urlopen(self.vacuum_url(garbage_threshold), timeout=600) as answer:
+            answer.read()
 
     @property
     def endpoint_url(self) -> str:
@@ -130,7 +148,7 @@ class SeaweedFS:
             "-s3", f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false", "-volume.preStopSeconds=0",
             # small volumes so a test run does not reserve 30 GB per volume
-            f"-master.volumeSizeLimitMB={self.volume_size_mb}", "-volume.max=0",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}", f"-volume.max={self.max_volumes}",
         ]
         if self.identities:
             config = os.path.join(self.dir, "s3.json")
