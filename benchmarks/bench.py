@@ -62,7 +62,10 @@ FULL_CASES = ([f"local-save:{o}" for o in ("merged-16MB", "merged-256MB", "merge
               # 1 GB uploads; the full run stays within ~30 minutes)
               + [f"s3-save:{o}" for o in ("merged-16MB", "merged-256MB", "esm-10k",
                                           "dnabert-10k", "shard-10k")]
-              + ["validate:merged-1GB", "validate:esm-10k", "scan:shard-files"])
+              + ["validate:merged-1GB", "validate:esm-10k", "validate:dnabert-10k",
+                 "scan:shard-files"])
+#: validate cases whose keys-level time is also profiled phase by phase (keys_profile)
+PROFILED = ("esm-10k", "dnabert-10k")
 QUICK_CASES = ["local-save:merged-16MB", "local-save:esm-1k", "s3-save:merged-16MB",
                "validate:esm-1k", "scan:shard-files"]
 #: the keys-level target of issue 14 for a 10,000-tensor ESM file
@@ -738,9 +741,11 @@ def main() -> None:
                     met = "met" if keys["seconds"] <= ESM_KEYS_TARGET_S else "NOT met"
                     lines += [f"Keys-level validation of this file: {keys['seconds'] * 1000:.1f} "
                               f"ms locally (target <= {ESM_KEYS_TARGET_S * 1000:.0f} ms: "
-                              f"{met}). Where the time goes, phase by phase, next to "
-                              f"reference floors for a validator in Python (medians of 7):",
-                              ""] + keys_profile(work / "validate" / "x.pt") + [""]
+                              f"{met}).", ""]
+                if obj_name in PROFILED:
+                    lines += ["Where its keys-level time goes, phase by phase, next to reference "
+                              "floors for a validator in Python (medians of 7):", ""]
+                    lines += keys_profile(work / "validate" / "x.pt") + [""]
                 print(f"validate {obj_name} done", flush=True)
             else:
                 rows = scan_rows(s3, work, files=scan_files, rounds=repeats)

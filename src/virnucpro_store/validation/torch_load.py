@@ -270,6 +270,17 @@ def _odd_dtype(dtype: Any) -> bool:
 _LEAVES = (str, bytes, int, float, complex, type(None))
 
 
+#: exact types that hold nothing (numpy scalars subclass some of them: not listed, so visited)
+_ATOM_TYPES = frozenset({str, bytes, int, float, complex, bool, type(None)})
+
+
+def _push_non_atoms(stack: list[Any], items: Any) -> None:
+    """Push the items that may hold a numpy object: a DNABERT file's 7.7 M floats are
+    decided at C speed, not visited one by one (that cost more than the load itself)."""
+    if not _ATOM_TYPES.issuperset(map(type, items)):
+        stack.extend(x for x in items if type(x) not in _ATOM_TYPES)
+
+
 def _odd_numpy(roots: list[Any]) -> list[Any]:
     """The numpy arrays, scalars and dtypes reachable from ``roots`` (values, keys, items,
     attributes) whose dtype is odd (:func:`_odd_dtype`); each odd array is given back its
@@ -292,10 +303,10 @@ def _odd_numpy(roots: list[Any]) -> list[Any]:
             if _odd_dtype(item.dtype):
                 odd.append(item)
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            _push_non_atoms(stack, item.keys())
+            _push_non_atoms(stack, item.values())
         elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
+            _push_non_atoms(stack, item)
         if isinstance(item, (torch.Tensor, dict)):
             # attributes set by a pickled state (of tensors, Parameters, OrderedDicts)
             state = getattr(item, "__dict__", None)
