@@ -59,7 +59,7 @@ OBJECTS = {
 FULL_CASES = ([f"local-save:{o}" for o in ("merged-16MB", "merged-256MB", "merged-1GB", "esm-10k",
                                            "dnabert-10k", "shard-10k")]
               # S3 1 GB is `--only 's3-save:merged-1GB'` (another ~15 minutes: 7 rounds of six
-              # 1 GB uploads; the full run stays within ~30 minutes)
+              # 1 GB uploads; the full run stays near 36 minutes)
               + [f"s3-save:{o}" for o in ("merged-16MB", "merged-256MB", "esm-10k",
                                           "dnabert-10k", "shard-10k")]
               + ["validate:merged-1GB", "validate:esm-10k", "validate:dnabert-10k",
