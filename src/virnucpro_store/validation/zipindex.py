@@ -94,7 +94,8 @@ ONE_VIEW_RULES = (
     "disk (miniz refuses any other count) and the disk numbers must be 0 (miniz also takes 1/1, "
     "which torch.save never writes)",
     "entries: a record may not need a ZIP version above 6.3 to extract (zipfile refuses it, "
-    "miniz ignores it; torch writes 2.0 or 4.5), nor be compressed, encrypted or patched",
+    "miniz ignores it; torch writes 2.0 or 4.5), nor be compressed, encrypted, patched or have "
+    "its local header masked (flag 0x2000, which miniz refuses in any record)",
     "names: record names are compared as torch looks them up (ASCII case-insensitively, as raw "
     "bytes); two names equal under that rule are refused; names holding a backslash or a NUL "
     "byte are refused (torch.save never writes them; some readers treat '\\' as '/', and torch "
@@ -440,7 +441,8 @@ def _parse_plain_directory(cd: bytes, count: int
         return None
     names = b"".join(map(_by_raw, records))
     csizes = list(map(_by_csize, records))
-    if (any(map(_by_method, records)) or any(f & 0x61 for f in set(map(_by_flags, records))) or
+    flags = set(map(_by_flags, records))
+    if (any(map(_by_method, records)) or any(f & _REFUSED_FLAGS for f in flags) or
             csizes != list(map(_by_usize, records)) or max(csizes) >= 0xFFFFFFFF or
             max(map(_by_offset, records)) >= 0xFFFFFFFF or b"\\" in names or b"\0" in names):
         return None
@@ -491,7 +493,8 @@ def _parse_central_directory(cd: bytes, count: int, cd_offset: int
                 disk_start == 0xFFFF:
             usize, csize, offset, disk_start = _zip64_extra(
                 cd[name_end: name_end + elen], usize, csize, offset, disk_start, name)
-        if disk_start or flags & 0x61 or method or csize != usize or needed > MAX_ZIP_VERSION:
+        if disk_start or flags & _REFUSED_FLAGS or method or csize != usize or \
+                needed > MAX_ZIP_VERSION:
             _refuse_entry(name, disk_start, flags, method, csize, usize, needed)
         if b"\\" in raw or b"\0" in raw:
             raise corrupted(f"record name {name!r} holds a backslash or a NUL byte; torch.save "
@@ -519,6 +522,11 @@ def _parse_central_directory(cd: bytes, count: int, cd_offset: int
 _by_offset = operator.itemgetter(1)
 
 
+#: general-purpose flag bits a record may not have: 0x1 encrypted, 0x20 patched data, 0x40
+#: strong encryption, 0x2000 local header masked (torch's miniz refuses each; see _refuse_entry)
+_REFUSED_FLAGS = 0x2061
+
+
 def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: int,
                   usize: int, needed: int) -> None:
     if needed > MAX_ZIP_VERSION:
@@ -532,12 +540,13 @@ def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: in
     if flags & 0x1:
         raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are",
                            code="zip.unsupported_record")
-    if flags & 0x60:
+    if flags & 0x2060:
         # 0x20 "compressed patched data", 0x40 strong encryption: neither torch nor zipfile
-        # reads such a record
-        raise incompatible(f"record {name!r} has ZIP flags {flags:#06x} (patched data or "
-                           f"strong encryption); torch checkpoints never do",
-                           code="zip.unsupported_record")
+        # reads such a record; 0x2000 "local header masked" (an encrypted central directory):
+        # miniz refuses the whole archive when any record has it
+        raise incompatible(f"record {name!r} has ZIP flags {flags:#06x} (patched data, "
+                           f"strong encryption or a masked local header); torch checkpoints "
+                           f"never do", code="zip.unsupported_record")
     # torch.save stores every record uncompressed (method 0) and torch.load memory-maps and
     # aligns them. torch.load can read a re-zipped, deflated archive, but then the sizes and
     # CRCs this validator checks by range reads no longer describe the tensor bytes, so a
