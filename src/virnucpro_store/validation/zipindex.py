@@ -540,7 +540,7 @@ def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: in
     if flags & 0x1:
         raise incompatible(f"record {name!r} is encrypted; torch checkpoints never are",
                            code="zip.unsupported_record")
-    if flags & 0x2060:
+    if flags & _REFUSED_FLAGS:  # the rest of them (0x1 is refused above)
         # 0x20 "compressed patched data", 0x40 strong encryption: neither torch nor zipfile
         # reads such a record; 0x2000 "local header masked" (an encrypted central directory):
         # miniz refuses the whole archive when any record has it
