@@ -162,7 +162,8 @@ def test_validate_checkpoint_pt_and_metadata(root):
     put_bytes(store, key, {"embeddings": np.zeros((2, 3)), "sequence_ids": ["a"],
                            "metadata": {}})
     assert compat.validate_checkpoint_pt(root("shard_0/batch_00000.pt")) == (
-        False, f"Missing .done marker: {compat.location.as_location(root('shard_0/batch_00000.pt'))}")
+        False, "Missing .done marker: "
+        f"{compat.location.as_location(root('shard_0/batch_00000.pt'))}")
     compat.create_done_marker(root("shard_0/batch_00000.pt"))
     assert compat.validate_checkpoint_pt(root("shard_0/batch_00000.pt")) == (
         False, "Shape mismatch: 2 embeddings vs 1 sequence_ids")

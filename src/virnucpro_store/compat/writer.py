@@ -190,7 +190,7 @@ class AsyncCheckpointWriter:
         writer = self._writer_for(store)
         try:
             inner = writer.submit(obj, key, validate="load", pickle_protocol=4)
-        except _errors.StoreError as exc:  # an earlier save of this store's writer failed
+        except (_errors.StoreError, OSError) as exc:  # an earlier save of this store's writer failed
             self._raise_failures(also=exc)
             raise
         done: concurrent.futures.Future = concurrent.futures.Future()
@@ -257,7 +257,7 @@ class AsyncCheckpointWriter:
         for writer in writers:
             try:
                 writer.flush()
-            except _errors.StoreError:
+            except Exception:  # noqa: BLE001
                 pass  # raised below, through our own future of that write (never lost)
         concurrent.futures.wait(futures, timeout=timeout)
         # the store's errors are raised once, through our own futures' failures
@@ -283,7 +283,7 @@ class AsyncCheckpointWriter:
             for writer in writers:
                 try:
                     writer.close()
-                except _errors.StoreError:
+                except Exception:  # noqa: BLE001
                     pass  # already raised by wait_all() through its future
 
 
