@@ -1,5 +1,6 @@
 """virnucpro_store.compat behaves as VirNucPro's checkpoint layer does, on local paths, store
-URLs and StorePaths (memory, S3 on moto, GCS on fake-gcs-server): every public name."""
+URLs and StorePaths (memory, S3 on moto): every public name. (The manifest on fake-gcs-server,
+SeaweedFS and Azurite: test_compat_concurrency.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from virnucpro_store.compat import StorePath
 from virnucpro_store.testing.damage import put_bytes
 
 
-@pytest.fixture(params=["local", "memory-url", "s3-moto", "gcs"])
+@pytest.fixture(params=["local", "memory-url", "s3-moto"])
 def root(request, tmp_path):
     """A callable: folder-relative name -> what a VirNucPro caller passes for it."""
     kind = request.param
@@ -26,9 +27,7 @@ def root(request, tmp_path):
     if kind == "memory-url":
         base = f"memory://compat-{uuid.uuid4().hex}"
         return lambda rel="": f"{base}/{rel}" if rel else base
-    factory = request.getfixturevalue(
-        "s3_moto_store_factory" if kind == "s3-moto" else "gcs_store_factory")
-    store = factory()
+    store = request.getfixturevalue("s3_moto_store_factory")()
     return lambda rel="": StorePath(store, rel)
 
 

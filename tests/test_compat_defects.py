@@ -50,7 +50,7 @@ def holds_on_compat_only(check):
     return run
 
 
-# -- nothing runs code from a file ----------------------------------------------------------------
+# -- nothing runs code from a file --------
 
 def _no_code_runs(impl, tmp: Path) -> None:
     proof = tmp / "pwned"
@@ -66,7 +66,7 @@ def _no_code_runs(impl, tmp: Path) -> None:
 test_no_load_runs_code = holds_on_compat_only(_no_code_runs)
 
 
-# -- atomic_save ------------------------------------------------------------------------------------
+# -- atomic_save --------
 
 def _writes_once_and_fsyncs(impl, tmp: Path, monkeypatch=None) -> None:
     saves, syncs = [], []
@@ -141,7 +141,7 @@ def _create_only(impl, tmp: Path) -> None:
 test_atomic_save_create_only_on_request = holds_on_compat_only(_create_only)
 
 
-# -- versions compare by their numbers --------------------------------------------------------------
+# -- versions compare by their numbers --------
 
 def _ten_is_newer(impl, tmp: Path) -> None:
     torch.save({"data": 1, "version": "10.0"}, tmp / "m.pt")
@@ -171,7 +171,7 @@ def test_versions_that_load(tmp_path):
     assert "version" not in compat.load_with_compatibility(tmp_path / "m.pt")
 
 
-# -- AsyncCheckpointWriter ------------------------------------------------------------------------
+# -- AsyncCheckpointWriter --------
 
 def _slow_saves(delay: float):
     real = torch.save
@@ -282,7 +282,7 @@ def test_writer_file_contents_match_virnucpros(tmp_path):
         assert (tmp_path / folder / "batch_00000.pt.done").exists()
 
 
-# -- resume_from_checkpoints ------------------------------------------------------------------------
+# -- resume_from_checkpoints --------
 
 def _write_batches(impl, tmp: Path, n: int) -> None:
     with impl.AsyncCheckpointWriter() as writer:

@@ -31,6 +31,10 @@ class ManifestCorruptedError(Exception):
         self.manifest_path = manifest_path
 
 
+class _Absent(FileNotFoundError):
+    """The manifest was not there when a mutation read it."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -132,7 +136,16 @@ class CheckpointManifest:
             return json.dumps(new, indent=2).encode()
 
         try:
-            self._store.update(self._key, apply)
+            for attempt in range(5):
+                try:
+                    self._store.update(self._key, apply)
+                    break
+                except _Absent:
+                    # absent while read: gone for good, or (an emulator that replaces an
+                    # object by delete + create) back the next moment
+                    if attempt == 4 or not self._store.exists(self._key):
+                        raise FileNotFoundError(
+                            f"manifest not found: {self.manifest_path}") from None
         except _errors.NotSupported:  # a backend without conditional writes: last one wins
             logger.warning(f"{self._store.url}: no conditional writes; manifest updates from "
                            f"several processes may be lost")
@@ -145,7 +158,7 @@ class CheckpointManifest:
 
     def _existing(self, manifest: dict[str, Any] | None) -> dict[str, Any]:
         if manifest is None:
-            raise FileNotFoundError(f"manifest not found: {self.manifest_path}")
+            raise _Absent(f"manifest not found: {self.manifest_path}")
         return manifest
 
     # -- VirNucPro's API ---------------------------------------------------------------------------

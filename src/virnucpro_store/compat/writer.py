@@ -188,11 +188,17 @@ class AsyncCheckpointWriter:
         obj = {"embeddings": _as_numpy(embeddings), "sequence_ids": list(sequence_ids),
                "metadata": dict(metadata)}
         writer = self._writer_for(store)
-        try:
-            inner = writer.submit(obj, key, validate="load", pickle_protocol=4)
-        except (_errors.StoreError, OSError) as exc:  # an earlier save of this store's writer failed
-            self._raise_failures(also=exc)
-            raise
+        while True:
+            try:
+                inner = writer.submit(obj, key, validate="load", pickle_protocol=4)
+                break
+            except (_errors.StoreError, OSError) as exc:  # an earlier save failed
+                with self.lock:
+                    known = any(r is exc for r in self._reported)
+                if not known:
+                    self._raise_failures(also=exc)
+                    raise
+                # already raised to the caller through our own record of it: submit again
         done: concurrent.futures.Future = concurrent.futures.Future()
         n_ids = len(obj["sequence_ids"])
         nbytes = obj["embeddings"].nbytes
@@ -241,6 +247,8 @@ class AsyncCheckpointWriter:
                 self._reported.append(also)
                 self._failed = [(f, e) for f, e in self._failed if e.__cause__ is not also]
             failed, self._failed = self._failed, []
+            self._reported.extend(e.__cause__ for _, e in failed if e.__cause__ is not None)
+            del self._reported[:-64]  # only the latest can still come back from a store writer
         errors = [(type(e.__cause__).__name__, str(e.__cause__)) for _, e in failed]
         if also is not None and not any(str(also) == m for _, m in errors):
             errors.insert(0, (type(also).__name__, str(also)))
