@@ -280,3 +280,12 @@ def test_logger_names_are_virnucpros(tmp_path, caplog):
         (tmp_path / "e.pt").write_bytes(b"")
         compat.validate_checkpoint(tmp_path / "e.pt")
     assert any(r.name == "virnucpro.checkpoint_validation" for r in caplog.records)
+
+
+def test_local_done_check_stays_sub_millisecond(tmp_path):
+    import timeit
+
+    (tmp_path / "m.pt.done").touch()
+    per_call = min(timeit.repeat(lambda: compat.has_done_marker(tmp_path / "m.pt"),
+                                 number=200, repeat=3)) / 200
+    assert per_call < 1e-3, f"{per_call * 1e6:.0f} us per .done check"

@@ -15,7 +15,7 @@ from .. import errors as _errors
 from .location import StorePath, as_location, done_path, split
 from .validation import (
     CheckpointError,
-    _store_error,
+    checkpoint_error_from,
     safe_load,
     validate_checkpoint,
     version_problem,
@@ -169,7 +169,7 @@ def _validated_load(checkpoint_path: Any, skip_validation: bool, required_keys: 
     except (_errors.CheckpointError, _errors.StorageFailure) as e:
         log.error(f"{what}: {checkpoint_path}")
         log.error(f"  Error: {e}")
-        raise _store_error(checkpoint_path, "corrupted", f"torch.load failed - {e}", e) from e
+        raise checkpoint_error_from(checkpoint_path, "corrupted", f"torch.load failed - {e}", e) from e
 
 
 def load_with_compatibility(

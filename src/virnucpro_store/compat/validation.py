@@ -49,7 +49,7 @@ class CheckpointError(_errors.CheckpointError):
         return (type(self), (self.checkpoint_path, self.error_type, self.message), self.__dict__)
 
 
-def _store_error(checkpoint_path: Any, error_type: str, message: str,
+def checkpoint_error_from(checkpoint_path: Any, error_type: str, message: str,
                  cause: BaseException | None) -> CheckpointError:
     """A compat CheckpointError carrying the store's category, code and report of ``cause``."""
     exc = CheckpointError(checkpoint_path, error_type, message)
@@ -326,7 +326,7 @@ def load_checkpoint_with_validation(
     except (_errors.CheckpointError, _errors.StorageFailure) as e:
         log.error(f"Checkpoint load failed: {checkpoint_path}")
         log.error(f"  Error: {e}")
-        raise _store_error(checkpoint_path, "corrupted", f"torch.load failed - {e}", e) from e
+        raise checkpoint_error_from(checkpoint_path, "corrupted", f"torch.load failed - {e}", e) from e
     if not skip_validation and isinstance(checkpoint, dict):
         version = checkpoint.get("version", "0.x")
         log.debug(f"Checkpoint version: {version}")
