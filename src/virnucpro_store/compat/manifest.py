@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -136,16 +137,18 @@ class CheckpointManifest:
             return json.dumps(new, indent=2).encode()
 
         try:
-            for attempt in range(5):
+            for attempt in range(8):
                 try:
                     self._store.update(self._key, apply)
                     break
                 except _Absent:
-                    # absent while read: gone for good, or (an emulator that replaces an
-                    # object by delete + create) back the next moment
-                    if attempt == 4 or not self._store.exists(self._key):
+                    # absent while read: gone for good, or (fake-gcs-server replaces an object
+                    # by delete + create) back the next moment; real stores never do that
+                    if attempt == 7:
                         raise FileNotFoundError(
                             f"manifest not found: {self.manifest_path}") from None
+                    if not self._store.exists(self._key):
+                        time.sleep(0.01 * 2 ** min(attempt, 4))
         except _errors.NotSupported:  # a backend without conditional writes: last one wins
             logger.warning(f"{self._store.url}: no conditional writes; manifest updates from "
                            f"several processes may be lost")

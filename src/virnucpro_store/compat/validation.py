@@ -178,11 +178,9 @@ def validate_checkpoint(
     log = logger_instance or logger
     if required_keys is None:
         required_keys = ["data"]
-    location = as_location(checkpoint_path)
-    store, key = split(location)
-
     # Level 1: size
     try:
+        store, key = split(as_location(checkpoint_path))
         file_size = store.info(key).size
     except FileNotFoundError:
         return _fail(log, checkpoint_path, "corrupted: file does not exist", log_failures)
