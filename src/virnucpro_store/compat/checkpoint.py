@@ -169,7 +169,8 @@ def _validated_load(checkpoint_path: Any, skip_validation: bool, required_keys: 
     except (_errors.CheckpointError, _errors.StorageFailure) as e:
         log.error(f"{what}: {checkpoint_path}")
         log.error(f"  Error: {e}")
-        raise checkpoint_error_from(checkpoint_path, "corrupted", f"torch.load failed - {e}", e) from e
+        raise checkpoint_error_from(checkpoint_path, "corrupted", f"torch.load failed - {e}",
+                                    e) from e
 
 
 def load_with_compatibility(

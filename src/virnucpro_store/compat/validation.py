@@ -324,7 +324,8 @@ def load_checkpoint_with_validation(
     except (_errors.CheckpointError, _errors.StorageFailure) as e:
         log.error(f"Checkpoint load failed: {checkpoint_path}")
         log.error(f"  Error: {e}")
-        raise checkpoint_error_from(checkpoint_path, "corrupted", f"torch.load failed - {e}", e) from e
+        raise checkpoint_error_from(checkpoint_path, "corrupted", f"torch.load failed - {e}",
+                                    e) from e
     if not skip_validation and isinstance(checkpoint, dict):
         version = checkpoint.get("version", "0.x")
         log.debug(f"Checkpoint version: {version}")
