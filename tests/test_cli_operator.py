@@ -399,3 +399,62 @@ def test_verify_flags_a_symlink_in_place_of_a_committed_file(run7, tmp_path):
     (run7 / "batch_1.pt").symlink_to(target)
     out = invoke("verify", str(run7))
     assert out.exit_code == 3, out.output
+
+
+# -- 7. completion, exit codes, progress on a terminal ---------------------------------------
+
+def test_shell_completion_as_documented(monkeypatch, capsys):
+    from virnucpro_store.cli import main
+
+    monkeypatch.setenv("_VIRNUCPRO_STORE_COMPLETE", "bash_source")
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 0
+    assert "_virnucpro_store_completion" in capsys.readouterr().out
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")).read()
+    assert "_VIRNUCPRO_STORE_COMPLETE=bash_source virnucpro-store" in docs
+
+
+def test_exit_code_table_is_the_code():
+    from virnucpro_store import cli as cli_module
+
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md")).read()
+    table = dict(line.split("|")[1:3] for line in docs.splitlines()
+                 if line.startswith("| ") and line.split("|")[1].strip().isdigit())
+    codes = {int(k) for k in table}
+    assert codes == {cli_module.EXIT_OK, cli_module.EXIT_STORAGE, cli_module.EXIT_USAGE,
+                     cli_module.EXIT_CHECKPOINT, cli_module.EXIT_INTERRUPTED}
+
+
+@pytest.mark.s3
+def test_the_credentials_error_names_flags_that_exist(moto_server):
+    out = invoke("ls", f"s3://{moto_server.bucket}/x", env={
+        "AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+        "AWS_ENDPOINT_URL": moto_server.endpoint_url})
+    assert out.exit_code == 1, out.output
+    assert "credentials" in out.output and "-o KEY=VALUE" in out.output
+
+
+def test_progress_bar_on_a_terminal_only(run7):
+    import pty
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "VIRNUCPRO_STORE_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "virnucpro_store", "scan", str(run7)],
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"scanning" in shown
+    assert b"scanning" not in out  # stdout, piped: no bar

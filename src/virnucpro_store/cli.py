@@ -170,7 +170,10 @@ def handle_errors(func: Callable) -> Callable:
         except errors.StoreError as exc:
             if ctx.obj.get("debug"):
                 raise
-            _fail(str(exc), EXIT_STORAGE, "storage")
+            hint = (" (on the command line, a storage option such as key=, secret=, token= "
+                    "or account_key= is given as -o KEY=VALUE; --profile names an AWS "
+                    "profile)") if "credentials" in str(exc) else ""
+            _fail(str(exc) + hint, EXIT_STORAGE, "storage")
 
     return wrapper
 

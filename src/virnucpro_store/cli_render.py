@@ -20,8 +20,9 @@ def esc(value: object) -> str:
     """``value`` as text that rich prints literally: a key such as ``run/a[/x]b.pt`` or
     ``batch[bold]7.pt`` is shown as it is, never read as markup.
 
-    >>> esc("batch[bold]7.pt")
-    'batch\\[bold]7.pt'
+    >>> from rich.console import Console
+    >>> Console(width=40).print(esc("run/a[/x]b.pt batch[bold]7.pt"))
+    run/a[/x]b.pt batch[bold]7.pt
     """
     from rich.markup import escape
 
