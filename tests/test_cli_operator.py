@@ -336,8 +336,8 @@ def test_demo_memory_does_not_suggest_a_command_that_cannot_work():
 def test_ctrl_c_exits_130_and_says_what_was_copied(tmp_path):
     src = tmp_path / "src"
     store = vs.open_store(src)
-    payload = to_bytes(merged([f"s{i}" for i in range(64)]))
-    for i in range(400):
+    payload = to_bytes(merged([f"s{i}" for i in range(8)]))
+    for i in range(150):
         store.save_bytes(payload, f"b{i:03d}.pt", validate=None)
     env = {k: v for k, v in os.environ.items() if k != "VIRNUCPRO_STORE_URL"}
     proc = subprocess.Popen([sys.executable, "-m", "virnucpro_store", "cp", str(src),
@@ -350,7 +350,7 @@ def test_ctrl_c_exits_130_and_says_what_was_copied(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted" in err and "copied" in err and "of 400" in err
+    assert "interrupted" in err and "copied" in err and "of 150" in err
     assert "Traceback" not in err
 
 
