@@ -263,7 +263,7 @@ class AsyncWriter:
                 f"workers={self.workers}, pending={self._inflight})")
 
 
-_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep")
+_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep", "pickle_protocol")
 
 
 def _checked_save_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
