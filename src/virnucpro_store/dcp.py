@@ -39,6 +39,7 @@ import json
 import os
 import pathlib
 import pickle
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -121,19 +122,62 @@ def _store_for(url: str | os.PathLike[str] | CheckpointStore,
     return open_store(url, **storage_options)
 
 
-def _serialized(item_type: WriteItemType, data: Any) -> bytes:
-    """The bytes one write item is published as: a torch.save archive either way (DCP's
-    planner has already torch.saved a BYTE_IO item)."""
-    if item_type == WriteItemType.BYTE_IO:
-        return bytes(data.getbuffer())
+class _TorchSaveStream(io.RawIOBase):
+    """A readable stream of ``torch.save(obj)``'s bytes, produced by a thread through a pipe,
+    with their CRC-32 and count kept as they pass: the store stages the archive as it is made
+    (no copy of it in memory) and the manifest gets its checksum without a second read. An
+    error of ``torch.save`` is raised by the read that meets the end of the stream."""
+
+    def __init__(self, obj: Any) -> None:
+        super().__init__()
+        self.crc = 0
+        self.size = 0
+        self._error: BaseException | None = None
+        read_fd, write_fd = os.pipe()
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        writer = os.fdopen(write_fd, "wb", buffering=1 << 20)
+
+        def produce() -> None:
+            try:
+                with writer:
+                    torch.save(obj, writer)
+            except BrokenPipeError:  # the reader gave up (the save failed): nothing to add
+                pass
+            except BaseException as exc:  # handed to the reader, raised there
+                self._error = exc
+
+        self._thread = threading.Thread(target=produce, name="vnps-dcp-serialize",
+                                        daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self._reader.readinto(buffer)
+        if count:
+            self.crc = crc32(memoryview(buffer)[:count], self.crc)
+            self.size += count
+            return count
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+            self._thread.join()
+        super().close()
+
+
+def _tensor_to_save(data: Any) -> torch.Tensor:
     tensor = data.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
     if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
         tensor = tensor.clone()  # a view: save its elements, not the whole storage under it
-    buffer = io.BytesIO()
-    torch.save(tensor, buffer)
-    return buffer.getvalue()
+    return tensor
 
 
 class StoreWriter(StorageWriter):
@@ -198,12 +242,22 @@ class StoreWriter(StorageWriter):
         folder: _FolderPlan = plan.storage_data
 
         def publish(number: int, item: Any) -> WriteResult:
-            data = _serialized(item.type, planner.resolve_data(item))
+            data = planner.resolve_data(item)
             key = f"{folder.prefix}{number}.distcp"
-            self.store.save_bytes(data, key, validate=self.validate, deep=self.deep,
-                                  overwrite=False)
-            return WriteResult(index=item.index, size_in_bytes=len(data),
-                               storage_data=_ItemRecord(key, len(data), crc32(data)))
+            if item.type == WriteItemType.BYTE_IO:  # DCP's planner torch.saved it already
+                payload = bytes(data.getbuffer())
+                size, crc = len(payload), crc32(payload)
+            else:
+                payload = stream = _TorchSaveStream(_tensor_to_save(data))
+            try:
+                self.store.save_bytes(payload, key, validate=self.validate, deep=self.deep,
+                                      overwrite=False)
+            finally:
+                if item.type != WriteItemType.BYTE_IO:
+                    stream.close()
+                    size, crc = stream.size, stream.crc
+            return WriteResult(index=item.index, size_in_bytes=size,
+                               storage_data=_ItemRecord(key, size, crc))
 
         with ThreadPoolExecutor(max_workers=self.thread_count) as pool:
             results = list(pool.map(publish, range(len(plan.items)), plan.items))
