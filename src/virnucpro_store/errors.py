@@ -40,16 +40,17 @@ class CheckpointError(StoreError):
     category: str = "corrupted"
 
     def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
-                 report: object | None = None) -> None:
+                 report: object | None = None, code: str | None = None) -> None:
         super().__init__(message, key=key, url=url)
         #: the ValidationReport behind the error, when a validation produced it
         self.report = report
+        self._code = code
 
     @property
     def code(self) -> str:
-        """The defect's stable code (``validation.problem.CODES``) when a validation named it,
-        else the category."""
-        return getattr(self.report, "code", None) or self.category
+        """The defect's stable code (``validation.problem.CODES``): the one given, else the
+        one the validation named, else the category."""
+        return self._code or getattr(self.report, "code", None) or self.category
 
 
 class CheckpointMissing(CheckpointError, FileNotFoundError):

@@ -21,6 +21,7 @@ from .errors import (
 )
 from .keys import normalize_key, normalize_prefix
 from .schemas import AUTO, Schema, get_schema
+from .source import SliceSource
 from .validation import ValidationReport, safe_torch_load, validate_source
 from .validation.report import check_level
 
@@ -334,6 +335,32 @@ class CheckpointStore:
                                     requested_level=level, deep=deep,
                                     schema=getattr(schema, "name", schema),
                                     seconds=time.perf_counter() - started), None
+
+    def validate_slice(self, key: str, offset: int, length: int, *, schema: SchemaArg = None,
+                       level: str = "load", deep: bool = False) -> ValidationReport:
+        """:meth:`validate` of the ``length`` bytes at ``offset`` of ``key``, as one file: for
+        containers of several torch archives back to back (a stock DCP ``.distcp`` file
+        written with ``single_file_per_rank=True``; see :func:`virnucpro_store.dcp.
+        validate_checkpoint`). A window past the end of the object is reported truncated.
+        """
+        key = normalize_key(key)
+        check_level(level)
+        schema_obj = _checked_schema(schema)
+        url = f"{self.backend.url_for(key)}#{offset}+{length}"
+
+        def one_version() -> ValidationReport:
+            with self.backend.open_source(key) as source:
+                window = SliceSource(source, offset, length)
+                if window.size < length:
+                    return ValidationReport(
+                        ok=False, level="size", category="corrupted", code="size.truncated",
+                        message=f"truncated: {window.size} of {length} bytes present",
+                        size=window.size, url=url, requested_level=level, deep=deep,
+                        schema=getattr(schema_obj, "name", schema_obj))
+                return validate_source(window, schema=schema_obj, level=level, deep=deep,
+                                       url=url)
+
+        return self._restarting(one_version)
 
     def inspect(self, key: str, *, deep: bool = False) -> dict[str, Any]:
         """What ``key`` holds, without loading tensor data: keys, list lengths, tensor dtypes
