@@ -26,6 +26,7 @@ from .validation import ValidationReport, safe_torch_load, validate_source
 from .validation.report import check_level
 
 if TYPE_CHECKING:
+    from .partitions import ScanPartition
     from .runs import AsyncWriter, Manifest, ScanReport
 
 SchemaArg = str | Schema | None
@@ -496,6 +497,27 @@ class CheckpointStore:
 
         return scan(self, prefix, schema=schema, level=level, deep=deep, jobs=jobs,
                     pattern=pattern, progress=progress)
+
+    def plan_scan(self, prefix: str = "", *, target_files: int = 5000,
+                  by: str = "prefix") -> list[ScanPartition]:
+        """Split a scan of ``prefix`` into JSON-serializable partitions of about
+        ``target_files`` files (``by="prefix"``: natural folders; ``"count"``: ranges of one
+        listing); see :mod:`virnucpro_store.partitions`."""
+        from .partitions import plan_scan
+
+        return plan_scan(self, prefix, target_files=target_files, by=by)
+
+    def scan_partition(self, part: ScanPartition, *, schema: SchemaArg = None,
+                       level: str = "keys", deep: bool = False, jobs: int = 8,
+                       pattern: str | None = None, ids: str = "return",
+                       ids_to: str | None = None) -> ScanReport:
+        """:meth:`scan` of one partition of :meth:`plan_scan`; the reports of all partitions
+        merge (:meth:`ScanReport.merge`) into the scan of the whole prefix. ``ids``:
+        ``"return"``, ``"store"`` (written to ``ids_to``) or ``"none"``."""
+        from .partitions import scan_partition
+
+        return scan_partition(self, part, schema=schema, level=level, deep=deep, jobs=jobs,
+                              pattern=pattern, ids=ids, ids_to=ids_to)
 
     def commit_run(self, prefix: str, *, keys: Iterable[str] | None = None,
                    level: str = "keys", replace: bool = False, reason: str | None = None,

@@ -323,10 +323,20 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         return self._info(key, st)
 
-    def _walk(self) -> Iterator[tuple[str, str, os.stat_result]]:
-        """(relative posix name, absolute path, lstat) of every regular file under the root,
-        symlinked folders not entered, symlinks and special files skipped."""
-        for folder, dirs, files in os.walk(self.root):  # followlinks=False
+    def _walk(self, under: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+        """(relative posix name, absolute path, lstat) of every regular file under the root's
+        folder ``under`` ("a/b"; "" for the root), symlinked folders not entered (``under``
+        itself included: a component that is a symlink lists nothing), symlinks and special
+        files skipped."""
+        top = self.root
+        for part in under.split("/") if under else ():
+            top = os.path.join(top, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(top).st_mode):
+                    return
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        for folder, dirs, files in os.walk(top):  # followlinks=False
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.root)
             for name in dirs + files:
@@ -345,8 +355,10 @@ class LocalBackend(Backend):
 
     def _listed(self, prefix: str) -> list[tuple[str, os.stat_result]]:
         """(key, lstat) of every published key under ``prefix``, sorted by key."""
-        return published(((rel, st) for rel, _, st in self._walk() if rel.startswith(prefix)),
-                         self.url_for)
+        # walk only the folder the prefix names ("run/shard_3/b" walks run/shard_3)
+        under = prefix.rpartition("/")[0]
+        return published(((rel, st) for rel, _, st in self._walk(under)
+                          if rel.startswith(prefix)), self.url_for)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter([key for key, _ in self._listed(prefix)])
