@@ -179,8 +179,12 @@ def validate_checkpoint(
     if required_keys is None:
         required_keys = ["data"]
     # Level 1: size
+    location = as_location(checkpoint_path)
+    if isinstance(location, Path) and location.is_dir():  # exists, but no file: not a ZIP
+        return _fail(log, checkpoint_path, "corrupted: not a valid ZIP archive", log_failures,
+                     "Reason: Not a valid ZIP archive (a folder)")
     try:
-        store, key = split(as_location(checkpoint_path))
+        store, key = split(location)
         file_size = store.info(key).size
     except FileNotFoundError:
         return _fail(log, checkpoint_path, "corrupted: file does not exist", log_failures)
@@ -330,6 +334,8 @@ def load_checkpoint_with_validation(
         version = checkpoint.get("version", "0.x")
         log.debug(f"Checkpoint version: {version}")
         problem = version_problem(version)
+        if problem and parse_version(version) is not None:  # VirNucPro's words for this call
+            problem = f"version {version} requires virnucpro >= {parse_version(version)[0]}.0.0"
         if problem:
             log.error(f"Checkpoint incompatible: {checkpoint_path}")
             log.error(f"  Version: {version!r}")
