@@ -216,11 +216,13 @@ def _info(impl, tmp: Path):
     _save(tmp / "v.pt", {"data": 1, "version": "1.0", "status": "complete"})
     _save(tmp / "nov.pt", {"data": 1})
     _save(tmp / "t.pt", torch.ones(2))
+    _save(tmp / "odd.pt", {"data": 1, "version": ["1"], "status": b"done"})
+    _save(tmp / "long.pt", {"data": 1, "version": 2, "status": "s" * 300})
     (tmp / "text.pt").write_text("hello")
     (tmp / "text.pt.done").touch()
     (tmp / "v.pt.done").touch()
     out = {}
-    for name in ("v.pt", "nov.pt", "t.pt", "text.pt", "missing.pt"):
+    for name in ("v.pt", "nov.pt", "t.pt", "odd.pt", "long.pt", "text.pt", "missing.pt"):
         info = impl.get_checkpoint_info(tmp / name)
         info["size_bytes"] = info["size_bytes"] > 0
         out[name] = info
