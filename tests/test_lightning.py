@@ -78,11 +78,11 @@ def names(store: vs.CheckpointStore) -> list[str]:
     return sorted(store.list())
 
 
-@pytest.fixture
-def oracle(tmp_path):
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
     """Stock Lightning on local disk: the names it keeps, its optimizer state after 2 epochs
     and its weights after resuming to 3."""
-    folder = tmp_path / "stock"
+    folder = tmp_path_factory.mktemp("stock")
     cb = ModelCheckpoint(dirpath=folder, monitor="train_loss", save_top_k=2, save_last=True)
     t, _ = fit(cb, max_epochs=2)
     kept = sorted(os.listdir(folder))
@@ -345,7 +345,12 @@ def test_async_remove_waits_for_the_saves_ahead_and_failures_raise_once(slow_sch
     url = slow_scheme
     store = vs.open_store(url)
     io = StoreCheckpointIO(async_save=True, max_pending=2)
+    started = time.perf_counter()
     io.save_checkpoint({"v": torch.ones(2)}, f"{url}/a.ckpt")
+    # queued, not published: exists() says so without waiting (the version counter asks)
+    assert io.exists(f"{url}/a.ckpt") and not store.exists("a.ckpt")
+    assert not io.exists(f"{url}/z.ckpt")
+    assert time.perf_counter() - started < SlowMemory.DELAY
     io.wait()
     io.save_checkpoint({"v": torch.ones(2)}, f"{url}/b.ckpt")
     io.remove_checkpoint(f"{url}/a.ckpt")
@@ -362,3 +367,15 @@ def test_async_remove_waits_for_the_saves_ahead_and_failures_raise_once(slow_sch
     io.teardown()
     assert names(store) == ["b.ckpt", "d.ckpt"]
     assert io.load_checkpoint(f"{url}/d.ckpt")["v"].sum() == 2
+
+
+def test_numpy_objects_load_through_the_store_but_not_stock_torch_load(tmp_path):
+    import numpy as np
+
+    io = StoreCheckpointIO()
+    path = str(tmp_path / "np.ckpt")
+    io.save_checkpoint({"score": np.float64(0.5), "ids": np.arange(3)}, path)
+    loaded = io.load_checkpoint(path)
+    assert loaded["score"] == 0.5 and loaded["ids"].tolist() == [0, 1, 2]
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path, weights_only=True)

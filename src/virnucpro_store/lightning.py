@@ -132,6 +132,7 @@ class StoreCheckpointIO(CheckpointIO):
         self._raised: list[BaseException] = []  # raised already: never raise them twice
         self._deleter: concurrent.futures.ThreadPoolExecutor | None = None
         self._deleting: dict[str, concurrent.futures.Future[None]] = {}
+        self._saving: dict[str, int] = {}  # URL -> saves submitted, not finished
 
     # -- the stores ------------------------------------------------------------------------
 
@@ -170,10 +171,17 @@ class StoreCheckpointIO(CheckpointIO):
             return
         self._wait_deleting(store, key)
         writer = self._writer(store)
-        future = self._retrying(lambda: writer.submit(checkpoint, key, **options))
+        url = store.url_for(key)
+        with self._lock:
+            self._saving[url] = self._saving.get(url, 0) + 1
+        try:
+            future = self._retrying(lambda: writer.submit(checkpoint, key, **options))
+        except BaseException:
+            self._saved(url)
+            raise
         with self._lock:
             self._pending.append(future)
-        future.add_done_callback(self._save_done)
+        future.add_done_callback(lambda f: (self._save_done(f), self._saved(url)))
 
     def _writer(self, store: CheckpointStore) -> AsyncWriter:
         with self._lock:
@@ -189,6 +197,12 @@ class StoreCheckpointIO(CheckpointIO):
             exc = future.exception()
             if exc is not None and not any(exc is done for done in self._raised):
                 self._failures.append(exc)
+
+    def _saved(self, url: str) -> None:
+        with self._lock:
+            self._saving[url] -= 1
+            if not self._saving[url]:
+                del self._saving[url]
 
     def _retrying(self, call: Callable[[], Any]) -> Any:
         """``call`` (a writer's submit/flush/close), ignoring a failure it re-raises that this
@@ -295,9 +309,15 @@ class StoreCheckpointIO(CheckpointIO):
     # -- what ModelCheckpoint needs ------------------------------------------------------------
 
     def exists(self, path: str | os.PathLike[str]) -> bool:
-        """Whether ``path`` is published (after the saves submitted before this call)."""
+        """Whether ``path`` is published or will be: a save of it is queued (``async_save``),
+        or it is published and no removal of it is queued. Never waits for the queue."""
         store, key = self.store_for(path)
-        self._wait_saved(store, key)
+        url = store.url_for(key)
+        with self._lock:
+            if url in self._saving:
+                return True
+            if url in self._deleting:
+                return False
         return store.exists(key)
 
     def copy_checkpoint(self, source: str | os.PathLike[str],
