@@ -207,15 +207,25 @@ def test_truncated_last_is_corrupted_and_latest_valid_falls_back(tmp_path):
     assert latest_valid(tmp_path / "nowhere") is None
 
 
-def test_latest_valid_orders_by_publish_time_then_step():
+def test_latest_valid_orders_by_training_progress_then_publish_time():
     url, _ = _memory_url()
     store = vs.open_store(url)
-    for name in ("epoch=3-step=8.ckpt", "epoch=1-step=4.ckpt", "notes.txt"):
-        store.save({"n": name}, name, validate="load")
-    # the newest publish wins over a higher step in an older file's name
-    assert latest_valid(url) == f"{url}/epoch=1-step=4.ckpt"
-    assert latest_valid(url, pattern="epoch=3*") == f"{url}/epoch=3-step=8.ckpt"
-    assert latest_valid(url, pattern="*.txt") == f"{url}/notes.txt"
+
+    def put(name, **counters):
+        store.save(counters, name, validate="load")
+
+    put("epoch=1-step=5.ckpt", epoch=1, global_step=5)
+    put("epoch=0-step=4.ckpt", epoch=0, global_step=4)
+    # a kill between the top-k save of step 5 and last.ckpt's: last.ckpt (published later, a
+    # name without a step) still holds step 4; the furthest progress wins, not the newest file
+    put("last.ckpt", epoch=0, global_step=4)
+    assert latest_valid(url) == f"{url}/epoch=1-step=5.ckpt"
+    put("last.ckpt", epoch=1, global_step=5)  # one step, two files: the later publish
+    assert latest_valid(url) == f"{url}/last.ckpt"
+    put("weights.ckpt", w=torch.zeros(2))  # no counters: ranks below every Lightning file
+    assert latest_valid(url) == f"{url}/last.ckpt"
+    assert latest_valid(url, pattern="w*") == f"{url}/weights.ckpt"
+    assert latest_valid(url, pattern="*.txt") is None
 
 
 def test_a_path_hyperparameter_fails_at_save_and_publishes_nothing(tmp_path):

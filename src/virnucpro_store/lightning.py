@@ -8,7 +8,7 @@ Needs the ``[lightning]`` extra (``lightning>=2.5``).
 >>> import torch, virnucpro_store as vs
 >>> from virnucpro_store.lightning import StoreCheckpointIO, latest_valid
 >>> io = StoreCheckpointIO()
->>> io.save_checkpoint({"epoch": 0, "state_dict": {"w": torch.ones(2)}},
+>>> io.save_checkpoint({"epoch": 0, "global_step": 4, "state_dict": {"w": torch.ones(2)}},
 ...                    "memory://lightning-doc/ckpts/epoch=0-step=4.ckpt")
 >>> latest_valid("memory://lightning-doc/ckpts")
 'memory://lightning-doc/ckpts/epoch=0-step=4.ckpt'
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .errors import CheckpointMissing
+from .errors import CheckpointMissing, StoreError
 from .registry import parse_url, split_object_url
 from .store import CheckpointStore, open_store
 from .validation.report import check_level
@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 #: the per-call keys :meth:`StoreCheckpointIO.save_checkpoint` accepts in ``storage_options``
 SAVE_OPTIONS = ("validate", "deep", "overwrite")
 
-_STEP = re.compile(r"(?:^|[-_])step=(\d+)")
-_EPOCH = re.compile(r"(?:^|[-_])epoch=(\d+)")
 
 
 def _split(path: str | os.PathLike[str]) -> tuple[str, str]:
@@ -517,17 +515,24 @@ class StoreModelCheckpoint(ModelCheckpoint):
         return previous_at.startswith(folder)
 
 
-def _newest_first(info: Any) -> tuple[Any, ...]:
-    name = info.key.rsplit("/", 1)[-1]
-    step = _STEP.search(name)
-    epoch = _EPOCH.search(name)
+def _progress(store: CheckpointStore, info: Any) -> tuple[Any, ...] | None:
+    """The sort key of one listed file, newest last: Lightning's ``global_step`` and
+    ``epoch`` read from the file's pickle (no tensor data is read), then its publish time.
+    None when the file cannot be read at all."""
+    try:
+        facts = store.inspect(info.key)
+    except StoreError:
+        return None
+    if not facts.get("ok"):
+        return None
+    entries = facts.get("entries") or {}
+
+    def counter(name: str) -> int:
+        value = (entries.get(name) or {}).get("value")
+        return value if isinstance(value, int) and not isinstance(value, bool) else -1
+
     modified = info.modified or datetime.min.replace(tzinfo=timezone.utc)
-    # mtime first; within one timestamp tick (S3: 1 s) a higher step/epoch in the name wins,
-    # and a name without them ("last.ckpt", rewritten after every save) wins over both
-    return (modified,
-            int(step.group(1)) if step else float("inf"),
-            int(epoch.group(1)) if epoch else float("inf"),
-            name)
+    return counter("global_step"), counter("epoch"), modified, info.key
 
 
 def latest_valid(url: str | os.PathLike[str], pattern: str = "*.ckpt",
@@ -537,18 +542,22 @@ def latest_valid(url: str | os.PathLike[str], pattern: str = "*.ckpt",
     ``trainer.fit(ckpt_path=latest_valid(url))``. A truncated or corrupt newest file is
     skipped for the previous good one.
 
-    "Newest" is the store's modification time (the publish time: staging is renamed or
-    uploaded whole, so it is when the checkpoint became visible), which works for any file
-    name, ``last.ckpt`` included; ties within the medium's clock tick (S3: one second) go to
-    the higher ``step=``/``epoch=`` in the name.
+    "Newest" is the furthest training progress: the ``global_step`` (then ``epoch``) Lightning
+    writes into every checkpoint, read from the file's pickle by
+    :meth:`CheckpointStore.inspect` (no tensor data is read); the store's modification time
+    breaks ties (``last.ckpt`` and the top-k file of one step) and orders files without
+    them. Neither names (``last.ckpt`` has no step; a ``filename`` template may drop it) nor
+    modification times alone (S3 keeps whole seconds, a copy may reset them) say which state
+    is newest.
 
     >>> import torch
     >>> from virnucpro_store import open_store
     >>> store = open_store("memory://latest-doc")
-    >>> _ = store.save({"epoch": 0}, "epoch=0-step=2.ckpt", validate="load")
-    >>> _ = store.save_bytes(b"PK-truncated", "epoch=1-step=4.ckpt", validate=None)
+    >>> _ = store.save({"global_step": 4}, "epoch=1-step=4.ckpt", validate="load")
+    >>> _ = store.save({"global_step": 2}, "epoch=0-step=2.ckpt", validate="load")
+    >>> _ = store.save_bytes(b"PK-truncated", "epoch=2-step=6.ckpt", validate=None)
     >>> latest_valid("memory://latest-doc")
-    'memory://latest-doc/epoch=0-step=2.ckpt'
+    'memory://latest-doc/epoch=1-step=4.ckpt'
     """
     text = os.fspath(url)
     store = open_store(text, **storage_options)
@@ -558,7 +567,10 @@ def latest_valid(url: str | os.PathLike[str], pattern: str = "*.ckpt",
                       and fnmatch.fnmatchcase(info.key, pattern)]
         except CheckpointMissing:
             return None
-        for info in sorted(listed, key=_newest_first, reverse=True):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            keys = list(pool.map(lambda info: _progress(store, info), listed))
+        for _key, info in sorted(((k, i) for k, i in zip(keys, listed) if k is not None),
+                                 key=lambda pair: pair[0], reverse=True):
             if store.validate(info.key, level="load").ok:
                 if "://" in text:
                     return f"{text.rstrip('/')}/{info.key}"
