@@ -160,6 +160,18 @@ def test_best_k_yaml_and_last_link_go_through_the_store(tmp_path):
     assert latest_valid(folder) == str(folder / "last.ckpt")
 
 
+def test_the_default_plugin_is_replaced_and_others_refused(tmp_path):
+    url, _ = _memory_url()
+    t, _ = fit(StoreModelCheckpoint(dirpath=url), max_epochs=1)
+    assert isinstance(t.strategy.checkpoint_io, StoreCheckpointIO)
+    assert names(vs.open_store(url)) == ["epoch=0-step=2.ckpt"]
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    with pytest.raises(TypeError, match="StoreCheckpointIO"):
+        fit(StoreModelCheckpoint(dirpath=tmp_path / "c"), max_epochs=1,
+            plugins=[AsyncCheckpointIO()])
+
+
 def test_version_counter_and_guards_hold_on_every_backend():
     url, _ = _memory_url()
     store = vs.open_store(url)
@@ -267,11 +279,6 @@ def test_plugin_argument_checks(tmp_path):
     assert io.store_for(path)[0] is io.store_for(str(tmp_path / "b.ckpt"))[0]
     io.remove_checkpoint(path)
     io.remove_checkpoint(path)  # missing: not an error
-    with pytest.raises(TypeError, match="StoreCheckpointIO"):
-        from lightning.pytorch.plugins.io import AsyncCheckpointIO
-
-        fit(StoreModelCheckpoint(dirpath=tmp_path / "c"), max_epochs=1,
-            plugins=[AsyncCheckpointIO()])
 
 
 def test_failing_targets_raise_storage_failure(tmp_path):

@@ -138,6 +138,10 @@ class StoreCheckpointIO(CheckpointIO):
         """(the store of the folder holding ``path``, opened once and reused; its key)."""
         return self._stores.for_path(path)
 
+    def store_at(self, folder: str | os.PathLike[str]) -> CheckpointStore:
+        """The store whose root is ``folder`` (a URL or path), opened once and reused."""
+        return self._stores.get(_same_place(folder))
+
     # -- saving ------------------------------------------------------------------------------
 
     def _save_options(self, storage_options: Any) -> dict[str, Any]:
@@ -453,7 +457,7 @@ class StoreModelCheckpoint(ModelCheckpoint):
     def _names(self, dirpath: str) -> list[str]:
         """The file names directly in ``dirpath`` (the store's listing)."""
         try:
-            store = self.checkpoint_io._stores.get(_same_place(dirpath))
+            store = self.checkpoint_io.store_at(dirpath)
             return [info.key for info in store.list_info() if "/" not in info.key]
         except CheckpointMissing:
             return []
