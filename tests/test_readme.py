@@ -123,6 +123,7 @@ def test_links_between_readme_and_docs_resolve():
 
 
 def test_slug_is_githubs():
-    assert slug("Switching VirNucPro to virnucpro_store") == "switching-virnucpro-to-virnucpro_store"
+    assert (slug("Switching VirNucPro to virnucpro_store")
+            == "switching-virnucpro-to-virnucpro_store")
     assert slug("Runs: writing, resuming, committing") == "runs-writing-resuming-committing"
     assert slug("Protocol 4 and 5 files (VirNucPro v2)") == "protocol-4-and-5-files-virnucpro-v2"
