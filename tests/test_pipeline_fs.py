@@ -86,6 +86,18 @@ def test_follow_symlinks_never_writes_through_a_link(staged):
     assert store.load("fresh.pt")["ids"] == sample("merged", 1)["ids"]
 
 
+def test_follow_symlinks_gc_never_reaches_through_a_link(staged):
+    tmp_path, _ = staged
+    outside = tmp_path / "data" / "shards" / ".s2.pt.vnps-staging-0123abcd.tmp"
+    outside.write_bytes(b"someone else's staging")
+    inside = tmp_path / "work" / ".x.pt.vnps-staging-4567ef.tmp"
+    inside.write_bytes(b"ours")
+    store = vs.open_store(tmp_path / "work", follow_symlinks=True)
+    assert [lo.name for lo in store.leftovers(older_than=0)] == [inside.name]
+    store.gc(older_than=0)
+    assert outside.exists() and not inside.exists()
+
+
 def test_follow_symlinks_is_harmless_where_there_are_none():
     store = vs.open_store("memory://follow-none", follow_symlinks=True)
     store.save({"v": 1}, "a.pt")

@@ -488,12 +488,12 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         return self._info(key, st)
 
-    def _walk(self) -> Iterator[tuple[str, str, os.stat_result]]:
+    def _walk(self, follow: bool | None = None) -> Iterator[tuple[str, str, os.stat_result]]:
         """(relative posix name, absolute path, lstat) of every regular file under the root,
         symlinked folders not entered, symlinks and special files skipped -- or, with
         ``follow_symlinks``, (name, path, stat) with links followed: each folder entered
         once (no cycle), dangling links skipped."""
-        follow = self.follow_symlinks
+        follow = self.follow_symlinks if follow is None else follow
         entered: set[tuple[int, int]] = set()
         if follow:
             with contextlib.suppress(OSError):
@@ -563,7 +563,7 @@ class LocalBackend(Backend):
     def leftovers(self, older_than: float) -> list[Leftover]:
         now = time.time()
         found = []
-        for rel, _, st in self._walk():
+        for rel, _, st in self._walk(follow=False):  # gc is a write: never through a link
             age = now - st.st_mtime
             if is_staging_file_name(rel) and age >= older_than:
                 found.append(Leftover(name=rel, age_seconds=age, kind="staging", size=st.st_size))
