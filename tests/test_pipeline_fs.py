@@ -176,13 +176,18 @@ def test_without_the_fallback_create_only_fails_as_before(tmp_path, monkeypatch)
     assert store.load("k.pt") == {"v": 1}
 
 
-def _race(store, key, n, barrier, results, i):
-    barrier.wait()
+def _write_once(store, key, i) -> tuple[str, int]:
+    """One create-only save of ``{"writer": i}``: ("won", i) or ("refused", i)."""
     try:
         store.save({"writer": i}, key, overwrite=False, validate=None)
-        results.append(("won", i))
+        return "won", i
     except vs.AlreadyExists:
-        results.append(("refused", i))
+        return "refused", i
+
+
+def _race(store, key, n, barrier, results, i):
+    barrier.wait()
+    results.append(_write_once(store, key, i))
 
 
 @pytest.mark.parametrize("n", [8])
@@ -206,11 +211,7 @@ def test_threads_racing_create_only_one_wins(tmp_path, method, n):
 def _process_writer(root, key, barrier, queue, i):
     store = vs.open_store(root)
     barrier.wait()
-    try:
-        store.save({"writer": i}, key, overwrite=False, validate=None)
-        queue.put(("won", i))
-    except vs.AlreadyExists:
-        queue.put(("refused", i))
+    queue.put(_write_once(store, key, i))
 
 
 def test_processes_racing_create_only_one_wins(tmp_path, method):
