@@ -265,27 +265,85 @@ def test_detection_is_per_filesystem_and_other_errors_still_fail(tmp_path, monke
     assert _leftovers(tmp_path / "s") == []
 
 
-def test_a_real_filesystem_without_hard_links():
-    """The real check the issue asks for 'where possible': a mounted vfat/exfat/FUSE
-    filesystem named by VNPS_NOLINK_DIR (a writable folder on it). Without one the
-    monkeypatched tests above stand in; this machine's kernel offers no such filesystem
-    without FUSE tools or a block device."""
-    folder = os.environ.get("VNPS_NOLINK_DIR")
-    if not folder:
-        pytest.skip("set VNPS_NOLINK_DIR to a folder on a filesystem that refuses link()")
+@pytest.fixture
+def nolink_dir(tmp_path):
+    """A writable folder on a real filesystem that refuses ``link()``: ``VNPS_NOLINK_DIR``
+    (vfat, exfat, a gcsfuse/blobfuse mount), else ``tests/nolinkfs.py`` mounted here (a FUSE
+    passthrough whose link() answers ENOTSUP; needs fusepy, libfuse2 and the right to mount).
+    Skips where neither is possible: then the monkeypatched tests above stand in."""
+    import subprocess
+    import sys
     import tempfile
-    root = tempfile.mkdtemp(dir=folder)
-    probe = os.path.join(root, "probe")
+    import time
+
+    folder = os.environ.get("VNPS_NOLINK_DIR")
+    if folder:
+        yield tempfile.mkdtemp(dir=folder)
+        return
+    try:
+        import fuse  # noqa: F401 -- fusepy; it also loads libfuse
+    except (ImportError, OSError) as exc:
+        pytest.skip(f"no filesystem without hard links here (fusepy/libfuse: {exc}); "
+                    "set VNPS_NOLINK_DIR to a folder on one")
+    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__),
+                                                          "nolinkfs.py"),
+                             str(backing), str(mountpoint)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.ismount(mountpoint):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            err = proc.communicate()[1].decode(errors="replace").strip()[-300:]
+            pytest.skip(f"could not mount tests/nolinkfs.py ({err or 'timed out'}); set "
+                        "VNPS_NOLINK_DIR to a folder on a filesystem without hard links")
+        time.sleep(0.05)
+    try:
+        yield str(mountpoint)
+    finally:
+        for cmd in (["umount", str(mountpoint)], ["fusermount", "-u", str(mountpoint)]):
+            try:
+                if subprocess.run(cmd, capture_output=True).returncode == 0:
+                    break
+            except FileNotFoundError:
+                continue
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_a_real_filesystem_without_hard_links(nolink_dir):
+    """The real check: on a filesystem whose link() fails (the old code's every create-only
+    save failed there with "Operation not supported"), create-only refuses a second writer,
+    never clobbers, and racing processes give one winner."""
+    probe = os.path.join(nolink_dir, "probe")
     open(probe, "wb").close()
     with pytest.raises(OSError):
         os.link(probe, probe + "2")
     os.unlink(probe)
-    store = vs.open_store(root)
+    store = vs.open_store(nolink_dir)
     store.save({"v": 1}, "k.pt", overwrite=False)
     with pytest.raises(vs.AlreadyExists):
         store.save({"v": 2}, "k.pt", overwrite=False)
     assert store.load("k.pt") == {"v": 1}
     assert store.backend.create_only_method() is not CreateOnly.LINK
+    ctx = multiprocessing.get_context("fork")
+    n = 6
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_process_writer, args=(nolink_dir, "race.pt", barrier, queue, i))
+             for i in range(n)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    winners = [i for what, i in results if what == "won"]
+    assert len(winners) == 1, results
+    assert store.load("race.pt") == {"writer": winners[0]}
+    assert sorted(store.list()) == ["k.pt", "race.pt"] and store.leftovers(older_than=0) == []
 
 
 # -- S3 retry defaults follow the standard AWS settings ---------------------------------------
