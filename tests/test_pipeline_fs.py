@@ -214,14 +214,12 @@ def _process_writer(root, key, barrier, queue, i):
     queue.put(_write_once(store, key, i))
 
 
-def test_processes_racing_create_only_one_wins(tmp_path, method):
-    """Separate processes (forked: the forced method is inherited), each with its own store
-    and its own detection."""
+def _race_processes(root: str, key: str, n: int = 6) -> int:
+    """``n`` forked processes save ``key`` create-only at once; asserts exactly one won and
+    returns its number."""
     ctx = multiprocessing.get_context("fork")
-    n = 6
     barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_process_writer,
-                         args=(str(tmp_path / "s"), "k.pt", barrier, queue, i))
+    procs = [ctx.Process(target=_process_writer, args=(root, key, barrier, queue, i))
              for i in range(n)]
     for p in procs:
         p.start()
@@ -230,7 +228,14 @@ def test_processes_racing_create_only_one_wins(tmp_path, method):
         p.join(timeout=60)
     winners = [i for what, i in results if what == "won"]
     assert len(winners) == 1, results
-    assert vs.open_store(tmp_path / "s").load("k.pt") == {"writer": winners[0]}
+    return winners[0]
+
+
+def test_processes_racing_create_only_one_wins(tmp_path, method):
+    """Separate processes (forked: the forced method is inherited), each with its own store
+    and its own detection."""
+    winner = _race_processes(str(tmp_path / "s"), "k.pt")
+    assert vs.open_store(tmp_path / "s").load("k.pt") == {"writer": winner}
     assert _leftovers(tmp_path / "s") == []
 
 
@@ -330,19 +335,8 @@ def test_a_real_filesystem_without_hard_links(nolink_dir):
         store.save({"v": 2}, "k.pt", overwrite=False)
     assert store.load("k.pt") == {"v": 1}
     assert store.backend.create_only_method() is not CreateOnly.LINK
-    ctx = multiprocessing.get_context("fork")
-    n = 6
-    barrier, queue = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=_process_writer, args=(nolink_dir, "race.pt", barrier, queue, i))
-             for i in range(n)]
-    for p in procs:
-        p.start()
-    results = [queue.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    winners = [i for what, i in results if what == "won"]
-    assert len(winners) == 1, results
-    assert store.load("race.pt") == {"writer": winners[0]}
+    winner = _race_processes(nolink_dir, "race.pt")
+    assert store.load("race.pt") == {"writer": winner}
     assert sorted(store.list()) == ["k.pt", "race.pt"] and store.leftovers(older_than=0) == []
 
 
