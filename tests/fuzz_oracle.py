@@ -951,6 +951,21 @@ def save_reproducer(seed: int, data: bytes) -> str:
 
 
 _UNTRANSLATABLE = b""
+_FRAME_REFUSED = b"frame"
+
+
+def check_frame_rule(seed: int, description: str, data: bytes) -> Result:
+    """A mutant whose pickle breaks FRAME hygiene (``p45translate.FrameRefused``): the rule's
+    verdict is "corrupted" (code pickle.frame_straddle) at every level, deep or not."""
+    verdicts = []
+    for level, deep in (("load", False), ("keys", True)):
+        report, _ = _report(data, level=level, deep=deep)
+        verdicts.append(report)
+    deep = verdicts[-1]
+    wrong = [r for r in verdicts if r.ok or r.category != "corrupted"]
+    return Result(seed, description, "disagree" if wrong else "refuse/refuse",
+                  "frame-rule" if wrong else "", _verdict(wrong[0]) if wrong else "",
+                  _verdict(deep), "refused by the FRAME rule")
 
 
 def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
@@ -958,7 +973,7 @@ def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
     reads it; torch's weights-only loader implements none of those opcodes): torch's verdict on
     the protocol-2 translation (``p45translate``), with numpy's protocol-5 global allowed as
     the library allows it. (None, ()) for every other mutant: torch judges it as it is."""
-    from p45translate import Untranslatable, oracle_globals, translate_archive
+    from p45translate import FrameRefused, Untranslatable, oracle_globals, translate_archive
 
     from virnucpro_store.validation.pickleguard import library_protocol
 
@@ -968,6 +983,8 @@ def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
         return None, ()
     try:
         return translate_archive(data), oracle_globals()
+    except FrameRefused:  # refused by the FRAME rule (readers disagree on such a stream)
+        return _FRAME_REFUSED, ()
     except Untranslatable:  # a pickle form the translator cannot express
         return _UNTRANSLATABLE, ()
     except Exception:  # noqa: BLE001 -- an archive Python's zipfile cannot rewrite (damaged,
@@ -990,8 +1007,12 @@ def run(seeds: range | list[int], *, store: bool = True, save: bool = True,
             counts["library path, untranslatable (not judged)"] += 1
             continue
         try:
-            r = check(seed, m.description, m.data, store=store, oracle=oracle,
-                      oracle_globals=extra)
+            if oracle is _FRAME_REFUSED:
+                counts["frame rule"] += 1
+                r = check_frame_rule(seed, m.description, m.data)
+            else:
+                r = check(seed, m.description, m.data, store=store, oracle=oracle,
+                          oracle_globals=extra)
         except RecursionError as exc:  # the oracle's own walk of a hostile structure
             r = Result(seed, m.description, "oracle-error", "oracle-error", repr(exc)[:200])
         counts["mutants"] += 1

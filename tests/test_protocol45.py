@@ -35,6 +35,7 @@ import pytest
 import torch
 from helpers import structural_diff
 from p45translate import (
+    FrameRefused,
     Untranslatable,
     archive_pickle,
     oracle_globals,
@@ -426,6 +427,10 @@ def _refit(pkl: bytes) -> bytes:
     return pkl[:3] + struct.pack("<Q", len(pkl) - 11) + pkl[11:]
 
 
+#: the "why" of a mutant refused by the FRAME rule (judged: the validator must say corrupted)
+FRAME_RULE = "FRAME rule: "
+
+
 def protocol45_mutant(seed: int) -> tuple[str, bytes, bytes | None, str]:
     """(description, mutant, translated mutant or None, why untranslatable): one to three
     pickle-layer mutations of a protocol 4/5 file; graph mutations are re-emitted in protocol
@@ -463,6 +468,8 @@ def protocol45_mutant(seed: int) -> tuple[str, bytes, bytes | None, str]:
             return desc, mutant, mutant, ""  # and torch judges the file as it is
         try:
             return desc, mutant, _with_pickle(arc, translate_pickle(pkl)), ""
+        except FrameRefused as exc:
+            return desc, mutant, None, f"{FRAME_RULE}{exc}"
         except Untranslatable as exc:
             return desc, mutant, None, str(exc)
     raise AssertionError(f"seed {seed}: no mutation applied")
@@ -475,6 +482,13 @@ def run_mutants(seeds: range) -> tuple[Counter[str], list[str]]:
     for seed in seeds:
         desc, data, oracle, why = protocol45_mutant(seed)
         counts["mutants"] += 1
+        if oracle is None and why.startswith(FRAME_RULE):
+            r = fuzz_oracle.check_frame_rule(seed, desc, data)
+            counts[f"frame rule: {r.verdict}"] += 1
+            if r.verdict == "disagree":
+                bad.append(f"[frame-rule] seed {seed}: {desc[:200]}\n    validator: "
+                           f"{r.detail[:200]}")
+            continue
         if oracle is None:
             counts["untranslatable"] += 1
             counts[f"untranslatable: {why}"] += 1

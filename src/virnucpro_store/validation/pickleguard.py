@@ -434,6 +434,12 @@ def _check_hashed(items: list, what: str) -> None:
                          code="pickle.hash_bomb")
 
 
+def _straddle(frame_end: int) -> Exception:
+    return corrupted(f"data.pkl is not a readable pickle: an opcode straddles the end of a "
+                     f"FRAME (offset {frame_end}); readers disagree on such a stream",
+                     code="pickle.frame_straddle")
+
+
 def _underflow(op: int, pos: int) -> Exception:
     return corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at offset "
                      f"{pos} finds too few items on the stack", code="pickle.unreadable")
@@ -527,6 +533,12 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     unresolved = False
     protocols: list[int] = []
     globs: dict[str, _Glob] = {}
+    # FRAME hygiene: inside a frame, every opcode (with its argument) must end within it, and
+    # the frame must end on an opcode boundary. Readers differ on anything else (the C
+    # unpickler over a buffered reader reads on; over a BytesIO it re-reads from after the
+    # frame; pickle._Unpickler raises), so refusing it makes every reader parse the same.
+    limit = end  # where the current frame ends (end: in no frame)
+    framed = False
 
     def value(item: object, at: int) -> object:
         """A stack item at position ``at`` as stored anywhere else (a run item decoded)."""
@@ -611,11 +623,13 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     def records(at: int, size: int, consts: list[tuple[int, int]],
                 puts: list[tuple[int, int]]) -> int:
         """How many records of a template repeat from ``at`` (PUTs from the next memo entry),
-        looked at in doubling windows so that a template that stops early costs little."""
+        looked at in doubling windows so that a template that stops early costs little; only
+        whole records before the current frame's end."""
         count, window, base = 0, 8, len(memo)
+        most = max(0, (limit - at) // size)
         while True:
             found = _template_run(data, at + count * size, size, consts, puts,
-                                  base + count * len(puts), window)
+                                  base + count * len(puts), min(window, most - count))
             count += found
             if found < window:
                 return count
@@ -733,6 +747,10 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         return at + size * count
 
     while True:
+        if framed and pos >= limit:
+            if pos > limit:
+                raise _straddle(limit)
+            framed, limit = False, end
         if pos >= end:
             raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
                             "(no STOP opcode)", code="pickle.unreadable")
@@ -756,7 +774,9 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                     if found < window:
                         break
                     window *= 2
-                count = min(count, (end - pos) // step)
+                count = min(count, (limit - pos) // step)
+                if count == 0 and framed:
+                    raise _straddle(limit)
                 if count == 0:
                     raise corrupted("data.pkl is not a readable pickle: pickle data was "
                                     "truncated", code="pickle.unreadable")
@@ -765,7 +785,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 continue
             m = _PUSHES.match(data, pos)
             assert m is not None  # op is one of them
-            chunk = data[pos: m.end()]
+            chunk = data[pos: min(m.end(), limit)]
             if 0x7D in chunk:  # every empty dict is a container of its own
                 stack.extend(_Container("dict") if b == 0x7D else _Container("set")
                              if b == 0x8F else _PUSH_ITEM[b] for b in chunk)
@@ -774,7 +794,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                              for b in chunk)
             else:
                 stack.extend(map(_PUSH_ITEM.__getitem__, chunk))
-            pos = m.end()
+            pos = min(m.end(), limit)
             continue
         if op == 0x68:  # BINGET runs: a list of ids repeating memoized strings
             count, window = 0, 16
@@ -785,9 +805,11 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 if found < window:
                     break
                 window *= 2
-            if pos + 2 * count > end:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
-                                code="pickle.unreadable")
+            count = min(count, (limit - pos) // 2)
+            if count == 0:
+                raise _straddle(limit) if framed else corrupted(
+                    "data.pkl is not a readable pickle: pickle data was truncated",
+                    code="pickle.unreadable")
             indices = data[pos + 1: pos + 2 * count: 2]
             memoized = {i: get(i) for i in set(indices)}
             if len(set(map(id, memoized.values()))) == 1:
@@ -800,7 +822,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         if unsupported is None and op not in allowed_ops:
             unsupported = _opcode_problem(op, at)
         if op == 0x61:  # APPEND (runs of them: a nest of lists)
-            count = _APPENDS.match(data, at).end() - at
+            count = min(_APPENDS.match(data, at).end(), limit) - at
             if len(stack) - fence < count + 1:
                 raise _underflow(op, at)
             if unsupported is None:
@@ -1023,9 +1045,15 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 protocols.append(at)
             pos += 1
         elif op == 0x95:  # FRAME: the unpickler insists the whole frame is there
+            if framed and pos + 8 != limit:  # (a FRAME that ends its frame opens the next)
+                raise corrupted(f"data.pkl is not a readable pickle: a FRAME (offset {at}) "
+                                f"begins before the end of the current frame (offset {limit})",
+                                code="pickle.unreadable")
             if pos + 8 > end or int.from_bytes(data[pos: pos + 8], "little") > end - pos - 8:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
                                 "(FRAME longer than the stream)", code="pickle.unreadable")
+            limit = pos + 8 + int.from_bytes(data[pos: pos + 8], "little")
+            framed = True
             pos += 8
         elif op in (0x97, 0x98):  # NEXT_BUFFER (pushes), READONLY_BUFFER (in place)
             if op == 0x97:
