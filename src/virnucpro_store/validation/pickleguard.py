@@ -322,6 +322,13 @@ _ACCELERATE = True
 _ON_STOP: Callable[[list, list, int], None] | None = None
 
 
+#: a template run shorter than this many bytes counts as a miss: the next try of that
+#: template waits (_MIN_RETRY_GAP bytes, doubling up to _MAX_RETRY_GAP on each miss)
+_LONG_RUN = 512
+_MIN_RETRY_GAP = 64
+_MAX_RETRY_GAP = 1 << 16
+
+
 def _same_run(data: bytes, start: int, step: int, count: int, byte: int) -> int:
     """How many of ``data[start], data[start + step], ...`` (at most ``count``) equal ``byte``,
     counted from the first: one strided slice and one strip, at C speed."""
@@ -539,6 +546,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     # frame; pickle._Unpickler raises), so refusing it makes every reader parse the same.
     limit = end  # where the current frame ends (end: in no frame)
     framed = False
+    retry_at = dict.fromkeys((0x68, 0x6A, 0x58, 0x7D), 0)  # per template: next try from here
+    retry_gap = dict.fromkeys((0x68, 0x6A, 0x58, 0x7D), _MIN_RETRY_GAP)
 
     def value(item: object, at: int) -> object:
         """A stack item at position ``at`` as stored anywhere else (a run item decoded)."""
@@ -756,10 +765,20 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                             "(no STOP opcode)", code="pickle.unreadable")
         op = data[pos]
         at = pos
-        if _ACCELERATE and (op == 0x68 or op == 0x6A or op == 0x58 or op == 0x7D):
-            # BINGET, LONG_BINGET, BINUNICODE, EMPTY_DICT: where a run of records may start
+        if _ACCELERATE and (op == 0x68 or op == 0x6A or op == 0x58 or op == 0x7D) \
+                and pos >= retry_at[op]:
+            # BINGET, LONG_BINGET, BINUNICODE, EMPTY_DICT: where a run of records may start.
+            # A template that finds no long run backs off (the next try of that kind waits
+            # twice as many bytes, up to _MAX_RETRY_GAP), so that records that do not repeat
+            # (ids of varying length, views of varying shape) cost the opcode loop's price,
+            # not a template's per record
             done = (string_run(pos) if op == 0x58 else float_dict_run(pos) if op == 0x7D
                     else tensor_run(pos))
+            if done - pos >= _LONG_RUN:
+                retry_gap[op] = _MIN_RETRY_GAP
+            else:
+                retry_at[op] = pos + retry_gap[op]
+                retry_gap[op] = min(2 * retry_gap[op], _MAX_RETRY_GAP)
             if done:
                 pos = done
                 continue
