@@ -47,7 +47,9 @@ from p45translate import (
 from test_differential import OBJECTS
 
 import virnucpro_store as vs
+from virnucpro_store.source import BytesSource
 from virnucpro_store.testing.samples import FORMATS, sample
+from virnucpro_store.validation.levels import validate_source
 from virnucpro_store.validation.pickleguard import library_protocol
 from virnucpro_store.validation.torch_load import numpy_safe_globals
 
@@ -582,3 +584,53 @@ def test_the_mutant_comparison_can_fail():
     other = translate_archive(save(sample("shard", 2, seed=4), 4))
     assert _values_agree(good, other) is not None
     assert _values_agree(good, translate_archive(good)) is None
+
+
+# --------------------------------------------------------------------------- issue 19: FRAME
+
+
+def _framed_pickle(body: bytes, frame_len: int) -> bytes:
+    return b"\x80\x04\x95" + struct.pack("<Q", frame_len) + body
+
+
+#: {'ids': ['x'], 'data': 'not a tensor'} hidden behind a LONG_BINPUT whose index straddles the
+#: frame's end: a reader that re-reads from after the frame sees other opcodes than one that
+#: reads on (the bypass of issue 19)
+_STRADDLE_BODY = (b"}\x94(\x8c\x03ids\x94]\x94\x8c\x01x\x94a\x8c\x04data\x94"
+                  b"r\x06\x00\x00\x00\x8c\x0cnot a tensor\x94u.")
+
+
+@pytest.mark.parametrize("cut", range(4))
+def test_an_argument_straddling_a_frame_end_is_refused_at_every_level(cut):
+    """The frame ends ``cut`` bytes into LONG_BINPUT's 4-byte index (0: between the opcode and
+    its index): refused (corrupted,
+    pickle.frame_straddle) by the cheap levels and deep alike, whatever any reader does."""
+    at = _STRADDLE_BODY.index(b"r\x06")
+    pkl = _framed_pickle(_STRADDLE_BODY, at + 1 + cut)
+    base = io.BytesIO()
+    torch.save({}, base, pickle_protocol=4)
+    data = replace_pickle(base.getvalue(), pkl)
+    for level, deep in (("load", False), ("keys", False), ("keys", True)):
+        report = validate_source(BytesSource(data), level=level, deep=deep)
+        assert not report.ok and report.category == "corrupted", (level, deep, report.message)
+        assert report.code == "pickle.frame_straddle", report.message
+    if cut:  # a read split by the frame's end: CPython's reference reader refuses it too
+        with pytest.raises(pickle.UnpicklingError):
+            pickle._Unpickler(io.BytesIO(pkl)).load()
+
+
+def test_frames_on_opcode_boundaries_are_read_by_every_reader_alike():
+    """The contrast: the same stream with frames that end on opcode boundaries is accepted,
+    and the C unpickler (bytes and BytesIO) and pickle._Unpickler read the same value."""
+    at = _STRADDLE_BODY.index(b"r\x06")
+    first = _STRADDLE_BODY[:at]
+    pkl = (b"\x80\x04\x95" + struct.pack("<Q", len(first)) + first + b"\x95"
+           + struct.pack("<Q", len(_STRADDLE_BODY) - at) + _STRADDLE_BODY[at:])
+    values = {repr(pickle.loads(pkl)), repr(pickle.load(io.BytesIO(pkl))),
+              repr(pickle._Unpickler(io.BytesIO(pkl)).load())}
+    assert values == {repr({"ids": ["x"], "data": "not a tensor"})}
+    base = io.BytesIO()
+    torch.save({}, base, pickle_protocol=4)
+    data = replace_pickle(base.getvalue(), pkl)
+    report = validate_source(BytesSource(data), level="load")
+    assert report.ok, report.message
