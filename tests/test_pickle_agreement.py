@@ -792,3 +792,16 @@ def test_dnabert_numbers_are_bounded_as_torch_tensor_takes_them():
         with pytest.raises((RuntimeError, OverflowError, ValueError)):
             torch.tensor(values)
         assert problems(values), values[-1].bit_length()
+
+
+@pytest.mark.parametrize("value", [np.dtype("O"), np.dtype([("x", "<f4")]), np.dtype("(2,)f4")])
+def test_own_save_shortcut_holds_for_bare_dtypes(tmp_path, value):
+    """store.save(deep=True) takes the own-save shortcut (load level + CRC pass, no second
+    torch.load): for a bare object/structured/sub-array dtype in metadata it must refuse as
+    load() does, so that no file load() refuses is ever published."""
+    import virnucpro_store as vs
+
+    store = vs.open_store(str(tmp_path))
+    with pytest.raises(vs.StoreError):
+        store.save({"meta": {"dtype": value}}, "x.pt", deep=True)
+    assert not store.exists("x.pt")
