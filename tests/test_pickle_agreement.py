@@ -805,3 +805,24 @@ def test_own_save_shortcut_holds_for_bare_dtypes(tmp_path, value):
     with pytest.raises(vs.StoreError):
         store.save({"meta": {"dtype": value}}, "x.pt", deep=True)
     assert not store.exists("x.pt")
+
+
+def test_a_jagged_nested_tensor_has_one_verdict_whatever_the_process_imported(tmp_path):
+    """torch widens its own allow-list once ``torch.nested._internal`` is imported; the
+    validator's verdict on a jagged nested tensor must not depend on that: refused, in a fresh
+    process and in one that imported it, cheap and deep."""
+    path = tmp_path / "jagged.pt"
+    nt = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)], layout=torch.jagged)
+    torch.save({"x": nt}, path)
+    code = ("import sys, json\n"
+            "if sys.argv[2] == '1': import torch.nested._internal.nested_tensor\n"
+            "from virnucpro_store.source import FileSource\n"
+            "from virnucpro_store.validation.levels import validate_source\n"
+            "print(json.dumps([[r.ok, r.category] for r in (validate_source(FileSource("
+            "sys.argv[1]), level='keys', deep=d) for d in (False, True))]))\n")
+    verdicts = [json.loads(subprocess.run([sys.executable, "-c", code, str(path), imported],
+                                          capture_output=True, text=True, check=True
+                                          ).stdout.strip().splitlines()[-1])
+                for imported in ("0", "1")]
+    assert verdicts[0] == verdicts[1], verdicts
+    assert not any(ok for ok, _ in verdicts[0]), verdicts
