@@ -3,8 +3,9 @@
 CPython's *pure-Python* unpickler (``pickle._Unpickler``) as its pickle module and torch's
 weights-only allow-list (plus the library's numpy globals and numpy's ``_frombuffer``) as
 ``find_class`` -- every protocol 0-5 opcode implemented by CPython's reference code, nothing
-imported outside the allow-list. It runs in a subprocess (memory limit, time limit), so a
-hostile mutant can crash or exhaust only that process.
+imported outside the allow-list. It runs in a subprocess (memory limit, time limit; one
+process serves many files and is restarted after a crash), so a hostile mutant can crash or
+exhaust only that process.
 
 It is more permissive than torch's weights-only unpickler (it BUILDs and APPENDs on any
 object, implements every opcode), so the comparison is one-sided: whatever the validator
@@ -13,6 +14,7 @@ refuses the validator must refuse. A file it loads and the validator refuses is 
 "stricter" (the model keeps torch's weights-only rules), never as agreement on a value.
 
     python tests/pyoracle.py FILE   # prints one JSON line: {"ok": ..., "summary"|"error": ...}
+    python tests/pyoracle.py --serve  # one JSON line per file path read from stdin
 """
 
 from __future__ import annotations
@@ -108,25 +110,52 @@ def _run_here(path: str) -> dict[str, Any]:
     return {"ok": True, "summary": summary(value)}
 
 
+_WORKER: list[subprocess.Popen[str]] = []
+
+
+def _worker() -> subprocess.Popen[str]:
+    """The oracle process (torch imported once), started on first use and after a crash."""
+    if _WORKER and _WORKER[0].poll() is None:
+        return _WORKER[0]
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                [here, os.environ.get("PYTHONPATH", "")])})
+    _WORKER[:] = [proc]
+    return proc
+
+
 def judge(data: bytes) -> dict[str, Any]:
-    """The oracle's verdict on ``data``, from a subprocess: {"ok": bool, "summary"|"error"};
-    a crash or timeout is a refusal ("error" says which)."""
+    """The oracle's verdict on ``data``, from the oracle process: {"ok": bool,
+    "summary"|"error"}; a crash or a timeout is a refusal ("error" says which), and the
+    process is started afresh for the next file."""
+    import select
+
     with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as fh:
         fh.write(data)
-    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), fh.name],
-                              capture_output=True, text=True, timeout=TIME_LIMIT,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                  [here, os.environ.get("PYTHONPATH", "")])})
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": "timeout"}
+        proc = _worker()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(fh.name + "\n")
+            proc.stdin.flush()
+        except OSError:  # died since: once more on a fresh one
+            proc = _worker()
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(fh.name + "\n")
+            proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], TIME_LIMIT)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            proc.kill()
+            proc.wait()
+            return {"ok": False, "error": "timeout" if not ready else
+                    f"oracle process died (exit {proc.returncode})"}
+        return json.loads(line)
     finally:
         os.unlink(fh.name)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"ok": False, "error": f"exit {proc.returncode}: {proc.stderr[-200:]}"}
-    return json.loads(lines[-1])
 
 
 if __name__ == "__main__":
@@ -134,4 +163,12 @@ if __name__ == "__main__":
 
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     sys.setrecursionlimit(10000)
-    print(json.dumps(_run_here(sys.argv[1])))
+    if sys.argv[1] == "--serve":
+        for request in sys.stdin:
+            try:
+                answer = _run_here(request.strip())
+            except BaseException as exc:  # noqa: BLE001 -- MemoryError, RecursionError...
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            print(json.dumps(answer), flush=True)
+    else:
+        print(json.dumps(_run_here(sys.argv[1])))
