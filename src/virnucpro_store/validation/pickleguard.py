@@ -20,7 +20,15 @@ opcode sequences hurt it without any global at all (measured with CPython 3.11):
   hash value, or more than :data:`MAX_UNKNOWN_HASH_KEYS` keys whose hash it cannot compute
   (complex numbers, torch.Size, numpy scalars).
 
-All three are "unsafe": no writer of real checkpoints produces them. Anything the scan cannot
+All three are "unsafe": no writer of real checkpoints produces them. One more is "corrupted":
+
+- **FRAME straddles**: an opcode (or its argument) that starts inside a protocol 4/5 FRAME and
+  ends after it, or a FRAME that opens before the current one ends. CPython's readers take such
+  a stream three ways (the C unpickler over a reader with ``peek()`` reads on, over a
+  ``BytesIO`` it re-reads from after the frame, ``pickle._Unpickler`` raises), so the opcodes
+  checked here could differ from the ones a loader runs (``pickle.frame_straddle``). Python's
+  pickler never writes one.
+ Anything the scan cannot
 follow (unknown opcode, stack underflow, truncation) is "corrupted", as the C unpickler would say.
 
 The scan also follows what each stack item is (a list, a dict, an OrderedDict/Counter, an
