@@ -1008,16 +1008,16 @@ def check_pure(seed: int, description: str, data: bytes) -> Result:
 
 def check_frame_rule(seed: int, description: str, data: bytes) -> Result:
     """A mutant whose pickle breaks FRAME hygiene (``p45translate.FrameRefused``): the rule's
-    verdict is "corrupted" (code pickle.frame_straddle) at every level, deep or not (or
-    "unsafe" for a hostile form the scan meets before the frame's end)."""
+    verdict is a refusal at every level, deep or not (corrupted, pickle.frame_straddle, unless
+    the validator meets another problem first)."""
     verdicts = []
     for level, deep in (("load", False), ("keys", True)):
         report, _ = _report(data, level=level, deep=deep)
         verdicts.append(report)
     deep = verdicts[-1]
-    # corrupted by the rule; or refused for a problem found earlier in the stream (a
-    # forbidden global, a memo bomb: unsafe) -- refused all the same
-    wrong = [r for r in verdicts if r.ok or r.category not in ("corrupted", "unsafe")]
+    # refused: corrupted by the rule, or for a problem found first (a compressed record, a
+    # global met earlier in the stream...), as refuse/refuse is judged for torch's verdicts
+    wrong = [r for r in verdicts if r.ok]
     return Result(seed, description, "disagree" if wrong else "refuse/refuse",
                   "frame-rule" if wrong else "", _verdict(wrong[0]) if wrong else "",
                   _verdict(deep), "refused by the FRAME rule")
