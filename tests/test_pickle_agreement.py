@@ -708,6 +708,10 @@ _ISSUE19 = {
                          g("numpy.core.multiarray", "_reconstruct"), i(2),
                          g("numpy._core.multiarray", "scalar"), i(3),
                          g("numpy.core.multiarray", "scalar"), i(4)),
+    # numpy.dtype of a dtype is that dtype
+    "dtype-of-dtype": call(g("numpy", "dtype"), NP_DTYPE, F, T),
+    "dtype-of-dtype-in-array": _np_state(i(1), ints((2,)), call(g("numpy", "dtype"), NP_DTYPE,
+                                                                F, T), F, _latin1(_ONE * 2)),
     # numpy dtype classes take no argument
     "dtype-class-no-arg": call(g("numpy.dtypes", "Float32DType")),
     "dtype-class-arg": call(g("numpy.dtypes", "Float32DType"), s("f8")),

@@ -117,6 +117,12 @@ class _NpDType:
     __slots__ = ("spec", "code", "name", "itemsize", "struct", "byteorder", "problem")
 
     def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
+        if isinstance(spec, _NpDType):  # numpy.dtype(a_dtype): that dtype again
+            spec = spec.spec if spec.byteorder in ("<", "=", "|") else ">" + spec.spec
+        if isinstance(spec, str) and spec[:1] == ">" and spec[1:] in NUMPY_DTYPES:
+            self.__init__(spec[1:])  # type: ignore[misc]
+            self.byteorder = ">"
+            return
         if not isinstance(spec, str):
             raise corrupted(f"numpy dtype spec is a {type(spec).__name__}, not a string")
         self.spec = spec
