@@ -168,13 +168,16 @@ class ArrayMeta(_Shaped):
     ArrayMeta(dtype='float32', shape=(3, 4))
     """
 
-    __slots__ = ("dtype", "shape", "fortran", "nbytes")
+    __slots__ = ("dtype", "shape", "fortran", "nbytes", "axes")
 
     def __init__(self, dtype: str = "", shape: tuple[int, ...] = ()) -> None:
         self.dtype = dtype
         self.shape = tuple(shape)
         self.fortran = False
         self.nbytes = 0
+        #: numpy 2.x ``_frombuffer(..., 'K', axis_order)``: the data is C-ordered in the shape
+        #: ``shape`` has before this transpose (``shape[i]`` is that shape's ``axes[i]``)
+        self.axes: tuple[int, ...] | None = None
 
     def __repr__(self) -> str:
         return f"ArrayMeta(dtype={self.dtype!r}, shape={self.shape!r})"
@@ -195,6 +198,23 @@ class TorchDType(_Frozen):
     """A ``torch.<dtype>`` global, by name."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class TorchDevice(_Frozen):
+    """A ``torch.device`` the pickle makes: its type and index (None: no index), compared and
+    hashed as torch compares them (``device('cpu') != device('cpu', 0)``, and never equal to a
+    string). ``str()`` is torch's.
+
+    >>> str(TorchDevice("cuda", 1)), TorchDevice("cpu") == "cpu"
+    ('cuda:1', False)
+    """
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
 
 
 

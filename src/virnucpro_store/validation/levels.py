@@ -45,6 +45,7 @@ from .zipindex import (
     CachedReader,
     ZipIndex,
     check_control_records,
+    check_head,
     check_torch_layout,
     read_index,
     read_record,
@@ -134,6 +135,7 @@ class _Run:
         self.details["format_version"] = check_control_records(self.reader, index)
         record = index.member("data.pkl")
         assert record is not None
+        check_head(self.reader, index)
         try:
             model = read_model(read_record(self.reader, index, record))
         except Problem as exc:

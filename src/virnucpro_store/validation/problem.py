@@ -27,6 +27,8 @@ CODES: dict[str, str] = {
     "zip.control_record": "a control record (.format_version, byteorder, ...) torch refuses",
     "zip.newer_format": "a format version newer than this torch reads",
     "pickle.unreadable": "data.pkl is not a readable pickle (damage, truncation)",
+    "pickle.frame_straddle": "an opcode straddles a FRAME's end, or a FRAME opens inside "
+                             "another: readers parse such a stream differently",
     "pickle.too_large": "data.pkl above the validator's size limit",
     "pickle.memo_bomb": "a memo index far past the entries stored (memory bomb)",
     "pickle.hash_bomb": "a dict key or set element too deep or too large to hash",
