@@ -18,7 +18,7 @@ from ..objectstore import (
     strip_etag,
     utc,
 )
-from .client import UPLOAD_PART_SIZE, AzureClient, copy_status, published_copy
+from .client import UPLOAD_PART_SIZE, AzureClient, copy_status, published_copy, split_account
 from .read import AzureSource
 from .upload import AzureStaging, Copier, remove_uncommitted
 
@@ -42,7 +42,11 @@ class AzureBackend(ObjectStoreBackend):
                                      max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
         self.storage_options: dict[str, Any] = {**options.as_dict(), **storage_options}
-        self.container, self.root, self.url = split_location("az", location, "container")
+        # adlfs's az://CONTAINER@ACCOUNT.blob.core.windows.net/... names the account
+        bare, storage_options = split_account(location, storage_options)
+        self.container, self.root, self.url = split_location("az", bare, "container")
+        if bare != location:  # keep the account in the store's URL: it reopens the same place
+            self.url = f"az://{location.partition('/')[0]}/{self.root}".rstrip("/")
         if int(part_size) < 1:
             raise ValueError("part_size must be a positive number of bytes")
         self.part_size = int(part_size)

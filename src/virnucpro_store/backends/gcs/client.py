@@ -37,7 +37,7 @@ _K = ErrorKind
 #: HTTP status -> what it means to this library (404 is refined: object or bucket)
 ERROR_KINDS: dict[int, ErrorKind] = {
     401: _K.CREDENTIALS, 403: _K.DENIED, 404: _K.MISSING, 412: _K.PRECONDITION,
-    408: _K.TRANSIENT, 429: _K.TRANSIENT,
+    408: _K.TRANSIENT, 429: _K.TRANSIENT, 507: _K.NO_SPACE,
 }
 
 
