@@ -39,6 +39,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import re
 import struct
 import threading
 import time
@@ -440,6 +441,12 @@ class Manifest:
     created: str
     files: dict[str, ManifestEntry]
     format_version: int = MANIFEST_VERSION
+    #: a replacing commit (``commit_run(replace=True)``): ``{"previous": key of the earlier
+    #: manifest kept under a history name, "reason": why}``; None for a first commit
+    replaces: dict[str, str] | None = None
+    #: commit_run only (not stored): the scan of the files it committed -- distinct
+    #: ``ids`` and ``duplicate_ids``, as ``scan`` and ``verify_run`` count them
+    report: ScanReport | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_ids(self) -> int:
@@ -458,7 +465,7 @@ class Manifest:
             "n_files": len(self.files),
             "n_ids": self.n_ids,
             "files": [self.files[k].to_dict() for k in sorted(self.files)],
-        }
+        } | ({"replaces": dict(self.replaces)} if self.replaces else {})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=1) + "\n"
@@ -510,8 +517,13 @@ class Manifest:
                 raise bad(f"malformed or repeated file entry {str(item)[:200]}")
             entries[entry.key] = entry
         prefix = doc.get("prefix")
+        replaces = doc.get("replaces")
+        if not (isinstance(replaces, dict)
+                and all(isinstance(v, str) for v in replaces.values())):
+            replaces = None
         return cls(prefix=prefix if isinstance(prefix, str) else "", key=key, level=level,
-                   created=str(doc.get("created", "")), files=entries, format_version=version)
+                   created=str(doc.get("created", "")), files=entries, format_version=version,
+                   replaces=replaces)
 
 
 def _is_count(value: Any) -> bool:
@@ -604,6 +616,18 @@ def _skip_reason(name: str, pattern: str | None) -> str | None:
     if any(fnmatch.fnmatchcase(name, p) for p in CHECKPOINT_PATTERNS):
         return None
     return f"not a checkpoint name ({', '.join(CHECKPOINT_PATTERNS)})"
+
+
+def classify(keys: Iterable[str], pattern: str | None = None
+             ) -> tuple[list[str], dict[str, str]]:
+    """Sort the keys of a run folder as :func:`scan` does: (checkpoint keys, {other key: why
+    it is not one}); run manifests (:data:`MANIFEST_NAME`) are in neither.
+
+    >>> classify(["r/a.pt", "r/a.pt.done", "r/sequences.txt", "r/" + MANIFEST_NAME])
+    (['r/a.pt'], {'r/a.pt.done': 'completion sidecar (.done)', \
+'r/sequences.txt': 'not a checkpoint name (*.pt, *.pth)'})
+    """
+    return _classify(keys, pattern)
 
 
 def _classify(keys: Iterable[str], pattern: str | None) -> tuple[list[str], dict[str, str]]:
@@ -777,9 +801,11 @@ def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep:
 
 
 def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
-                 examine: Callable[[str], _Examined]) -> dict[str, _Examined]:
+                 examine: Callable[[str], _Examined],
+                 progress: Callable[[str], None] | None = None) -> dict[str, _Examined]:
     """``examine`` every key in a pool of ``jobs`` threads; a storage failure (not a file's
-    fault) stops the whole scan and is raised."""
+    fault) stops the whole scan and is raised. ``progress(key)`` is called (in the calling
+    thread) after each file."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, not {jobs!r}")
     results: dict[str, _Examined] = {}
@@ -797,6 +823,8 @@ def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
             for future in concurrent.futures.as_completed(futures):
                 found = future.result()
                 results[found.key] = found
+                if progress is not None:
+                    progress(found.key)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -822,9 +850,11 @@ def _collect(report: ScanReport, results: Iterable[_Examined]) -> ScanReport:
 
 
 def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level: str = "keys",
-         deep: bool = False, jobs: int = 8, pattern: str | None = None) -> ScanReport:
+         deep: bool = False, jobs: int = 8, pattern: str | None = None,
+         progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
     """Validate every checkpoint under ``prefix`` in ``jobs`` threads; see
-    :meth:`CheckpointStore.scan`."""
+    :meth:`CheckpointStore.scan`. ``progress(n, None)`` is called once with the number of
+    checkpoints to examine, then ``progress(0, key)`` after each one."""
     started = time.perf_counter()
     check_level(level)
     if schema != _schemas.AUTO:
@@ -833,6 +863,8 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     infos = {info.key: info for info in store.list_info(folder)}
     listed = list(infos)
     keys, skipped = _classify(listed, pattern)
+    if progress is not None:
+        progress(len(keys), None)
 
     def examine(key: str) -> _Examined:
         # the listed version on the first attempt (no request to look it up); a restart,
@@ -840,7 +872,7 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
         return _examine_once(store, key, schema=schema, level=level, deep=deep,
                              want_checksum=False, expect=None, listed=infos.pop(key, None))
 
-    results = _examine_all(store, keys, jobs, examine)
+    results = _examine_all(store, keys, jobs, examine, _each(progress))
     report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
                         schema=schema if isinstance(schema, str) else getattr(schema, "name",
                                                                               None),
@@ -888,10 +920,32 @@ def manifest_key(prefix: str) -> str:
     return _folder(prefix) + MANIFEST_NAME
 
 
+def _each(progress: Callable[[int, str | None], None] | None
+          ) -> Callable[[str], None] | None:
+    """The per-file callback of :func:`_examine_all` for a ``progress(n, key)`` callback."""
+    return None if progress is None else (lambda key: progress(0, key))
+
+
+def history_key(prefix: str, created: str) -> str:
+    """Where ``commit_run(replace=True)`` keeps the manifest it replaces (committed at
+    ``created``): next to it, never taken for a checkpoint.
+
+    >>> history_key("run7", "2026-12-07T00:30:00+00:00")
+    'run7/vnps-run-manifest.json.replaced-20261207T003000'
+    """
+    stamp = re.sub(r"[^0-9T]", "", created.partition("+")[0]) or "unknown"
+    return f"{_folder(prefix)}{MANIFEST_NAME}.replaced-{stamp}"
+
+
 def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | None = None,
-               level: str = "keys", jobs: int = 8) -> Manifest:
+               level: str = "keys", jobs: int = 8, replace: bool = False,
+               reason: str | None = None,
+               progress: Callable[[int, str | None], None] | None = None) -> Manifest:
     """Validate the run's files and publish its manifest last, create-only; see
-    :meth:`CheckpointStore.commit_run`."""
+    :meth:`CheckpointStore.commit_run`. ``replace=True`` commits again over an existing
+    manifest (the repair path after a bad file was redone): the previous manifest is first
+    kept, create-only, under :func:`history_key`, and the new one records it and ``reason``
+    in ``replaces``. ``progress`` as for :func:`scan`."""
     check_level(level)
     folder = _folder(prefix)
     key = folder + MANIFEST_NAME
@@ -907,10 +961,13 @@ def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | Non
     if not files:
         raise CheckpointMissing(f"{store.backend.url_for(folder)}: no checkpoints to commit",
                                 key=folder, url=store.backend.url_for(folder))
-    if store.exists(key):  # fail before validating everything; the publish decides
+    if store.exists(key) and not replace:  # fail before validating everything
         raise AlreadyExists(f"{url}: the run is already committed", key=key, url=url)
+    if progress is not None:
+        progress(len(files), None)
     results = _examine_all(store, files, jobs, lambda k: _examine_once(
-        store, k, schema=None, level=level, deep=False, want_checksum=True, expect=None))
+        store, k, schema=None, level=level, deep=False, want_checksum=True, expect=None),
+        _each(progress))
     bad = sorted(k for k, r in results.items() if not r.report.ok)
     if bad:
         error: CheckpointError = results[bad[0]].report.error(key=bad[0])
@@ -927,11 +984,38 @@ def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | Non
                                      schema=found.schema,
                                      n_ids=None if found.ids is None else len(found.ids),
                                      checksums=found.checksums)
+    replaces = _keep_previous(store, folder, reason) if replace else None
     manifest = Manifest(prefix=folder, key=key, level=level,
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        files=entries)
-    store.save_bytes(manifest.to_json().encode(), key, validate=None, overwrite=False)
+                        files=entries, replaces=replaces,
+                        report=_collect(ScanReport(prefix=folder, level=level),
+                                        results.values()))
+    # a replacing commit publishes over the manifest just kept; a first one create-only
+    store.save_bytes(manifest.to_json().encode(), key, validate=None,
+                     overwrite=replaces is not None)
     return manifest
+
+
+def _keep_previous(store: CheckpointStore, folder: str, reason: str | None
+                   ) -> dict[str, str] | None:
+    """Copy the current manifest of ``folder`` to its history name (create-only); None when
+    there is none (``replace=True`` on an uncommitted run is a first commit)."""
+    key = folder + MANIFEST_NAME
+    try:
+        data = store.read_bytes(key)
+    except CheckpointMissing:
+        return None
+    try:
+        created = str(json.loads(data).get("created", ""))
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        created = ""
+    previous = history_key(folder, created or
+                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if store.exists(previous):
+        previous = history_key(folder, datetime.now(timezone.utc).isoformat(
+            timespec="microseconds"))
+    store.save_bytes(data, previous, validate=None, overwrite=False)
+    return {"previous": previous[len(folder):], "reason": reason or "not given"}
 
 
 def read_manifest(store: CheckpointStore, prefix: str) -> Manifest:
@@ -947,9 +1031,10 @@ def read_manifest(store: CheckpointStore, prefix: str) -> Manifest:
 
 
 def verify_run(store: CheckpointStore, prefix: str, *, deep: bool = False,
-               jobs: int = 8) -> ScanReport:
+               jobs: int = 8,
+               progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
     """Check the run under ``prefix`` against its manifest; see
-    :meth:`CheckpointStore.verify_run`."""
+    :meth:`CheckpointStore.verify_run`. ``progress`` as for :func:`scan`."""
     started = time.perf_counter()
     folder = _folder(prefix)
     manifest = read_manifest(store, folder)
@@ -962,7 +1047,9 @@ def verify_run(store: CheckpointStore, prefix: str, *, deep: bool = False,
         return _examine_once(store, key, schema=schema, level=manifest.level, deep=deep,
                              want_checksum=True, expect=entry)
 
-    results = _examine_all(store, listed, jobs, examine)
+    if progress is not None:
+        progress(len(listed), None)
+    results = _examine_all(store, listed, jobs, examine, _each(progress))
     report = ScanReport(prefix=folder, level=manifest.level, deep=deep, skipped=skipped,
                         manifest=manifest, committed=True)
     report.extra = sorted(set(present) - set(listed))

@@ -379,7 +379,8 @@ class CheckpointStore:
         return AsyncWriter(self, max_pending=max_pending, workers=workers)
 
     def scan(self, prefix: str = "", *, schema: SchemaArg = None, level: str = "keys",
-             deep: bool = False, jobs: int = 8, pattern: str | None = None) -> ScanReport:
+             deep: bool = False, jobs: int = 8, pattern: str | None = None,
+             progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
         """Validate every checkpoint under the folder ``prefix`` in ``jobs`` threads.
 
         ``report.valid`` / ``report.invalid`` sort the files; ``report.ids`` holds the sequence
@@ -400,14 +401,19 @@ class CheckpointStore:
         from .runs import scan
 
         return scan(self, prefix, schema=schema, level=level, deep=deep, jobs=jobs,
-                    pattern=pattern)
+                    pattern=pattern, progress=progress)
 
     def commit_run(self, prefix: str, *, keys: Iterable[str] | None = None,
-                   level: str = "keys") -> Manifest:
+                   level: str = "keys", replace: bool = False, reason: str | None = None,
+                   progress: Callable[[int, str | None], None] | None = None) -> Manifest:
         """Validate the run's checkpoints (all under the folder ``prefix``, or ``keys``) and
         publish its manifest, ``PREFIX/vnps-run-manifest.json``, last and create-only: a second
         commit raises :class:`~virnucpro_store.errors.AlreadyExists`. An invalid file refuses
-        the commit (its ``CheckpointError`` is raised; nothing is published).
+        the commit (its ``CheckpointError`` is raised; nothing is published). The repair
+        path: ``replace=True`` commits again, keeping the previous manifest under a history
+        name (``manifest.replaces["previous"]``) with ``reason``. ``progress(n, key)``: called
+        with the file count (``key`` None), then after each file (``n`` 0); scan and
+        verify_run take it too.
 
         >>> import torch, virnucpro_store as vs
         >>> store = vs.open_store("memory://commit-method")
@@ -418,9 +424,11 @@ class CheckpointStore:
         """
         from .runs import commit_run
 
-        return commit_run(self, prefix, keys=keys, level=level)
+        return commit_run(self, prefix, keys=keys, level=level, replace=replace,
+                          reason=reason, progress=progress)
 
-    def verify_run(self, prefix: str, *, deep: bool = False) -> ScanReport:
+    def verify_run(self, prefix: str, *, deep: bool = False,
+                   progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
         """Check the run under ``prefix`` against its manifest: a listed file that is gone is
         invalid ("missing"); one whose size or checksum differs is "corrupted", even if it is
         a valid checkpoint; unlisted checkpoints are in ``report.extra``. ``deep`` also checks
@@ -437,7 +445,7 @@ class CheckpointStore:
         """
         from .runs import verify_run
 
-        return verify_run(self, prefix, deep=deep)
+        return verify_run(self, prefix, deep=deep, progress=progress)
 
 
 def _checked_schema(schema: SchemaArg) -> SchemaArg:
