@@ -17,7 +17,6 @@ import pytest
 import virnucpro_store as vs
 from virnucpro_store.backends.objectstore import RetryPolicy
 from virnucpro_store.backends.objectstore_io import ErrorKind
-from virnucpro_store.testing.samples import sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,26 +33,8 @@ def test_the_hierarchy_follows_oserror():
     assert vs.StorageFailure("x").errno is None
 
 
-def test_a_full_disk_is_enospc(tmp_path, monkeypatch):
-    # /dev/full answers every write with ENOSPC: the real kernel error, not a mock
-    from virnucpro_store.backends import local
-
-    real_init = local._StagingFile.__init__
-
-    def onto_dev_full(self, fd, url, key):
-        os.close(fd)
-        real_init(self, os.open("/dev/full", os.O_WRONLY), url, key)
-
-    monkeypatch.setattr(local._StagingFile, "__init__", onto_dev_full)
-    store = vs.open_store(tmp_path)
-    try:
-        store.save(sample("merged", 64), "k.pt")
-    except OSError as exc:  # the habit around I/O catches it
-        assert isinstance(exc, vs.StorageFailure)
-        assert exc.errno == errno.ENOSPC and exc.strerror == os.strerror(errno.ENOSPC)
-        assert "no space left on device" in str(exc) and exc.url == store.url_for("k.pt")
-    else:
-        pytest.fail("a save onto /dev/full succeeded")
+# a full disk (ENOSPC from /dev/full, the real kernel error): test_local.py's
+# test_a_full_disk_is_a_storage_failure_at_the_backend_edge checks errno and OSError
 
 
 def _refused_root(tmp_path: Path) -> Path:
