@@ -25,6 +25,7 @@ from .errors import (
     UnknownSchemeError,
     UnsafeCheckpoint,
 )
+from .partitions import ScanPartition
 from .registry import register_backend
 from .runs import AsyncWriter, Manifest, ScanReport
 from .schemas import Schema
@@ -49,6 +50,7 @@ __all__ = [
     "Manifest",
     "ObjectChanged",
     "ObjectInfo",
+    "ScanPartition",
     "ScanReport",
     "Schema",
     "SerializationError",

@@ -78,6 +78,9 @@ MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 1 << 30
 #: file names ``scan`` takes for checkpoints unless ``pattern`` says otherwise
 CHECKPOINT_PATTERNS = ("*.pt", "*.pth")
+#: the ``format`` of :meth:`ScanReport.to_json`
+SCAN_REPORT_FORMAT = "vnps-scan-report/1"
+_REPORT_FIELDS = {f.name for f in dataclasses.fields(ValidationReport)}
 #: checksum of a file whose ZIP records carry CRC-32s: SHA-256 over the central directory's
 #: (name, CRC-32, size) list; of a CRC-less archive: SHA-256 of the whole file
 ZIPCRC = "zipcrc-sha256"
@@ -263,7 +266,7 @@ class AsyncWriter:
                 f"workers={self.workers}, pending={self._inflight})")
 
 
-_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep")
+_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep", "pickle_protocol")
 
 
 def _checked_save_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -562,10 +565,18 @@ class ScanReport:
     #: verify_run only: the manifest checked against
     manifest: Manifest | None = field(default=None, repr=False)
     seconds: float = 0.0
+    #: partitioned scans: partitions that failed after their retries (``{"partition": ...,
+    #: "error": ...}``); their files are neither valid nor invalid, their ids never done
+    unscanned: list[dict[str, Any]] = field(default_factory=list)
+    #: scan_partition only: the partition this report covers (ScanPartition.to_dict())
+    partition: dict[str, Any] | None = field(default=None, repr=False)
+    #: "return" (ids held here), "store" (written to ``ids_file``) or "none"
+    ids_mode: str = "return"
+    ids_file: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.invalid
+        return not self.invalid and not self.unscanned
 
     def __bool__(self) -> bool:
         return self.ok
@@ -582,7 +593,89 @@ class ScanReport:
             "committed": self.committed,
             "manifest": self.manifest.key if self.manifest else None,
             "seconds": round(self.seconds, 6),
+            "n_unscanned": len(self.unscanned), "unscanned": self.unscanned,
         }
+
+    def to_json(self) -> str:
+        """Everything a merge needs, ids included (unless held elsewhere): the form a
+        partition's report travels in. :meth:`from_json` reads it back."""
+        invalid = {key: report.to_dict() for key, report in sorted(self.invalid.items())}
+        return json.dumps({
+            "format": SCAN_REPORT_FORMAT, "prefix": self.prefix, "level": self.level,
+            "deep": self.deep, "schema": self.schema, "valid": self.valid, "invalid": invalid,
+            "ids_by_key": self.ids_by_key, "ids": sorted(self.ids),
+            "duplicate_ids": sorted(self.duplicate_ids), "skipped": self.skipped,
+            "extra": self.extra, "committed": self.committed, "seconds": self.seconds,
+            "unscanned": self.unscanned, "partition": self.partition,
+            "ids_mode": self.ids_mode, "ids_file": self.ids_file,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ScanReport:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != SCAN_REPORT_FORMAT:
+            raise ValueError(f"not a {SCAN_REPORT_FORMAT} report")
+        invalid = {key: ValidationReport(**{k: v for k, v in fields.items()
+                                            if k in _REPORT_FIELDS})
+                   for key, fields in data["invalid"].items()}
+        return cls(prefix=data["prefix"], level=data["level"], deep=data["deep"],
+                   schema=data["schema"], valid=list(data["valid"]), invalid=invalid,
+                   ids=set(data["ids"]), duplicate_ids=set(data["duplicate_ids"]),
+                   skipped=dict(data["skipped"]), extra=list(data["extra"]),
+                   committed=data["committed"],
+                   ids_by_key={k: list(v) for k, v in data["ids_by_key"].items()},
+                   seconds=data["seconds"], unscanned=list(data["unscanned"]),
+                   partition=data["partition"], ids_mode=data["ids_mode"],
+                   ids_file=data["ids_file"])
+
+    @classmethod
+    def merge(cls, reports: Iterable[ScanReport]) -> ScanReport:
+        """One report from the reports of a scan's partitions (:func:`~virnucpro_store.
+        partitions.scan_partition`): equal to the scan of the whole prefix — valid and
+        invalid files, ids, ids held by more than one file, skipped, extra, committed — plus
+        the partitions that could not be scanned. Ids written beside a report
+        (``ids="store"``) are read back; with ``ids="none"`` there are no ids to merge."""
+        from .partitions import read_ids
+
+        reports = list(reports)
+        if not reports:
+            raise ValueError("nothing to merge")
+        first = reports[0]
+        for other in reports[1:]:
+            if (other.prefix, other.level, other.deep) != (first.prefix, first.level,
+                                                           first.deep):
+                raise ValueError("reports of different scans (prefix, level or deep differ)")
+        merged = cls(prefix=first.prefix, level=first.level, deep=first.deep,
+                     schema=first.schema)
+        owners: dict[str, str] = {}
+        for report in reports:
+            merged.valid.extend(report.valid)
+            merged.invalid.update(report.invalid)
+            merged.skipped.update(report.skipped)
+            merged.extra.extend(report.extra)
+            merged.committed = merged.committed or report.committed
+            merged.unscanned.extend(report.unscanned)
+            merged.seconds += report.seconds
+            by_key = (read_ids(report.ids_file) if report.ids_mode == "store"
+                      and report.ids_file else report.ids_by_key)
+            merged.ids_by_key.update(by_key)
+            merged.duplicate_ids |= report.duplicate_ids
+            for key, ids in by_key.items():
+                for sequence_id in ids:
+                    if owners.setdefault(sequence_id, key) != key:
+                        merged.duplicate_ids.add(sequence_id)
+            if not by_key:
+                merged.ids |= report.ids
+        merged.ids |= set(owners)
+        merged.valid.sort()
+        merged.extra.sort()
+        merged.invalid = dict(sorted(merged.invalid.items()))
+        merged.skipped = dict(sorted(merged.skipped.items()))
+        merged.ids_by_key = dict(sorted(merged.ids_by_key.items()))
+        scanned = [r for r in reports if not r.unscanned]
+        if scanned and all(r.ids_mode == "none" for r in scanned):
+            merged.ids_mode = "none"
+        return merged
 
 
 @dataclass
@@ -851,16 +944,19 @@ def _collect(report: ScanReport, results: Iterable[_Examined]) -> ScanReport:
 
 def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level: str = "keys",
          deep: bool = False, jobs: int = 8, pattern: str | None = None,
+         listing: Iterable[ObjectInfo] | None = None,
          progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
     """Validate every checkpoint under ``prefix`` in ``jobs`` threads; see
-    :meth:`CheckpointStore.scan`. ``progress(n, None)`` is called once with the number of
-    checkpoints to examine, then ``progress(0, key)`` after each one."""
+    :meth:`CheckpointStore.scan`. ``listing``: the objects to examine (a partition's), in
+    place of the listing of ``prefix``. ``progress(n, None)`` is called once with the number
+    of checkpoints to examine, then ``progress(0, key)`` after each one."""
     started = time.perf_counter()
     check_level(level)
     if schema != _schemas.AUTO:
         schema = _schemas.get_schema(schema)
     folder = _folder(prefix)
-    infos = {info.key: info for info in store.list_info(folder)}
+    infos = {info.key: info for info in (store.list_info(folder) if listing is None
+                                         else listing)}
     listed = list(infos)
     keys, skipped = _classify(listed, pattern)
     if progress is not None:
