@@ -52,10 +52,10 @@ from ..errors import (
     CheckpointIncompatible,
     CheckpointMissing,
     DeviceUnavailable,
-    StorageFailure,
     StoreError,
     UnsafeCheckpoint,
     error_class_for,
+    storage_failure_from,
 )
 from ..source import ByteSource, SourceReader
 from .pickleguard import library_protocol, library_qualname
@@ -440,16 +440,16 @@ def safe_torch_load(file_or_path: str | os.PathLike[str] | BinaryIO | ByteSource
         raise CheckpointMissing(f"{where}: no such file ({exc.strerror})", key=key,
                                 url=url) from exc
     except OSError as exc:
-        raise StorageFailure(f"{where}: I/O error while loading: {exc}", key=key,
-                             url=url) from exc
+        raise storage_failure_from(exc, f"{where}: I/O error while loading: {exc}", key=key,
+                                   url=url) from exc
     except Exception as exc:
         _quiet_failed_load(exc)
         failure = getattr(getattr(f, "raw", f), "failure", None)  # see SourceReader.failure
         if isinstance(failure, StoreError):
             raise failure from None
         if isinstance(failure, OSError):
-            raise StorageFailure(f"{where}: I/O error while loading: {failure}", key=key,
-                                 url=url) from failure
+            raise storage_failure_from(failure, f"{where}: I/O error while loading: {failure}",
+                                       key=key, url=url) from failure
         cls, message = _classify(exc)
         raise cls(f"{where}: {message}", key=key, url=url) from exc
     finally:
