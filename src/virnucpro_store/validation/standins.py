@@ -23,9 +23,14 @@ from ..lazy import (
     NUMPY_DTYPES,
     TORCH_DTYPES,
     ArrayMeta,
+    NumpyBool,
+    NumpyComplex,
+    NumpyFloat,
+    NumpyInt,
     StorageRef,
     TensorMeta,
     TorchDType,
+    TorchSize,
     _Frozen,
     make_tensor_meta,
     shape_text,
@@ -527,7 +532,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
 
 
 def _torch_size(values: Any = ()) -> tuple[int, ...]:
-    return _int_tuple(values, "torch.Size")
+    return TorchSize(_int_tuple(values, "torch.Size"))
 
 
 def _torch_device(kind: Any, index: Any = None) -> str:
@@ -577,7 +582,14 @@ def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
     raw = raw[:dtype.itemsize]
     order = ">" if dtype.byteorder == ">" else "<"
     values = struct.unpack(order + dtype.struct, raw)
-    return complex(*values) if len(values) == 2 else values[0]
+    value = complex(*values) if len(values) == 2 else values[0]
+    # the number it equals, with what the record loader needs to make the numpy scalar
+    made = _SCALAR_KINDS[type(value)](value)
+    made.npdtype, made.raw = dtype, raw
+    return made
+
+
+_SCALAR_KINDS = {int: NumpyInt, float: NumpyFloat, complex: NumpyComplex, bool: NumpyBool}
 
 
 def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
@@ -632,6 +644,7 @@ def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> ArrayMeta:
     made = ArrayMeta(dtype.name, shape)
     made.fortran = order == "F"
     made.nbytes = expected
+    made.raw, made.npdtype, made.order = buf, dtype, order  # for the record loader
     return made
 
 
@@ -884,6 +897,7 @@ def _build_array(array: ArrayMeta, state: Any) -> None:
     array.shape = shape
     array.fortran = bool(fortran)
     array.nbytes = expected
+    array.raw, array.npdtype, array.order = raw, dtype, None  # for the record loader
 
 
 
@@ -894,3 +908,12 @@ def _refuse_build(obj: Any, state: Any) -> None:
 BUILD_HOOKS.update({StorageRef: _build_storage, TensorMeta: _build_tensor_in_place,
                     ArrayMeta: _build_array, TorchDType: _refuse_build,
                     _StorageType: _refuse_build})
+
+
+# --------------------------------------------------------------------------- for the loader
+
+#: the stand-in classes a lazy structure may hold besides those of :mod:`..lazy`, by public
+#: name: the record loader (``materialize.py``) turns each into the real object
+NumpyDTypeStandIn = _NpDType
+GlobalStandIn = _StandIn
+StorageTypeStandIn = _StorageType
