@@ -164,15 +164,15 @@ class _Run:
     def build_deep(self) -> None:
         """The deep load: the record loader builds the real objects from the model (no second
         parse of data.pkl); torch's own rebuild functions judge every tensor. Run after the
-        last level, as ``load()`` builds after its checks (building replaces the model's lazy
-        values in place). The CRC pass read every record already: a local file is mapped
-        instead of copied again, an object-store file was fetched once (_evaluate_run)."""
+        last level, as ``load()`` builds after its checks. The CRC pass read every record
+        already: a local file is mapped instead of copied again, an object-store file was
+        fetched once (_evaluate_run)."""
         assert self.index is not None and self.model is not None
         inner = self.source.inner
         path = inner.snapshot_path() if isinstance(inner, FileSource) else None
         try:
             build(self.source, self.index, self.model, map_location="cpu", verify=False,
-                  mmap_path=path)
+                  mmap_path=path, in_place=False)  # the report keeps the lazy structure
         except Problem as exc:
             if exc.code is None:
                 exc.code = "load.torch_refused"
@@ -440,7 +440,7 @@ def _evaluate_run(source: ByteSource, *, schema: str | _schemas.Schema | None, l
 
 
 def build(source: ByteSource, index: ZipIndex, model: Model, *, map_location: Any = "cpu",
-          verify: bool = True, mmap_path: str | None = None) -> Any:
+          verify: bool = True, mmap_path: str | None = None, in_place: bool = True) -> Any:
     """The real object of a checked ``model`` of ``source`` (the record loader,
     :mod:`.materialize`): storages read once (``verify``: each checked against its CRC-32 as
     it passes), or mapped from ``mmap_path``. :class:`Problem` for a refused file,
@@ -453,7 +453,8 @@ def build(source: ByteSource, index: ZipIndex, model: Model, *, map_location: An
     reader = StorageReader(source, index, verify=verify, mapped=mapped)
     try:
         with gc_paused():
-            return materialize(model.structure, model.made, reader, map_location)
+            return materialize(model.structure, model.made, reader, map_location,
+                               in_place=in_place)
     except (Problem, DeviceError, StoreError, OSError):
         raise
     except RecursionError:

@@ -241,10 +241,14 @@ class Materializer:
     ``storages`` maps record keys to the ``UntypedStorage`` read for them; ``restore`` is
     torch's ``map_location`` function (``torch.serialization._get_restore_location``)."""
 
-    def __init__(self, storages: dict[str, Any], restore: Any) -> None:
+    def __init__(self, storages: dict[str, Any], restore: Any, *, in_place: bool = True
+                 ) -> None:
         import torch
 
         self.torch = torch
+        #: dicts and lists of the structure are filled in place (load: the model is ours
+        #: alone); False leaves the structure as it is (a deep validation reports it)
+        self.in_place = in_place
         self.storages = storages
         self.restore = restore
         self.memo: dict[int, Any] = {}
@@ -276,6 +280,13 @@ class Materializer:
 
     # -- containers
     def _dict(self, obj: dict[Any, Any]) -> dict[Any, Any]:
+        if not self.in_place:
+            copy: dict[Any, Any] = {}
+            self.memo[id(obj)] = copy
+            convert = self.convert
+            for k, v in list(obj.items()):
+                copy[convert(k)] = convert(v)
+            return copy
         self.memo[id(obj)] = obj  # in place: identity and cycles kept
         if not self._all_atoms(obj.keys()):
             items = [(self.convert(k), self.convert(v)) for k, v in list(obj.items())]
@@ -289,6 +300,15 @@ class Materializer:
         return obj
 
     def _list(self, obj: list[Any]) -> list[Any]:
+        if not self.in_place:
+            copy: list[Any] = []
+            self.memo[id(obj)] = copy
+            if self._all_atoms(obj):
+                copy.extend(obj)
+            else:
+                convert = self.convert
+                copy.extend(convert(v) for v in obj)
+            return copy
         self.memo[id(obj)] = obj
         if not self._all_atoms(obj):
             convert = self.convert
@@ -451,17 +471,19 @@ _RULES: dict[type, Any] = {
 assert StorageTypeStandIn not in _RULES  # a bare storage class is never built
 
 
-def materialize(structure: Any, made: list[Any], reader: StorageReader, map_location: Any
-                ) -> Any:
+def materialize(structure: Any, made: list[Any], reader: StorageReader, map_location: Any,
+                *, in_place: bool = True) -> Any:
     """The real object for the model's ``structure``: every storage the pickle made (``made``,
-    in order) is read and checked, then each lazy value is built. :class:`Problem` for a
+    in order) is read and checked, then each lazy value is built (``in_place``: into the
+    structure's own dicts and lists). :class:`Problem` for a
     record that fails its CRC or a type with no rule; :class:`DeviceError` when
     ``map_location`` cannot place a storage."""
     from torch.serialization import _get_restore_location
 
     reader.read_all([m for m in made if type(m) is StorageRef]
                     + [m.storage for m in made if type(m) is TensorMeta and m.storage])
-    build = Materializer(reader.storages, _get_restore_location(map_location))
+    build = Materializer(reader.storages, _get_restore_location(map_location),
+                         in_place=in_place)
     for item in made:  # torch places every storage it reads (map_location runs for each)
         if type(item) is StorageRef:
             build._untyped(item)
