@@ -238,6 +238,10 @@ class CheckpointStore:
         except DeviceUnavailable:
             raise
         except CheckpointError as exc:
+            if exc.code == "zip.crc_mismatch":
+                # a deep validation checks CRCs first, at the zip level, after the cheap zip
+                # checks load() passed: its verdict is this one (category and code)
+                raise
             raise self._verdict_error(key, exc, schema=schema, version=version,
                                       level="keys" if validate == "keys" else "load") from exc
 

@@ -241,8 +241,8 @@ class Materializer:
     ``storages`` maps record keys to the ``UntypedStorage`` read for them; ``restore`` is
     torch's ``map_location`` function (``torch.serialization._get_restore_location``)."""
 
-    def __init__(self, storages: dict[str, Any], restore: Any, *, in_place: bool = True
-                 ) -> None:
+    def __init__(self, storages: dict[str, Any], restore: Any, *, in_place: bool = True,
+                 mapped: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -252,8 +252,13 @@ class Materializer:
         self.storages = storages
         self.restore = restore
         self.memo: dict[int, Any] = {}
-        #: placed (map_location) untyped storage per record key
-        self.placed: dict[str, Any] = {}
+        #: placed (map_location) untyped storage per StorageRef (by id; ``refs`` keeps them)
+        self.placed: dict[int, Any] = {}
+        self.refs: list[StorageRef] = []
+        #: record keys whose storage a StorageRef took already
+        self.used: set[str] = set()
+        #: storages are views of one mapping of the file (torch shares them alike)
+        self.mapped = mapped
         self._pending: set[int] = set()
 
     # -- entry
@@ -352,15 +357,24 @@ class Materializer:
 
     # -- torch
     def _untyped(self, ref: StorageRef) -> Any:
-        placed = self.placed.get(ref.key) if ref.nbytes else None
+        # one storage per StorageRef, as torch keeps one per persistent-id key (the model
+        # returns the very StorageRef for a key seen before); two keys naming one record
+        # (0 and "0") are two storages, read twice by torch: copies here, unless mapped
+        placed = self.placed.get(id(ref))
         if placed is None:
-            raw = self.storages[ref.key] if ref.nbytes else self.torch.UntypedStorage(0)
+            if not ref.nbytes:
+                raw = self.torch.UntypedStorage(0)
+            else:
+                raw = self.storages[ref.key]
+                if ref.key in self.used and not self.mapped:
+                    raw = raw.clone()
+                self.used.add(ref.key)
             try:
                 placed = self.restore(raw, ref.location)
             except Exception as exc:
                 raise DeviceError(f"{type(exc).__name__}: {exc}") from exc
-            if ref.nbytes:
-                self.placed[ref.key] = placed
+            self.placed[id(ref)] = placed
+            self.refs.append(ref)  # keeps the id valid
         return placed
 
     def _storage(self, ref: StorageRef) -> Any:
@@ -398,6 +412,17 @@ class Materializer:
             for name, value in state.items():
                 setattr(made, name, value)
         return made
+
+    def _storage_type(self, obj: Any) -> Any:
+        """What torch's weights-only allow-list holds for a storage class: the class for
+        UntypedStorage, a ``StorageType`` naming a legacy typed one (CPU and CUDA alike)."""
+        module, _, name = obj.qualname.rpartition(".")
+        if obj.untyped:
+            return self.torch.storage.UntypedStorage
+        if module not in ("torch", "torch.cuda") or not name.endswith("Storage"):
+            raise incompatible(f"the loaded object holds a storage class {obj.qualname!r} "
+                               f"(not modelled)", code="load.unsupported_type")
+        return self.torch.serialization.StorageType(name)
 
     def _torch_dtype(self, obj: TorchDType) -> Any:
         return getattr(self.torch, obj.name)
@@ -466,9 +491,8 @@ _RULES: dict[type, Any] = {
     NumpyDTypeStandIn: Materializer._np_dtype, ArrayMeta: Materializer._array,
     NumpyInt: Materializer._np_scalar, NumpyBool: Materializer._np_scalar,
     NumpyFloat: Materializer._np_scalar, NumpyComplex: Materializer._np_scalar,
-    TorchSize: Materializer._size,
+    TorchSize: Materializer._size, StorageTypeStandIn: Materializer._storage_type,
 }
-assert StorageTypeStandIn not in _RULES  # a bare storage class is never built
 
 
 def materialize(structure: Any, made: list[Any], reader: StorageReader, map_location: Any,
@@ -483,7 +507,7 @@ def materialize(structure: Any, made: list[Any], reader: StorageReader, map_loca
     reader.read_all([m for m in made if type(m) is StorageRef]
                     + [m.storage for m in made if type(m) is TensorMeta and m.storage])
     build = Materializer(reader.storages, _get_restore_location(map_location),
-                         in_place=in_place)
+                         in_place=in_place, mapped=reader.mapped is not None)
     for item in made:  # torch places every storage it reads (map_location runs for each)
         if type(item) is StorageRef:
             build._untyped(item)

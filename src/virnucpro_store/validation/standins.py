@@ -14,7 +14,7 @@ import struct
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..lazy import (
@@ -104,6 +104,9 @@ def _note(obj: Any) -> None:
 class _StorageType(_Frozen):
     dtype: str
     untyped: bool = False
+    #: the global's name (``torch.cuda.FloatStorage``), for the record loader: a bare class
+    #: in the result is that very class
+    qualname: str = field(default="", compare=False)
 
     def __call__(self, *args: Any) -> Any:
         if self.untyped:  # torch.UntypedStorage(...) makes a storage that is not a record
@@ -797,8 +800,9 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
         add(name, _tensor_class(name))
     for name, dtype in _STORAGE_TYPES.items():
         for module in ("torch", "torch.cuda"):
-            table[f"{module}.{name}"] = _StorageType(dtype)
-    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True)
+            table[f"{module}.{name}"] = _StorageType(dtype, qualname=f"{module}.{name}")
+    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True,
+                                                         qualname="torch.UntypedStorage")
     for name in TORCH_DTYPES:
         table[f"torch.{name}"] = TorchDType(name)
     add("builtins.set", _set)
