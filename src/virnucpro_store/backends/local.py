@@ -21,17 +21,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import logging
 import os
 import stat
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
-from ..errors import AlreadyExists, CheckpointMissing, InvalidKey, StorageFailure
+from ..errors import (
+    AlreadyExists,
+    CheckpointMissing,
+    InvalidKey,
+    PreconditionFailed,
+    StorageFailure,
+)
 from ..keys import is_staging_file_name, staging_file_name
 from ..source import ByteSource, FileSource
 from .base import (
@@ -315,10 +323,20 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         return self._info(key, st)
 
-    def _walk(self) -> Iterator[tuple[str, str, os.stat_result]]:
-        """(relative posix name, absolute path, lstat) of every regular file under the root,
-        symlinked folders not entered, symlinks and special files skipped."""
-        for folder, dirs, files in os.walk(self.root):  # followlinks=False
+    def _walk(self, under: str = "") -> Iterator[tuple[str, str, os.stat_result]]:
+        """(relative posix name, absolute path, lstat) of every regular file under the root's
+        folder ``under`` ("a/b"; "" for the root), symlinked folders not entered (``under``
+        itself included: a component that is a symlink lists nothing), symlinks and special
+        files skipped."""
+        top = self.root
+        for part in under.split("/") if under else ():
+            top = os.path.join(top, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(top).st_mode):
+                    return
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        for folder, dirs, files in os.walk(top):  # followlinks=False
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.root)
             for name in dirs + files:
@@ -337,8 +355,10 @@ class LocalBackend(Backend):
 
     def _listed(self, prefix: str) -> list[tuple[str, os.stat_result]]:
         """(key, lstat) of every published key under ``prefix``, sorted by key."""
-        return published(((rel, st) for rel, _, st in self._walk() if rel.startswith(prefix)),
-                         self.url_for)
+        # walk only the folder the prefix names ("run/shard_3/b" walks run/shard_3)
+        under = prefix.rpartition("/")[0]
+        return published(((rel, st) for rel, _, st in self._walk(under)
+                          if rel.startswith(prefix)), self.url_for)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter([key for key, _ in self._listed(prefix)])
@@ -381,11 +401,106 @@ class LocalBackend(Backend):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(path, parts[-1]))
 
+    # -- conditional writes ----------------------------------------------------------------------
+
+    conditional_writes = "an O_EXCL lock file next to the key"
+    #: a lock file older than this (seconds) was left by a writer that died holding it and is
+    #: broken; the critical section it guards is one small write and two fsyncs
+    lock_stale_after = 30.0
+    #: give up waiting for a lock after this long (seconds)
+    lock_timeout = 120.0
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        with self.open_source(key) as source:
+            data = source.read(0, source.size)
+        return data, _content_version(data)
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
+        """Under an exclusive lock file (``O_CREAT|O_EXCL``: atomic on local file systems and
+        NFSv3+), compare the key's content version with ``if_match``, then publish ``data`` as
+        :meth:`stage` does (unique staging file, fsync, rename, fsync the folder). The version
+        is the content's SHA-256, so a replaced inode with the same number cannot fool it."""
+        url = self.url_for(key)
+        path = self.check_no_symlink(key)
+        folder, name = os.path.split(path)
+        try:
+            _makedirs_durable(folder, self.root)
+        except OSError as exc:
+            raise _failure(exc, "save", url, key) from exc
+        lock = os.path.join(folder, staging_file_name(name, token="lock", suffix=""))
+        with self._locked(lock, url, key):
+            try:
+                with self.open_source(key) as source:
+                    now: str | None = _content_version(source.read(0, source.size))
+            except CheckpointMissing:
+                now = None
+            if now != if_match:
+                raise PreconditionFailed(
+                    f"{url}: already exists (create-only write)" if if_match is None else
+                    f"{url}: changed since version {if_match} (now {now or 'absent'})",
+                    key=key, url=url)
+            with self.stage(key) as staging:
+                staging.file.write(data)
+                staging.publish(overwrite=True)
+        return _content_version(data)
+
+    @contextlib.contextmanager
+    def _locked(self, lock: str, url: str, key: str) -> Iterator[None]:
+        deadline = time.monotonic() + self.lock_timeout
+        wait = 0.001
+        while True:
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                             0o644)
+                break
+            except FileExistsError:
+                self._break_if_stale(lock)
+            except OSError as exc:
+                raise _failure(exc, "lock", url, key) from exc
+            if time.monotonic() > deadline:
+                raise StorageFailure(f"{url}: lock {lock} held for over {self.lock_timeout:.0f} "
+                                     f"s", key=key, url=url)
+            time.sleep(wait)
+            wait = min(wait * 2, 0.05)
+        try:
+            os.write(fd, f"{os.getpid()} {time.time():.3f}\n".encode())
+            os.close(fd)
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+
+    def _break_if_stale(self, lock: str) -> None:
+        """Remove a lock file older than :attr:`lock_stale_after` (its holder died). Renamed
+        away first, so of several breakers only one removes it; a lock that turns out fresh
+        once renamed (taken meanwhile) is linked back unless another was taken since."""
+        try:
+            if time.time() - os.lstat(lock).st_mtime < self.lock_stale_after:
+                return
+            aside = f"{lock}{uuid.uuid4().hex}"
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            return
+        try:
+            if time.time() - os.lstat(aside).st_mtime < self.lock_stale_after:
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, lock)
+            else:
+                log.warning("%s: broke a stale lock file left by a dead writer", lock)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(aside)
+
     def open_for_load(self, key: str) -> LoadTarget:
         source = self.open_source(key)
         # torch reopens this path: /proc/self/fd names the very file validated through the
         # source, so neither a newer version nor a symlink swapped in meanwhile is followed
         return PathTarget(source, source.snapshot_path() or source.path)
+
+
+def _content_version(data: bytes) -> str:
+    """The version :meth:`LocalBackend.write_if` compares: the content's SHA-256 (prefix)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
 
 
 def _version(st: os.stat_result) -> str:
