@@ -38,7 +38,7 @@ from virnucpro_store.validation.pickleguard import library_protocol
 from virnucpro_store.validation.problem import Problem
 
 FULL = os.environ.get("VNPS_FUZZ") == "full"
-MUTANTS = int(os.environ.get("VNPS_LOAD_MUTANTS", "5000")) if FULL else 250
+MUTANTS = int(os.environ.get("VNPS_LOAD_MUTANTS", "5000")) if FULL else 150
 
 _RAN: list[str] = []
 
