@@ -597,7 +597,8 @@ def _checked_schema(schema: SchemaArg) -> SchemaArg:
     return schema if schema == AUTO else get_schema(schema)
 
 
-def open_store(url: str | os.PathLike[str], **storage_options: Any) -> CheckpointStore:
+def open_store(url: str | os.PathLike[str], *, follow_symlinks: bool = False,
+               **storage_options: Any) -> CheckpointStore:
     """Open the store at ``url``: a plain path, ``file://``, ``memory://NAME``,
     ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` or ``az://CONTAINER/PREFIX`` (or a scheme
     a plugin registers).
@@ -608,21 +609,40 @@ def open_store(url: str | os.PathLike[str], **storage_options: Any) -> Checkpoin
     ``account_name``, ``account_key``, ...); plus each object store's own ``retries``,
     ``part_size``, ``max_concurrency``, ``request_timeout``.
 
+    ``follow_symlinks=True`` lets a local store's *reads* (validate, load, info, scan) follow
+    symbolic links below its root, as a Nextflow work folder's staged inputs need; writes
+    never follow one. Other backends have no symlinks: there it changes nothing.
+
     >>> open_store("memory://scratch").url
     'memory://scratch'
     """
-    return CheckpointStore(registry.open_backend(url, **storage_options))
+    return CheckpointStore(registry.open_backend(
+        url, **_with_follow_symlinks(url, follow_symlinks, storage_options)))
+
+
+def _with_follow_symlinks(url: str | os.PathLike[str] | registry.ParsedURL,
+                          follow_symlinks: bool,
+                          storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``storage_options`` plus ``follow_symlinks`` where the backend has symlinks (local)."""
+    parsed = url if isinstance(url, registry.ParsedURL) else registry.parse_url(url)
+    if follow_symlinks and parsed.scheme == "file":
+        return {**storage_options, "follow_symlinks": True}
+    return storage_options
 
 
 def validate(url: str | os.PathLike[str], *, schema: SchemaArg = None, level: str = "keys",
-             deep: bool = False, **storage_options: Any) -> ValidationReport:
-    """Validate one file by URL; see :meth:`CheckpointStore.validate`.
+             deep: bool = False, follow_symlinks: bool = True,
+             **storage_options: Any) -> ValidationReport:
+    """Validate one file by URL; see :meth:`CheckpointStore.validate`. A local file named
+    here is read through symbolic links (``follow_symlinks=False`` refuses them, as a store
+    opened without the option does).
 
     >>> validate("memory://nowhere/missing.pt").category
     'missing'
     """
     parent, key = registry.split_object_url(url)
-    store = CheckpointStore(registry.open_backend(parent, **storage_options))
+    store = CheckpointStore(registry.open_backend(
+        parent, **_with_follow_symlinks(parent, follow_symlinks, storage_options)))
     try:
         return store.validate(key, schema=schema, level=level, deep=deep)
     finally:

@@ -21,7 +21,7 @@ from ..objectstore import (
     strip_etag,
     utc,
 )
-from .client import S3Client
+from .client import S3Client, default_retries
 from .read import DOWNLOAD_CHUNK, S3Source
 from .upload import UPLOAD_PART_SIZE, S3Staging, S3Uploader
 
@@ -40,7 +40,8 @@ class S3Backend(ObjectStoreBackend):
     ``secret``, ``token``, ``profile``, ``client_kwargs``, ``config_kwargs``, ...), except
     these, which belong to this backend:
 
-    ``retries``          retries of a transient failure per request (default 5)
+    ``retries``          retries of a transient failure per request (default: ``max_attempts``
+                         - 1 from ``AWS_MAX_ATTEMPTS`` or ``~/.aws/config``, else 5)
     ``retry_base_wait``  first backoff in seconds (default 0.1); it doubles per retry
     ``retry_max_wait``   cap of one backoff in seconds (default 10)
     ``part_size``        upload part size in bytes (default 8 MiB, at least 5 MiB)
@@ -57,10 +58,13 @@ class S3Backend(ObjectStoreBackend):
     #: how write_if makes its condition hold: "if-match", "lock", or None (not probed yet)
     conditional_via: str | None = None
 
-    def __init__(self, location: str, *, retries: int = 5, retry_base_wait: float = 0.1,
+    def __init__(self, location: str, *, retries: int | None = None,
+                 retry_base_wait: float = 0.1,
                  retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
                  max_concurrency: int = 4, create_only_via: str = "auto",
                  request_timeout: float = 300.0, **storage_options: Any) -> None:
+        if retries is None:
+            retries = default_retries(storage_options.get("profile"))
         options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
                                      max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
