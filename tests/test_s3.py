@@ -128,7 +128,11 @@ def test_load_downloads_in_parallel_ranges(s3_server):
     loaded = store.load("m.pt", validate=None)
     assert torch.equal(loaded["x"], obj["x"])
     size = store.info("m.pt").size
-    assert backend.request_counts["get_object"] == -(-size // (5 * MiB))
+    # the tensor record straight into its storage by parallel 5 MiB GETs; then the tail,
+    # data.pkl with the small records, and the tensor record's local header (no whole-file
+    # buffer: tests/test_load_verify.py counts the bytes)
+    assert backend.request_counts["get_object"] == -(-obj["x"].nbytes // (5 * MiB)) + 3
+    assert backend.bytes_downloaded < size + 256 * 1024
     assert store.read_bytes("m.pt") == raw_bytes(s3_server, store, "m.pt")
 
 
