@@ -3,8 +3,10 @@ the STOP the model reads. The model reads the pickle contiguously (a reader with
 protocol-4 loader (torch's ``_load`` over a plain BytesIO) re-read the argument from after the
 frame, swallowed the STOP and ran the hidden opcodes: ``load()`` returned
 ``{'data': 'not a tensor', ...}`` for a file ``validate(deep=True, schema="merged")`` passed.
-Since the record loader builds what the model read, the two cannot differ. This file imports
-nothing new, so it runs on the old code too (where the load test fails).
+Two defences now close it, each tested alone: the model refuses any FRAME straddle
+(``pickle.frame_straddle``), so every reader parses what it accepts the same way; and the record
+loader builds what the model read, so even with the FRAME rule switched off the loader cannot run
+opcodes the model did not check.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import pickle
 import struct
 
+import pytest
 import torch
 from hostile import with_pickle
 from test_library_loader import TENSOR4, merged4, s_str
@@ -40,8 +43,6 @@ def test_the_straddling_frame_reads_two_ways():
     from hostile import data_pkl
 
     pkl = data_pkl(straddling_file())
-    model = safepickle.read_model(pkl).structure
-    assert isinstance(model["data"], safepickle.TensorMeta)
 
     class Plain(pickle.Unpickler):
         def find_class(self, module, name):
@@ -52,10 +53,54 @@ def test_the_straddling_frame_reads_two_ways():
             return "storage"
 
     assert Plain(io.BytesIO(pkl)).load()["data"] == "not a tensor"
+    # the same C unpickler over a reader with peek() reads the argument contiguously
+    assert Plain(io.BufferedReader(io.BytesIO(pkl))).load()["data"] == "tensor"
 
 
-def test_the_straddling_frame_loads_what_the_model_checked(tmp_path):
-    """Fails on the old loader (``load()`` returned {'data': 'not a tensor', ...})."""
+def test_the_straddling_frame_is_refused_at_every_level(tmp_path):
+    """Fails on the old code (validate said ok; load() returned {'data': 'not a tensor'})."""
+    (tmp_path / "f.pt").write_bytes(straddling_file())
+    store = vs.open_store(str(tmp_path))
+    for level in ("load", "keys"):
+        for deep in (False, True):
+            report = store.validate("f.pt", schema="merged", level=level, deep=deep)
+            assert not report.ok and report.code == "pickle.frame_straddle", report
+    with pytest.raises(vs.CheckpointCorrupted) as info:
+        store.load("f.pt", schema="merged")
+    assert info.value.code == "pickle.frame_straddle"
+
+
+def test_without_the_frame_rule_load_still_builds_what_the_model_checked(tmp_path,
+                                                                        monkeypatch):
+    """Defence in depth: with the FRAME rule switched off (the check wrong again), the loader
+    still builds the model's own reading, never the hidden opcodes'."""
+    from virnucpro_store.validation import pickleguard
+
+    real_scan = pickleguard.scan
+
+    def without_frame_rule(data, check_global=None):
+        try:
+            return real_scan(data, check_global)
+        except safepickle.Problem as problem:
+            if problem.code != "pickle.frame_straddle":
+                raise
+            return _Accepting()
+
+    class _Accepting:  # what the pre-scan reports for a stream it found nothing wrong with
+        builds = True
+        unsupported = None
+        unresolved = False
+        protocols = ()
+        form = False
+        library = 4
+
+        def torch_problem(self):
+            return None
+
+        def patched(self, data):
+            return data
+
+    monkeypatch.setattr(safepickle, "scan", without_frame_rule)
     (tmp_path / "f.pt").write_bytes(straddling_file())
     store = vs.open_store(str(tmp_path))
     report = store.validate("f.pt", schema="merged", deep=True)
