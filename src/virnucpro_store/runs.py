@@ -106,10 +106,23 @@ class AsyncWriter:
     ``submit`` snapshots the object (tensors and numpy arrays are copied to CPU memory), then
     queues its save and returns a future of the published file's
     :class:`~virnucpro_store.ObjectInfo`. At most ``max_pending`` saves are queued or in flight:
-    ``submit`` blocks until one finishes, so memory holds about ``max_pending + 1`` objects.
-    Two submits to one key publish in submit order. A failed save is raised, as the
-    ``StoreError`` itself, by the next ``submit``, ``flush`` or ``close`` (once), and stays in
-    its own future. Use it as a context manager: leaving the block flushes and closes.
+    ``submit`` blocks until one finishes. Two submits to one key publish in submit order.
+
+    Memory bound, for any sequence of object sizes: the snapshots alive at once are at most
+    ``max_pending`` (the one being copied included), and the reusable CPU buffers their
+    large tensors are copied into -- in flight and kept free together -- never exceed
+    ``max_pending * M`` bytes, where ``M`` is the largest total of pooled tensor bytes (tensors
+    of 1 MiB or more) of one object submitted so far. A buffer that does not fit is freed, and
+    a free buffer of another size is dropped before a new one would break the bound; after
+    :meth:`flush` at most ``max_pending * M`` bytes stay kept (``buffered_bytes``), and
+    :meth:`close` frees them. Small tensors and numpy arrays are copied fresh each time.
+
+    ``Future.cancel()`` on a save still queued releases its slot at once; it is never
+    published, and a later save of the same key still waits for the earlier ones.
+
+    A failed save is raised, as the ``StoreError`` itself, by the next ``submit``, ``flush``
+    or ``close`` (once), and stays in its own future. Use it as a context manager: leaving
+    the block flushes and closes.
 
     >>> import torch, virnucpro_store as vs
     >>> store = vs.open_store("memory://writer-doc")
@@ -139,6 +152,9 @@ class AsyncWriter:
         self._last: dict[str, concurrent.futures.Future[ObjectInfo]] = {}
         self._closed = False
         self._buffers = _BufferPool(max_pending)
+        #: the save each queued save of the same key waits for (its predecessor)
+        self._before: dict[concurrent.futures.Future[ObjectInfo],
+                           concurrent.futures.Future[ObjectInfo]] = {}
 
     def submit(self, obj: Any, key: str, **save_kwargs: Any) -> concurrent.futures.Future[
             ObjectInfo]:
@@ -167,35 +183,60 @@ class AsyncWriter:
                 previous = self._last.get(key)
                 future = self._pool.submit(self._save, holder, taken, key, kwargs, previous)
                 self._last[key] = future
+                if previous is not None:
+                    self._before[future] = previous
         except BaseException:
+            self._buffers.give_back(taken)
             with self._cv:
                 self._inflight -= 1
                 self._cv.notify_all()
             raise
-        future.add_done_callback(lambda f: self._done(key, f))
+        future.add_done_callback(lambda f: self._done(key, f, holder, taken))
         return future
 
     def _save(self, holder: list[Any], taken: list[Any], key: str, kwargs: dict[str, Any],
               previous: concurrent.futures.Future[ObjectInfo] | None) -> ObjectInfo:
         obj = holder.pop()
         try:
-            if previous is not None:
-                # FIFO pool: ``previous`` was taken by a worker before this one: this wait ends
+            while previous is not None:
+                # FIFO pool: ``previous`` was taken by a worker before this one (or was
+                # cancelled, then its own predecessor is waited for): this wait ends
                 concurrent.futures.wait([previous])
+                with self._cv:
+                    previous = self._before.get(previous) if previous.cancelled() else None
             return self.store.save(obj, key, **kwargs)
         finally:
             del obj
             self._buffers.give_back(taken)
 
-    def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo]) -> None:
+    def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo],
+              holder: list[Any], taken: list[Any]) -> None:
         # Runs after the future is resolved: the failure is recorded before the slot frees,
         # so a submit woken by this slot sees it.
+        cancelled = future.cancelled()
+        if cancelled:  # never ran: its snapshot is dropped and its buffers reused
+            holder.clear()
+            self._buffers.give_back(taken)
         with self._cv:
-            if self._last.get(key) is future:
-                del self._last[key]
-            exc = future.exception()
-            if exc is not None:
-                self._failures.append(exc)
+            previous = self._before.get(future)
+            if cancelled:
+                # a save of ``key`` submitted later must still wait for the earlier ones
+                if self._last.get(key) is future:
+                    if previous is not None and not previous.done():
+                        self._last[key] = previous
+                    else:
+                        del self._last[key]
+            else:
+                self._before.pop(future, None)
+                if self._last.get(key) is future:
+                    del self._last[key]
+                exc = future.exception()
+                if exc is not None:
+                    self._failures.append(exc)
+            # a finished predecessor is no longer needed by anyone
+            for waiter in [f for f, p in self._before.items() if p.done() and
+                           not p.cancelled()]:
+                del self._before[waiter]
             self._inflight -= 1
             self._cv.notify_all()
 
@@ -215,6 +256,16 @@ class AsyncWriter:
         """Saves queued or in flight now."""
         with self._cv:
             return self._inflight
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the reusable snapshot buffers alive now (in flight and kept free)."""
+        return self._buffers.held
+
+    @property
+    def buffer_bound(self) -> int:
+        """The most bytes those buffers may ever hold: ``max_pending * M`` (see the class)."""
+        return self._buffers.bound
 
     def flush(self) -> None:
         """Wait for every submitted save; raise the first failure not yet raised."""
@@ -283,37 +334,127 @@ class _BufferPool:
     """CPU buffers of finished snapshots, reused by the next ones. A fresh 127 MB buffer costs
     four times the copy itself in page faults (the kernel zero-fills every page on first
     touch): reusing one makes the producer's stall the copy alone. Only large tensors are
-    pooled, by dtype and size; a buffer is made only when none is free, so at most
-    ``max_pending`` exist per kind (those in flight plus those free): memory stays about
-    ``max_pending + 1`` objects."""
+    pooled, by dtype and size.
+
+    Bounded by bytes, whatever the sizes: the buffers alive (taken by snapshots in flight,
+    plus free ones) never exceed :attr:`bound` = ``max_pending * M`` bytes, ``M`` the largest
+    pooled bytes of one snapshot so far (:meth:`reserve`). A buffer given back that does not
+    fit is dropped; before a new buffer is made, free ones are dropped (oldest first) until it
+    fits. The snapshots in flight alone hold at most ``max_pending * M``, so room can always be
+    made."""
 
     #: tensors smaller than this come from malloc's arenas, already warm: not pooled
     MIN_BYTES = 1 << 20
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
+        # free buffers, by (dtype, numel), oldest first; and the order they were freed in
         self._free: dict[tuple[Any, int], list[Any]] = {}
+        self._order: list[Any] = []
+        self._free_bytes = 0
+        self._taken_bytes = 0  # buffers held by snapshots not yet given back
+        self._largest = 0  # M: the largest pooled bytes of one snapshot
         self._lock = threading.Lock()
 
+    @property
+    def bound(self) -> int:
+        """``max_pending * M`` bytes: the most the buffers ever hold."""
+        return self.max_pending * self._largest
+
+    @property
+    def held(self) -> int:
+        """Bytes of the buffers alive now (taken and free)."""
+        with self._lock:
+            return self._taken_bytes + self._free_bytes
+
+    @staticmethod
+    def _nbytes(buf: Any) -> int:
+        return int(buf.numel()) * int(buf.element_size())
+
+    def reserve(self, pooled_bytes: int) -> None:
+        """Declare the pooled bytes of the snapshot about to be taken (updates ``M``)."""
+        with self._lock:
+            self._largest = max(self._largest, pooled_bytes)
+
     def take(self, dtype: Any, numel: int, itemsize: int) -> Any | None:
-        """A free flat buffer of ``numel`` elements of ``dtype``, or None (make a new one)."""
+        """A free flat buffer of ``numel`` elements of ``dtype``, or None (make a new one with
+        :meth:`make`)."""
         if numel * itemsize < self.MIN_BYTES:
             return None
         with self._lock:
             free = self._free.get((dtype, numel))
-            return free.pop() if free else None
+            if not free:
+                return None
+            buf = free.pop(0)
+            self._forget(buf)
+            self._taken_bytes += self._nbytes(buf)
+            return buf
+
+    def make(self, dtype: Any, numel: int) -> Any:
+        """A new flat buffer, counted as taken; free buffers are dropped first until it fits
+        the bound."""
+        import torch
+
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        with self._lock:
+            while self._order and self._taken_bytes + self._free_bytes + size > self.bound:
+                old = self._order[0]
+                self._free[(old.dtype, old.numel())].remove(old)
+                self._forget(old)
+            self._taken_bytes += size
+        return torch.empty(numel, dtype=dtype)
+
+    def _forget(self, buf: Any) -> None:
+        """Take ``buf`` off the free list's order and bytes (the lock is held)."""
+        for i, other in enumerate(self._order):
+            if other is buf:
+                del self._order[i]
+                break
+        self._free_bytes -= self._nbytes(buf)
+        key = (buf.dtype, buf.numel())
+        if not self._free.get(key):
+            self._free.pop(key, None)
 
     def give_back(self, buffers: list[Any]) -> None:
         with self._lock:
             for buf in buffers:
-                free = self._free.setdefault((buf.dtype, buf.numel()), [])
-                if len(free) < self.max_pending:
-                    free.append(buf)
+                size = self._nbytes(buf)
+                self._taken_bytes -= size
+                if self._taken_bytes + self._free_bytes + size <= self.bound:
+                    self._free.setdefault((buf.dtype, buf.numel()), []).append(buf)
+                    self._order.append(buf)
+                    self._free_bytes += size
             buffers.clear()
 
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
+            self._order.clear()
+            self._free_bytes = 0
+
+
+def _pooled_bytes(obj: Any, min_bytes: int) -> int:
+    """Bytes of the distinct strided tensors of at least ``min_bytes`` in ``obj`` (what a
+    snapshot copies into pooled buffers)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            size = value.numel() * value.element_size()
+            if value.layout == torch.strided and size >= min_bytes:
+                total += size
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return total
 
 
 def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
@@ -346,7 +487,7 @@ def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
         if buffers is not None and taken is not None and t.layout == torch.strided:
             flat = buffers.take(t.dtype, t.numel(), t.element_size())
             if flat is None and t.numel() * t.element_size() >= buffers.MIN_BYTES:
-                flat = torch.empty(t.numel(), dtype=t.dtype)
+                flat = buffers.make(t.dtype, t.numel())
             if flat is not None:
                 taken.append(flat)
         if flat is not None:
@@ -393,6 +534,8 @@ def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
         memo[id(value)] = (value, out)  # keeps ``value`` alive, so its id is not reused
         return out
 
+    if buffers is not None and taken is not None:
+        buffers.reserve(_pooled_bytes(obj, buffers.MIN_BYTES))
     try:
         return walk(obj)
     finally:
