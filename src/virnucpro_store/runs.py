@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -55,6 +56,10 @@ from .errors import (
     CheckpointError,
     CheckpointIncompatible,
     CheckpointMissing,
+    InvalidKey,
+    ObjectChanged,
+    StorageFailure,
+    StoreError,
 )
 from .keys import normalize_key, normalize_prefix
 from .source import ByteSource, Source
@@ -81,6 +86,13 @@ CHECKPOINT_PATTERNS = ("*.pt", "*.pth")
 #: (name, CRC-32, size) list; of a CRC-less archive: SHA-256 of the whole file
 ZIPCRC = "zipcrc-sha256"
 FULL = "sha256"
+
+#: the category of a file listed by a scan and deleted before it was read: reported in
+#: ``ScanReport.vanished``, not counted as invalid
+VANISHED = "vanished"
+#: the category of a file that could not be read (a symlink in a local root, permission
+#: refused, an I/O error); it is invalid, and the rest of the run is still checked
+UNREADABLE = "unreadable"
 
 _CHUNK = 8 << 20
 
@@ -609,8 +621,14 @@ class Manifest:
             return CheckpointCorrupted(f"{where}: not a valid run manifest: {why}", key=key,
                                        url=url)
 
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise bad(f"{len(data)} bytes, more than {MAX_MANIFEST_BYTES}")
         try:
+            # json's C parser counts its depth against the interpreter's recursion limit
+            # and raises RecursionError past it (no stack overflow): deep nesting is refused
             doc = json.loads(data)
+        except RecursionError:
+            raise bad(f"nested deeper than {sys.getrecursionlimit()} levels") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad(f"{type(exc).__name__}: {exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
@@ -641,6 +659,14 @@ class Manifest:
             if not ok or entry.key in entries:
                 raise bad(f"malformed or repeated file entry {str(item)[:200]}")
             entries[entry.key] = entry
+        # the manifest's own counts must agree with its list: a list cut short (or grown)
+        # after the commit is not the committed run
+        n_files, n_ids = doc.get("n_files"), doc.get("n_ids")
+        if not _is_count(n_files) or n_files != len(entries):
+            raise bad(f"'n_files' is {n_files!r} but 'files' lists {len(entries)} entries")
+        listed_ids = sum(e.n_ids or 0 for e in entries.values())
+        if not _is_count(n_ids) or n_ids != listed_ids:
+            raise bad(f"'n_ids' is {n_ids!r} but the entries of 'files' hold {listed_ids}")
         prefix = doc.get("prefix")
         return cls(prefix=prefix if isinstance(prefix, str) else "", key=key, level=level,
                    created=str(doc.get("created", "")), files=entries, format_version=version)
@@ -662,7 +688,11 @@ class ScanReport:
     (VirNucPro's ``manifest.json``/``.lock``, ``*.done`` sidecars, ``*.tmp`` leftovers, other
     names). The run manifest itself never appears; ``committed`` says whether the prefix
     holds one. ``extra`` (verify only): checkpoints present but not in the manifest.
-    ``ok``: no invalid file (``extra`` files do not make a run bad).
+    ``vanished`` (scan only): files listed and deleted before they were read; they are not
+    invalid (and hold no ids). A file that cannot be read (a symlink in a local root,
+    permission refused) is invalid with category ``"unreadable"``; the rest is still checked.
+    ``pattern_matched_nothing``: a ``pattern`` matched no file of a non-empty prefix.
+    ``ok``: no invalid file (``extra`` and ``vanished`` files do not make a run bad).
     """
 
     prefix: str
@@ -682,6 +712,19 @@ class ScanReport:
     #: verify_run only: the manifest checked against
     manifest: Manifest | None = field(default=None, repr=False)
     seconds: float = 0.0
+    #: keys listed by the scan and deleted before they were read (not invalid: gone)
+    vanished: list[str] = field(default_factory=list)
+    #: the ``pattern`` given to scan (None: the default checkpoint names)
+    pattern: str | None = None
+    #: objects listed under the prefix (before any pattern was applied)
+    n_listed: int = 0
+
+    @property
+    def pattern_matched_nothing(self) -> bool:
+        """A ``pattern`` was given, the prefix holds files, and the pattern matched none of
+        them (most likely a wrong pattern, not an empty run)."""
+        return self.pattern is not None and self.n_listed > 0 and not (
+            self.valid or self.invalid or self.vanished)
 
     @property
     def ok(self) -> bool:
@@ -700,6 +743,8 @@ class ScanReport:
             "invalid": {k: r.to_dict() for k, r in sorted(self.invalid.items())},
             "skipped": dict(sorted(self.skipped.items())), "extra": self.extra,
             "committed": self.committed,
+            "vanished": self.vanished, "pattern": self.pattern,
+            "pattern_matched_nothing": self.pattern_matched_nothing,
             "manifest": self.manifest.key if self.manifest else None,
             "seconds": round(self.seconds, 6),
         }
@@ -720,8 +765,11 @@ def _folder(prefix: str) -> str:
     return clean if not clean or clean.endswith("/") else clean + "/"
 
 
-def _skip_reason(name: str, pattern: str | None) -> str | None:
-    """Why the file ``name`` (last key component) is not a checkpoint; None if it is one."""
+def _skip_reason(rel: str, pattern: str | None) -> str | None:
+    """Why the file at ``rel`` (its key relative to the scanned prefix) is not a checkpoint;
+    None if it is one. A ``pattern`` with a ``/`` matches ``rel`` component by component
+    (``*`` never crosses a ``/``); one without matches the file name alone."""
+    name = rel.rsplit("/", 1)[-1]
     # never checkpoints, whatever the pattern: VirNucPro's own bookkeeping and leftovers
     if name in ("manifest.json", "manifest.lock"):
         return "VirNucPro checkpoint manifest"
@@ -730,20 +778,43 @@ def _skip_reason(name: str, pattern: str | None) -> str | None:
     if name.endswith(".tmp"):
         return "temporary file (.tmp) of an unfinished save"
     if pattern is not None:
-        return None if fnmatch.fnmatchcase(name, pattern) else f"does not match {pattern!r}"
+        return None if matches_pattern(rel, pattern) else f"does not match {pattern!r}"
     if any(fnmatch.fnmatchcase(name, p) for p in CHECKPOINT_PATTERNS):
         return None
     return f"not a checkpoint name ({', '.join(CHECKPOINT_PATTERNS)})"
 
 
-def _classify(keys: Iterable[str], pattern: str | None) -> tuple[list[str], dict[str, str]]:
-    """(checkpoint keys, {other key: why skipped}); run manifests are in neither."""
+def matches_pattern(rel: str, pattern: str) -> bool:
+    """Whether the key ``rel`` (relative to the scanned prefix) matches a scan ``pattern``:
+    with a ``/``, the whole relative path, one ``fnmatch`` per component (same number of
+    components; ``*`` stays within one); without, the file name alone.
+
+    >>> matches_pattern("shard_1/batch_7.pt", "shard_*/batch_*.pt")
+    True
+    >>> matches_pattern("shard_1/x/batch_7.pt", "shard_*/batch_*.pt")
+    False
+    >>> matches_pattern("shard_1/batch_7.pt", "batch_*.pt")
+    True
+    """
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+    want = pattern.strip("/").split("/")
+    have = rel.split("/")
+    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w)
+                                          for h, w in zip(have, want))
+
+
+def _classify(keys: Iterable[str], pattern: str | None,
+              folder: str = "") -> tuple[list[str], dict[str, str]]:
+    """(checkpoint keys, {other key: why skipped}); run manifests are in neither. ``folder``:
+    the scanned prefix, which a ``pattern`` with a ``/`` is relative to."""
     checkpoints, skipped = [], {}
     for key in keys:
         name = key.rsplit("/", 1)[-1]
         if name == MANIFEST_NAME:
             continue
-        reason = _skip_reason(name, pattern)
+        rel = key[len(folder):] if key.startswith(folder) else key
+        reason = _skip_reason(rel, pattern)
         if reason is None:
             checkpoints.append(key)
         else:
@@ -807,26 +878,56 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
     url = store.backend.url_for(key)
     started = time.perf_counter()
 
-    def missing() -> _Examined:
-        message = "no such checkpoint" if expect is None else \
-            "listed in the run manifest but no longer there"
+    def failed(category: str, message: str, code: str) -> _Examined:
         return _Examined(key, ValidationReport(
-            ok=False, level=None, category="missing", message=message, size=None, url=url,
-            requested_level=level, deep=deep, seconds=time.perf_counter() - started))
+            ok=False, level=None, category=category, message=message, size=None, url=url,
+            requested_level=level, deep=deep, seconds=time.perf_counter() - started,
+            code=code))
+
+    def missing(exc: CheckpointMissing) -> _Examined:
+        if expect is not None:
+            return failed("missing", "listed in the run manifest but no longer there",
+                          "run.missing")
+        if listed is not None:  # listed by this scan, gone when it was read
+            return failed(VANISHED, f"deleted during the scan ({exc})", "run.vanished")
+        return failed("missing", "no such checkpoint", "run.missing")
+
+    def unreadable(exc: StoreError) -> _Examined:
+        return failed(UNREADABLE, f"cannot be read: {exc}",
+                      "run.symlink" if isinstance(exc, InvalidKey) else "run.unreadable")
 
     try:
         raw = store.backend.open_listed(listed) if listed is not None else \
             store.backend.open_source(key)
-    except CheckpointMissing:
-        return missing()
+    except CheckpointMissing as exc:
+        return missing(exc)
+    except (InvalidKey, StorageFailure) as exc:
+        if not _this_files_fault(exc):
+            raise
+        return unreadable(exc)
     try:
         return _examine_source(key, raw, schema=schema, level=level, deep=deep,
                                want_checksum=want_checksum, expect=expect, url=url,
                                started=started)
-    except CheckpointMissing:  # deleted while it was read
-        return missing()
+    except CheckpointMissing as exc:  # deleted while it was read
+        return missing(exc)
+    except (InvalidKey, StorageFailure) as exc:
+        if not _this_files_fault(exc):
+            raise
+        return unreadable(exc)
     finally:
         raw.close()
+
+
+def _this_files_fault(exc: StoreError) -> bool:
+    """Whether a failure to read one file is that file's own (reported for it, the rest of
+    the run still checked): a key the backend refuses to follow (a symlink in a local root),
+    or a local OS error on it (permission refused, an I/O error). A replaced object
+    (``ObjectChanged``: read again) and a failure of the medium itself (network, credentials,
+    a bucket gone) are not: those stop the whole scan."""
+    if isinstance(exc, ObjectChanged):
+        return False
+    return isinstance(exc, InvalidKey) or isinstance(exc.__cause__, OSError)
 
 
 def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep: bool,
@@ -908,6 +1009,9 @@ def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
 def _collect(report: ScanReport, results: Iterable[_Examined]) -> ScanReport:
     seen: set[str] = set()
     for found in sorted(results, key=lambda f: f.key):
+        if not found.report.ok and found.report.category == VANISHED:
+            report.vanished.append(found.key)
+            continue
         if not found.report.ok:
             report.invalid[found.key] = found.report
             continue
@@ -933,7 +1037,7 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     folder = _folder(prefix)
     infos = {info.key: info for info in store.list_info(folder)}
     listed = list(infos)
-    keys, skipped = _classify(listed, pattern)
+    keys, skipped = _classify(listed, pattern, folder)
 
     def examine(key: str) -> _Examined:
         # the listed version on the first attempt (no request to look it up); a restart,
@@ -945,7 +1049,8 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
                         schema=schema if isinstance(schema, str) else getattr(schema, "name",
                                                                               None),
-                        committed=folder + MANIFEST_NAME in listed)
+                        committed=folder + MANIFEST_NAME in listed, pattern=pattern,
+                        n_listed=len(listed))
     _collect(report, results.values())
     report.seconds = time.perf_counter() - started
     return report

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import AlreadyExists, CheckpointMissing, InvalidKey, StorageFailure
 from ..keys import is_staging_file_name, staging_file_name
@@ -50,6 +51,16 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 log = logging.getLogger("virnucpro_store")
+
+
+def file_url(path: str) -> str:
+    """The ``file://`` URL of an absolute ``path``, percent-encoded so that parsing it
+    (:func:`~virnucpro_store.registry.parse_url` decodes) gives ``path`` back.
+
+    >>> file_url("/data/run 7/batch%41.pt")
+    'file:///data/run%207/batch%2541.pt'
+    """
+    return "file://" + quote(path, safe="/")
 
 
 def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> StorageFailure:
@@ -235,12 +246,17 @@ class LocalBackend(Backend):
     def __init__(self, location: str, **storage_options: object) -> None:
         refuse_storage_options("local", storage_options)
         self.root = os.path.abspath(location)
-        self.url = "file://" + self.root
+        self.url = file_url(self.root)
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise StorageFailure(f"{self.url} is a file, not a folder", url=self.url)
 
     def canonical_root(self) -> str:
-        return "file://" + os.path.realpath(self.root).rstrip("/") + "/"
+        return file_url(os.path.realpath(self.root).rstrip("/") + "/")
+
+    def url_for(self, key: str) -> str:
+        """``file://`` + the file's path, percent-encoded: ``file://`` URLs are decoded when
+        parsed, so ``run/batch%41.pt`` must print as ``batch%2541.pt`` to name itself."""
+        return file_url(self.path_for(key))
 
     def path_for(self, key: str) -> str:
         # keys are normalized (no '..', not absolute), so the join stays under the root
