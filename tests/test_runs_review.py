@@ -308,3 +308,60 @@ def test_a_file_url_names_its_own_file_not_a_decoded_twin(local_store_factory):
     url = store.url_for("run/batch%41.pt")
     assert not vs.validate(url).ok
     assert vs.validate(store.url_for("run/batchA.pt")).ok
+
+
+# -- 6. a delete whose answer was lost ----------------------------------------------------
+
+
+def test_gcs_delete_whose_answer_was_lost_succeeds(gcs_store_factory):
+    import aiohttp
+
+    from virnucpro_store.backends.gcs.client import GCSClient
+
+    store = gcs_store_factory(retry_base_wait=0.001)
+    store.save(merged(["a"]), "k.pt")
+    original = GCSClient._attempt
+    lost: list[str] = []
+    deletes = store.backend.request_counts["delete"]
+
+    async def answer_lost_once(self, method, url, params, headers, data, json_body):
+        answer = await original(self, method, url, params, headers, data, json_body)
+        if method == "DELETE" and not lost:
+            lost.append(url)
+            raise aiohttp.ClientConnectionError("connection reset (answer lost)")
+        return answer
+
+    GCSClient._attempt = answer_lost_once  # type: ignore[method-assign]
+    try:
+        store.delete("k.pt")
+    finally:
+        GCSClient._attempt = original  # type: ignore[method-assign]
+    assert lost and store.backend.request_counts["delete"] == deletes + 2
+    assert not store.exists("k.pt")
+    with pytest.raises(vs.CheckpointMissing):  # a key that was never there still is missing
+        store.delete("k.pt")
+
+
+def test_azure_delete_whose_answer_was_lost_succeeds(azure_store_factory, monkeypatch):
+    from azure.core.exceptions import ServiceResponseError
+    from azure.storage.blob import BlobClient
+
+    store = azure_store_factory(retry_base_wait=0.001)
+    store.save(merged(["a"]), "k.pt")
+    original = BlobClient.delete_blob
+    lost: list[bool] = []
+    deletes = store.backend.request_counts["delete_blob"]
+
+    def answer_lost_once(self, *args, **kwargs):
+        answer = original(self, *args, **kwargs)
+        if not lost:
+            lost.append(True)
+            raise ServiceResponseError("connection reset after the delete")
+        return answer
+
+    monkeypatch.setattr(BlobClient, "delete_blob", answer_lost_once)
+    store.delete("k.pt")
+    assert lost and store.backend.request_counts["delete_blob"] == deletes + 2
+    assert not store.exists("k.pt")
+    with pytest.raises(vs.CheckpointMissing):
+        store.delete("k.pt")
