@@ -365,3 +365,93 @@ def test_azure_delete_whose_answer_was_lost_succeeds(azure_store_factory, monkey
     assert not store.exists("k.pt")
     with pytest.raises(vs.CheckpointMissing):
         store.delete("k.pt")
+
+
+# -- 5. S3: every upload the library starts is a leftover gc can see --------------------------
+
+
+class Killed(Exception):
+    """Stands for SIGKILL: nothing of the save runs after it (no abort, no cleanup)."""
+
+
+def _kill_before_complete(monkeypatch, store):
+    """Let the multipart-copy publish send its parts, then kill the save before it completes:
+    from then on every request of this client dies too, as the process would."""
+    from virnucpro_store.backends.s3.upload import S3Uploader
+
+    client = store.backend.client
+    real_request = client.request
+    dead: list[bool] = []
+
+    async def request(op, **kwargs):
+        if dead:
+            raise Killed(op)
+        return await real_request(op, **kwargs)
+
+    async def complete(self, path, upload_id, parts, **kwargs):
+        if path == client.path("k.pt"):
+            dead.append(True)
+            raise Killed("complete")
+        return await real_complete(self, path, upload_id, parts, **kwargs)
+
+    real_complete = S3Uploader.complete
+    monkeypatch.setattr(client, "request", request)
+    monkeypatch.setattr(S3Uploader, "complete", complete)
+    return dead
+
+
+def _uploads(s3, store):
+    root = store.backend.root
+    page = s3.client().list_multipart_uploads(Bucket=store.backend.bucket, Prefix=root)
+    return [u["Key"][len(root):] for u in page.get("Uploads", [])]
+
+
+def test_s3_a_killed_create_only_publish_leaves_an_upload_gc_sees(s3_server, monkeypatch):
+    """create_only_via="multipart" (what moto needs: it ignores If-None-Match on CopyObject)
+    publishes through a multipart upload at the final key; a kill before it completes leaves
+    that upload, which leftovers() must list and gc() abort."""
+    store = s3_server.factory()(create_only_via="multipart", retry_base_wait=0.001)
+    dead = _kill_before_complete(monkeypatch, store)
+    with pytest.raises(Killed):
+        store.save(merged(["a"]), "k.pt", overwrite=False)
+    assert dead
+    monkeypatch.undo()
+    assert _uploads(s3_server, store) == ["k.pt"]  # the kill's leftover, at the final key
+    assert store.gc(older_than=3600) == []  # young: kept
+    names = [leftover.name for leftover in store.backend.leftovers(0)]
+    assert names[0].startswith("k.pt?uploadId=") and len(names) == 2, names
+    removed = store.gc(older_than=0)
+    assert sorted(removed) == sorted(names)
+    assert _uploads(s3_server, store) == [] and list(store.list()) == []
+    assert not store.backend.leftovers(0)
+
+
+def test_s3_a_users_own_upload_is_never_taken_for_ours(s3_server):
+    store = s3_server.factory()()
+    s3 = s3_server.client()
+    s3.create_multipart_upload(Bucket=store.backend.bucket,
+                               Key=store.backend.client.path("user.bin"))
+    assert store.gc(older_than=0) == []
+    assert _uploads(s3_server, store) == ["user.bin"]
+
+
+def test_s3_gc_judges_an_upload_by_its_last_activity(s3_server):
+    """An upload started 3 s ago whose newest part is fresh is not aborted by
+    gc(older_than=2.5): ListParts' LastModified, not Initiated, is its age."""
+    import time
+
+    from virnucpro_store.keys import staging_file_name
+
+    store = s3_server.factory()()
+    s3 = s3_server.client()
+    bucket, path = store.backend.bucket, store.backend.client.path
+    name = f"run/{staging_file_name('b.pt', suffix='')}"
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=path(name))["UploadId"]
+    time.sleep(3.2)
+    s3.upload_part(Bucket=bucket, Key=path(name), UploadId=upload, PartNumber=1,
+                   Body=b"x" * (5 << 20))
+    assert store.gc(older_than=2.5) == []
+    assert _uploads(s3_server, store) == [name]
+    time.sleep(3.2)
+    assert store.gc(older_than=2.5) == [f"{name}?uploadId={upload}"]
+    assert _uploads(s3_server, store) == []
