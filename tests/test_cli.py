@@ -99,10 +99,13 @@ def test_unknown_scheme_is_one_line_exit_2():
 
 def test_validate_folder_with_pattern_and_auto_schema(folder):
     out = run("validate", str(folder), "--pattern", "*.pt", "--schema", "auto", "--json")
-    rows = {json.loads(line)["url"].rsplit("/", 1)[-1]: json.loads(line)
-            for line in out.stdout.splitlines()}
+    every = {json.loads(line)["url"].rsplit("/", 1)[-1]: json.loads(line)
+             for line in out.stdout.splitlines()}
+    rows = {name: row for name, row in every.items() if row["skipped"] is None}
     assert set(rows) == {"dnabert.pt", "esm.pt", "merged.pt", "shard.pt", "truncated.pt",
                          "evil.pt"}
+    # a foreign file is listed apart (ok null, the reason), never failed
+    assert every["notes.txt"]["ok"] is None and "does not match" in every["notes.txt"]["skipped"]
     assert out.returncode == 3
     assert rows["esm.pt"]["ok"] and rows["evil.pt"]["category"] == "unsafe"
     assert rows["esm.pt"]["schema"] == "esm" and rows["shard.pt"]["schema"] == "shard"
@@ -148,7 +151,8 @@ def test_ls_with_check(folder):
     rows = {r["key"]: r for r in map(json.loads, out.stdout.splitlines())}
     assert set(rows) == {"evil.pt", "notes.txt", "truncated.pt"}
     assert rows["evil.pt"]["category"] == "unsafe"
-    assert rows["notes.txt"]["category"] == "corrupted"
+    # a foreign file is not a checkpoint: marked apart, not judged
+    assert rows["notes.txt"]["checkpoint"] is False and "ok" not in rows["notes.txt"]
     ok = run("ls", str(folder / "features"))
     assert ok.returncode == 0 and "shard.pt" in ok.stdout
 

@@ -119,13 +119,19 @@ def test_scan_todo_is_expected_minus_the_valid_files_ids(run_dir, tmp_path):
 
 
 def test_scan_of_an_empty_run_requeues_everything_and_exits_0(tmp_path):
+    """An existing empty folder is a fresh run; a missing one only with --allow-missing (a
+    typo must not look like a fresh run: see test_cli_operator.py)."""
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("b\na\n")
-    out = run("scan", "--expected", str(ids_file), "--todo", str(tmp_path / "todo.txt"),
-              env={"VIRNUCPRO_STORE_URL": str(tmp_path / "nothing-yet")})
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "todo.txt").read_text() == "a\nb\n"
-    assert "no checkpoints" in out.stderr
+    (tmp_path / "empty").mkdir()
+    for args in (["--allow-missing"], []):
+        url = tmp_path / ("nothing-yet" if args else "empty")
+        (tmp_path / "todo.txt").unlink(missing_ok=True)
+        out = run("scan", "--expected", str(ids_file), "--todo", str(tmp_path / "todo.txt"),
+                  *args, env={"VIRNUCPRO_STORE_URL": str(url)})
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "todo.txt").read_text() == "a\nb\n"
+        assert "no checkpoints" in out.stderr
 
 
 @pytest.mark.parametrize("args", [["--expected", "ids.txt"], ["--todo", "todo.txt"],

@@ -342,6 +342,19 @@ def test_retries_are_capped(seaweedfs):
     assert raw_state(seaweedfs, make_store(seaweedfs, url)) == ([], [])
 
 
+def test_aws_max_attempts_sets_the_default_retries(seaweedfs, monkeypatch):
+    """AWS_MAX_ATTEMPTS (botocore's standard setting, the first attempt included) caps the
+    backend's own retries when ``retries=`` is not given."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    url = seaweedfs.fresh_url()
+    with FaultProxy(_target_port(seaweedfs), fail_requests=(_staging_put, 99)) as proxy:
+        store = _proxied(seaweedfs, proxy, url)
+        with pytest.raises(vs.StorageFailure, match="SlowDown") as err:
+            store.save({"v": 1}, "k.pt")
+    assert "3 attempts" in str(err.value)
+    assert len(proxy.failed) == 3
+
+
 def _copy_to_final(line: str) -> bool:
     """The publish's CopyObject: a PUT to a key that is not staging, not a part."""
     return line.startswith("PUT ") and STAGING_MARKER not in line and "uploadId" not in line

@@ -24,6 +24,7 @@ from .errors import (
     UnknownSchemeError,
     UnsafeCheckpoint,
 )
+from .partitions import ScanPartition
 from .registry import register_backend
 from .runs import AsyncWriter, Manifest, ScanReport
 from .schemas import Schema
@@ -47,6 +48,7 @@ __all__ = [
     "Manifest",
     "ObjectChanged",
     "ObjectInfo",
+    "ScanPartition",
     "ScanReport",
     "Schema",
     "SerializationError",

@@ -6,14 +6,63 @@ here. rich is imported only when something is shown.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 from typing import Any
+
+#: the width of a console that is neither a terminal nor told one by $COLUMNS: lines are
+#: never cut or wrapped when piped into a file or another program
+UNLIMITED = 1 << 16
+
+
+def esc(value: object) -> str:
+    """``value`` as text that rich prints literally: a key such as ``run/a[/x]b.pt`` or
+    ``batch[bold]7.pt`` is shown as it is, never read as markup.
+
+    >>> from rich.console import Console
+    >>> Console(width=40).print(esc("run/a[/x]b.pt batch[bold]7.pt"))
+    run/a[/x]b.pt batch[bold]7.pt
+    """
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+def line_width(details: bool = False) -> int | None:
+    """How wide a one-line-per-file row may be: the terminal's width on a terminal, else
+    ``$COLUMNS`` when set; None (no limit) when piped or with ``--details``."""
+    if details:
+        return None
+    if sys.stdout.isatty():
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
+
+
+def middle(text: str, width: int) -> str:
+    """``text`` cut in the middle to at most ``width`` characters (a key's start and its file
+    name both stay visible).
+
+    >>> middle("runs/run7/shard_0001/batch_000123.pt", 24)
+    'runs/run7/s…ch_000123.pt'
+    """
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + text[len(text) - tail:]
 
 
 def console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    columns = os.environ.get("COLUMNS", "")
+    width = None if stream.isatty() or columns.isdigit() else UNLIMITED
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def progress(total: int, *, bytes_mode: bool = False, enabled: bool = True):
@@ -49,12 +98,28 @@ def human_size(size: int | None) -> str:
     return f"{value:.1f} TB"
 
 
-def report_line(report, url: str) -> str:
+def report_line(report, url: str, width: int | None = None) -> str:
+    """One verdict line (markup, every name escaped); with ``width``, the URL is cut in the
+    middle and the message at its end so that the line fits."""
     if report.ok:
-        return f"[green]OK[/]    {report.level:<5} {human_size(report.size):>9}  {url}"
-    if report.category is None:
-        return f"[yellow]SKIP[/]  {'':<12} {url}: {report.message}"
-    return f"[red]FAIL[/]  {report.category:<12} {url}: {report.message}"
+        head, style = f"OK    {report.level:<5} {human_size(report.size):>9}  ", "green"
+        url = middle(url, width - len(head)) if width else url
+        return f"[{style}]OK[/]{esc(head[2:])}{esc(url)}"
+    word, style = ("SKIP", "yellow") if report.category is None else ("FAIL", "red")
+    head = f"{word}  {report.category or '':<12} "
+    return f"[{style}]{word}[/]{esc(head[4:])}{_url_message(url, report.message, width, len(head))}"
+
+
+def _url_message(url: str, message: str | None, width: int | None, used: int) -> str:
+    """``url: message`` escaped, fitted into ``width - used`` columns when width is given."""
+    message = str(message or "")
+    if width:
+        room = max(width - used, 12)
+        if len(url) + 2 + len(message) > room:
+            url = middle(url, max(min(len(url), room * 3 // 5), room - 2 - len(message), 8))
+            left = room - len(url) - 2
+            message = message if len(message) <= left else message[:max(left - 1, 0)] + "…"
+    return f"{esc(url)}: {esc(message)}"
 
 
 def json_line(report) -> dict[str, Any]:
@@ -63,7 +128,7 @@ def json_line(report) -> dict[str, Any]:
                                 "schema", "details")}
 
 
-def print_summary(results, *, to_stderr: bool) -> None:
+def print_summary(results, *, to_stderr: bool, width: int | None = None) -> None:
     from rich.table import Table
 
     counts = Counter("valid" if r.ok else r.category or "skipped" for _, r in results)
@@ -77,8 +142,22 @@ def print_summary(results, *, to_stderr: bool) -> None:
     out.print(table)
     slowest = sorted(results, key=lambda pair: pair[1].seconds, reverse=True)[:3]
     if len(results) > 1:
-        out.print("slowest: " + ", ".join(f"{t.key} {r.seconds * 1000:.0f} ms"
-                                              for t, r in slowest))
+        line = "slowest: " + ", ".join(f"{t.key} {r.seconds * 1000:.0f} ms"
+                                       for t, r in slowest)
+        if width and len(line) > width:
+            line = line[:width - 1] + "…"
+        out.print(esc(line))
+
+
+def print_apart(out, apart: dict[str, str], *, details: bool) -> None:
+    """The files of a folder that are not checkpoints (sidecars, the run manifest, foreign
+    files), listed apart: counted by reason, or one per line with ``details``."""
+    if details:
+        for key, reason in sorted(apart.items()):
+            out.print(f"[dim]APART[/] {esc(key)}: {esc(reason)}", markup=True)
+        return
+    for reason, count in sorted(Counter(apart.values()).items()):
+        out.print(f"not checked, not a checkpoint: {count} file(s): {esc(reason)}")
 
 
 def describe_entry(entry: dict[str, Any]) -> str:
@@ -98,56 +177,73 @@ def print_description(d: dict[str, Any]) -> None:
     from rich.table import Table
 
     out = console()
-    verdict = "[green]valid[/]" if d.get("ok") else f"[red]{d.get('category')}[/]"
-    out.print(f"[bold]{d.get('url')}[/]  {human_size(d.get('size'))}  {verdict}: "
-                  f"{d.get('message')}", markup=True)
+    verdict = "[green]valid[/]" if d.get("ok") else f"[red]{esc(d.get('category'))}[/]"
+    out.print(f"[bold]{esc(d.get('url'))}[/]  {human_size(d.get('size'))}  {verdict}: "
+                  f"{esc(d.get('message'))}", markup=True)
     facts = [f"schema: {d.get('schema') or '-'}", f"version: {d.get('version', '-')}",
              f"status: {d.get('status', '-')}", f"records: {d.get('records', '-')}",
              f"CRC: {d.get('crc', '-')}"]
-    out.print("  ".join(facts))
+    out.print(esc("  ".join(facts)))
     entries = d.get("entries") or {}
     if entries:
         table = Table(show_edge=False)
         table.add_column("key")
         table.add_column("holds")
         for key, entry in entries.items():
-            table.add_row(str(key), describe_entry(entry) if isinstance(entry, dict)
-                          else str(entry))
+            table.add_row(esc(key), esc(describe_entry(entry) if isinstance(entry, dict)
+                                        else entry))
         out.print(table)
     tensors = d.get("tensors") or {}
     if tensors.get("count"):
         out.print(f"{tensors['count']} tensor(s) in all")
 
 
-def print_invalid(out, store, report) -> None:
+def print_invalid(out, store, report, width: int | None = None) -> None:
     for key, bad in sorted(report.invalid.items()):
-        out.print(f"[red]FAIL[/]  {bad.category:<12} {store.url_for(key)}: {bad.message}",
-                      markup=True)
+        out.print(report_line(bad, store.url_for(key), width), markup=True)
 
 
 def print_skipped(out, report) -> None:
     for reason, count in sorted(Counter(report.skipped.values()).items()):
-        out.print(f"skipped {count} file(s): {reason}")
+        out.print(f"skipped {count} file(s): {esc(reason)}")
 
 
-def ls_table(check: bool):
-    """The table ``ls`` fills, one :func:`ls_row` per key."""
-    from rich.table import Table
+def ls_lines(rows: list[tuple[str, str, str, str | None, str]], *, check: bool,
+             width: int | None) -> list[str]:
+    """The ``ls`` listing, one line per key (markup): rows are (key, size, modified,
+    verdict style or None, verdict text). With ``width``, keys are cut in the middle and
+    verdicts at their end so that every line fits."""
+    size_w, mod_w = 9, 19
+    fixed = size_w + mod_w + 4 + (2 if check else 0)
+    key_w = max([len(r[0]) for r in rows] + [3])
+    if width:
+        key_w = min(key_w, max(width - fixed - (24 if check else 0), 12))
+    lines = [esc(f"{'key':<{key_w}}  {'size':>{size_w}}  {'modified':<{mod_w}}"
+                 + ("  verdict" if check else ""))]
+    for key, size, modified, style, verdict in rows:
+        line = esc(f"{middle(key, key_w):<{key_w}}  {size:>{size_w}}  {modified:<{mod_w}}")
+        if check:
+            room = width - key_w - fixed if width else None
+            if room is not None and len(verdict) > room:
+                verdict = verdict[:max(room - 1, 0)] + "…"
+            line += f"  [{style}]{esc(verdict)}[/]" if style else f"  {esc(verdict)}"
+        lines.append(line)
+    return lines
 
-    table = Table(show_edge=False)
-    for col in ("key", "size", "modified") + (("verdict",) if check else ()):
-        table.add_column(col, justify="right" if col == "size" else "left")
-    return table
 
-
-def ls_row(info, report=None, *, check: bool) -> list[str]:
-    """One row of :func:`ls_table` for an ObjectInfo (and its report with --check)."""
+def ls_row(info, report=None, *, check: bool, apart: str | None = None
+           ) -> tuple[str, str, str, str | None, str]:
+    """One row of :func:`ls_lines` for an ObjectInfo (and its report with --check;
+    ``apart``: why the key is not a checkpoint, when it is not one)."""
     modified = info.modified.strftime("%Y-%m-%d %H:%M:%S") if info.modified else "-"
-    row = [info.key, human_size(info.size), modified]
-    if check:
-        row.append("[green]ok[/]" if report.ok
-                   else f"[red]{report.category}[/]: {report.message}")
-    return row
+    if not check:
+        return info.key, human_size(info.size), modified, None, ""
+    if apart is not None:
+        return info.key, human_size(info.size), modified, "dim", f"not a checkpoint: {apart}"
+    if report.ok:
+        return info.key, human_size(info.size), modified, "green", "ok"
+    return (info.key, human_size(info.size), modified, "red",
+            f"{report.category or 'skipped'}: {report.message}")
 
 
 def gc_line(name: str, leftover, *, dry_run: bool) -> str:
@@ -155,42 +251,57 @@ def gc_line(name: str, leftover, *, dry_run: bool) -> str:
     its Leftover when the store's leftovers listed it, None for a VirNucPro ``*.tmp`` key."""
     verb = "would remove" if dry_run else "removed"
     if leftover is None:
-        return f"{verb} {'tmp' if name.endswith('.tmp') else 'staging':<8} {name}"
-    return (f"{verb} {leftover.kind:<8} {name}  "
-            f"({leftover.age_seconds / 60:.0f} min old)")
+        return esc(f"{verb} {'tmp' if name.endswith('.tmp') else 'staging':<8} {name}")
+    return esc(f"{verb} {leftover.kind:<8} {name}  "
+               f"({leftover.age_seconds / 60:.0f} min old)")
 
 
 def print_scan(store, report, *, expected: list[str] | None, todo: list[str] | None,
-               expected_file: str | None, todo_file: str | None) -> None:
-    """The human-readable ``scan`` report (stdout; warnings on stderr)."""
+               expected_file: str | None, todo_file: str | None, quiet: bool = False,
+               width: int | None = None) -> None:
+    """The human-readable ``scan`` report (stdout; warnings on stderr); ``quiet``: failures
+    and warnings only."""
     out, err = console(), console(stderr=True)
-    print_invalid(out, store, report)
-    print_skipped(out, report)
-    n = len(report.valid) + len(report.invalid)
-    out.print(f"{n} checkpoint(s) under {store.url}: {len(report.valid)} valid, "
-              f"{len(report.invalid)} invalid; {len(report.ids)} sequence id(s) in "
-              f"the valid files" + (" (run committed)" if report.committed else ""))
+    print_invalid(out, store, report, width)
+    if not quiet:
+        print_skipped(out, report)
+        n = len(report.valid) + len(report.invalid)
+        out.print(f"{n} checkpoint(s) under {esc(store.url)}: {len(report.valid)} valid, "
+                  f"{len(report.invalid)} invalid; {id_count(report)} in the valid files"
+                  + (" (run committed)" if report.committed else ""))
     if report.duplicate_ids:
         err.print(f"[yellow]warning:[/] {len(report.duplicate_ids)} id(s) are in more "
                   f"than one valid file", markup=True)
     if expected is not None and todo is not None:
-        out.print(f"{len(expected) - len(todo)} of {len(expected)} expected id(s) "
-                  f"done; {len(todo)} to requeue -> {todo_file}")
+        if not quiet:
+            out.print(f"{len(expected) - len(todo)} of {len(expected)} expected id(s) "
+                      f"done; {len(todo)} to requeue -> {esc(todo_file)}")
         unexpected = report.ids - set(expected)
         if unexpected:
             err.print(f"[yellow]warning:[/] {len(unexpected)} id(s) in valid files are "
-                      f"not in {expected_file}", markup=True)
+                      f"not in {esc(expected_file)}", markup=True)
 
 
-def print_verify(store, report) -> None:
-    """The human-readable ``verify`` report."""
+def id_count(report) -> str:
+    """'N sequence id(s)' -- distinct ids, as scan, commit and verify all count them -- and
+    how many of them are in more than one file."""
+    text = f"{len(report.ids)} sequence id(s)"
+    if report.duplicate_ids:
+        text += f" ({len(report.duplicate_ids)} in more than one file)"
+    return text
+
+
+def print_verify(store, report, *, quiet: bool = False, width: int | None = None) -> None:
+    """The human-readable ``verify`` report; ``quiet``: failures only."""
     out = console()
-    print_invalid(out, store, report)
+    print_invalid(out, store, report, width)
+    if quiet and report.ok:
+        return
     for key in report.extra:
-        out.print(f"[yellow]EXTRA[/] {store.url_for(key)}: not in the run manifest",
+        out.print(f"[yellow]EXTRA[/] {esc(store.url_for(key))}: not in the run manifest",
                   markup=True)
     listed = len(report.manifest.files) if report.manifest else 0
     verdict = "[green]intact[/]" if report.ok else "[red]NOT intact[/]"
-    out.print(f"{store.url}: {verdict}: {len(report.valid)} of {listed} committed "
+    out.print(f"{esc(store.url)}: {verdict}: {len(report.valid)} of {listed} committed "
               f"file(s) ok, {len(report.invalid)} invalid, {len(report.extra)} extra; "
-              f"{len(report.ids)} sequence id(s)", markup=True)
+              f"{id_count(report)}", markup=True)

@@ -12,6 +12,8 @@
     ├── BackendUnavailable         (also ImportError)      optional dependency missing
     ├── SerializationError                                 torch.save could not pickle the object
     ├── DeviceUnavailable          (also RuntimeError)     map_location cannot place the tensors
+    ├── PreconditionFailed                                 a conditional write lost (version moved)
+    ├── NotSupported               (also NotImplementedError) the backend cannot do this
     └── StorageFailure                                     I/O, network or permission failure
         └── ObjectChanged                                  replaced while being read
 """
@@ -38,16 +40,17 @@ class CheckpointError(StoreError):
     category: str = "corrupted"
 
     def __init__(self, message: str, *, key: str | None = None, url: str | None = None,
-                 report: object | None = None) -> None:
+                 report: object | None = None, code: str | None = None) -> None:
         super().__init__(message, key=key, url=url)
         #: the ValidationReport behind the error, when a validation produced it
         self.report = report
+        self._code = code
 
     @property
     def code(self) -> str:
-        """The defect's stable code (``validation.problem.CODES``) when a validation named it,
-        else the category."""
-        return getattr(self.report, "code", None) or self.category
+        """The defect's stable code (``validation.problem.CODES``): the one given, else the
+        one the validation named, else the category."""
+        return self._code or getattr(self.report, "code", None) or self.category
 
 
 class CheckpointMissing(CheckpointError, FileNotFoundError):
@@ -92,6 +95,16 @@ class DeviceUnavailable(StoreError, RuntimeError):
     ``map_location=None``, the file's own device tags) says: a device that is not there, or a
     bad ``map_location``. The file itself is fine (it loads with ``map_location="cpu"``), so
     this is deliberately not a :class:`CheckpointError`: nothing should discard the file."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write (:meth:`CheckpointStore.write_if`) found another version of the key
+    than the one it was told to replace (or, create-only, found the key already there): another
+    writer got there first. Read again and retry (:meth:`CheckpointStore.update` does)."""
+
+
+class NotSupported(StoreError, NotImplementedError):
+    """The backend cannot do what was asked (e.g. conditional writes) on its medium."""
 
 
 class StorageFailure(StoreError):

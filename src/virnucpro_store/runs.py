@@ -39,6 +39,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import re
 import struct
 import sys
 import threading
@@ -82,6 +83,9 @@ MANIFEST_VERSION = 1
 MAX_MANIFEST_BYTES = 1 << 30
 #: file names ``scan`` takes for checkpoints unless ``pattern`` says otherwise
 CHECKPOINT_PATTERNS = ("*.pt", "*.pth")
+#: the ``format`` of :meth:`ScanReport.to_json`
+SCAN_REPORT_FORMAT = "vnps-scan-report/1"
+_REPORT_FIELDS = {f.name for f in dataclasses.fields(ValidationReport)}
 #: checksum of a file whose ZIP records carry CRC-32s: SHA-256 over the central directory's
 #: (name, CRC-32, size) list; of a CRC-less archive: SHA-256 of the whole file
 ZIPCRC = "zipcrc-sha256"
@@ -325,7 +329,7 @@ class AsyncWriter:
                 f"workers={self.workers}, pending={self._inflight})")
 
 
-_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep")
+_SAVE_KWARGS = ("schema", "validate", "overwrite", "deep", "pickle_protocol")
 
 
 def _checked_save_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -588,6 +592,12 @@ class Manifest:
     created: str
     files: dict[str, ManifestEntry]
     format_version: int = MANIFEST_VERSION
+    #: a replacing commit (``commit_run(replace=True)``): ``{"previous": key of the earlier
+    #: manifest kept under a history name, "reason": why}``; None for a first commit
+    replaces: dict[str, str] | None = None
+    #: commit_run only (not stored): the scan of the files it committed -- distinct
+    #: ``ids`` and ``duplicate_ids``, as ``scan`` and ``verify_run`` count them
+    report: ScanReport | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_ids(self) -> int:
@@ -606,7 +616,7 @@ class Manifest:
             "n_files": len(self.files),
             "n_ids": self.n_ids,
             "files": [self.files[k].to_dict() for k in sorted(self.files)],
-        }
+        } | ({"replaces": dict(self.replaces)} if self.replaces else {})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=1) + "\n"
@@ -668,8 +678,13 @@ class Manifest:
         if not _is_count(n_ids) or n_ids != listed_ids:
             raise bad(f"'n_ids' is {n_ids!r} but the entries of 'files' hold {listed_ids}")
         prefix = doc.get("prefix")
+        replaces = doc.get("replaces")
+        if not (isinstance(replaces, dict)
+                and all(isinstance(v, str) for v in replaces.values())):
+            replaces = None
         return cls(prefix=prefix if isinstance(prefix, str) else "", key=key, level=level,
-                   created=str(doc.get("created", "")), files=entries, format_version=version)
+                   created=str(doc.get("created", "")), files=entries, format_version=version,
+                   replaces=replaces)
 
 
 def _is_count(value: Any) -> bool:
@@ -712,6 +727,14 @@ class ScanReport:
     #: verify_run only: the manifest checked against
     manifest: Manifest | None = field(default=None, repr=False)
     seconds: float = 0.0
+    #: partitioned scans: partitions that failed after their retries (``{"partition": ...,
+    #: "error": ...}``); their files are neither valid nor invalid, their ids never done
+    unscanned: list[dict[str, Any]] = field(default_factory=list)
+    #: scan_partition only: the partition this report covers (ScanPartition.to_dict())
+    partition: dict[str, Any] | None = field(default=None, repr=False)
+    #: "return" (ids held here), "store" (written to ``ids_file``) or "none"
+    ids_mode: str = "return"
+    ids_file: str | None = None
     #: keys listed by the scan and deleted before they were read (not invalid: gone)
     vanished: list[str] = field(default_factory=list)
     #: the ``pattern`` given to scan (None: the default checkpoint names)
@@ -728,7 +751,7 @@ class ScanReport:
 
     @property
     def ok(self) -> bool:
-        return not self.invalid
+        return not self.invalid and not self.unscanned
 
     def __bool__(self) -> bool:
         return self.ok
@@ -747,7 +770,94 @@ class ScanReport:
             "pattern_matched_nothing": self.pattern_matched_nothing,
             "manifest": self.manifest.key if self.manifest else None,
             "seconds": round(self.seconds, 6),
+            "n_unscanned": len(self.unscanned), "unscanned": self.unscanned,
         }
+
+    def to_json(self) -> str:
+        """Everything a merge needs, ids included (unless held elsewhere): the form a
+        partition's report travels in. :meth:`from_json` reads it back."""
+        invalid = {key: report.to_dict() for key, report in sorted(self.invalid.items())}
+        return json.dumps({
+            "format": SCAN_REPORT_FORMAT, "prefix": self.prefix, "level": self.level,
+            "deep": self.deep, "schema": self.schema, "valid": self.valid, "invalid": invalid,
+            "ids_by_key": self.ids_by_key, "ids": sorted(self.ids),
+            "duplicate_ids": sorted(self.duplicate_ids), "skipped": self.skipped,
+            "extra": self.extra, "committed": self.committed, "seconds": self.seconds,
+            "unscanned": self.unscanned, "partition": self.partition,
+            "ids_mode": self.ids_mode, "ids_file": self.ids_file,
+            "vanished": self.vanished, "pattern": self.pattern, "n_listed": self.n_listed,
+        }, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ScanReport:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != SCAN_REPORT_FORMAT:
+            raise ValueError(f"not a {SCAN_REPORT_FORMAT} report")
+        invalid = {key: ValidationReport(**{k: v for k, v in fields.items()
+                                            if k in _REPORT_FIELDS})
+                   for key, fields in data["invalid"].items()}
+        return cls(prefix=data["prefix"], level=data["level"], deep=data["deep"],
+                   schema=data["schema"], valid=list(data["valid"]), invalid=invalid,
+                   ids=set(data["ids"]), duplicate_ids=set(data["duplicate_ids"]),
+                   skipped=dict(data["skipped"]), extra=list(data["extra"]),
+                   committed=data["committed"],
+                   ids_by_key={k: list(v) for k, v in data["ids_by_key"].items()},
+                   seconds=data["seconds"], unscanned=list(data["unscanned"]),
+                   partition=data["partition"], ids_mode=data["ids_mode"],
+                   ids_file=data["ids_file"], vanished=list(data.get("vanished", [])),
+                   pattern=data.get("pattern"), n_listed=int(data.get("n_listed", 0)))
+
+    @classmethod
+    def merge(cls, reports: Iterable[ScanReport]) -> ScanReport:
+        """One report from the reports of a scan's partitions (:func:`~virnucpro_store.
+        partitions.scan_partition`): equal to the scan of the whole prefix — valid and
+        invalid files, ids, ids held by more than one file, skipped, extra, committed — plus
+        the partitions that could not be scanned. Ids written beside a report
+        (``ids="store"``) are read back; with ``ids="none"`` there are no ids to merge."""
+        from .partitions import read_ids
+
+        reports = list(reports)
+        if not reports:
+            raise ValueError("nothing to merge")
+        first = reports[0]
+        for other in reports[1:]:
+            if (other.prefix, other.level, other.deep) != (first.prefix, first.level,
+                                                           first.deep):
+                raise ValueError("reports of different scans (prefix, level or deep differ)")
+        merged = cls(prefix=first.prefix, level=first.level, deep=first.deep,
+                     schema=first.schema, pattern=first.pattern)
+        owners: dict[str, str] = {}
+        for report in reports:
+            merged.valid.extend(report.valid)
+            merged.invalid.update(report.invalid)
+            merged.skipped.update(report.skipped)
+            merged.extra.extend(report.extra)
+            merged.committed = merged.committed or report.committed
+            merged.unscanned.extend(report.unscanned)
+            merged.vanished.extend(report.vanished)
+            merged.n_listed += report.n_listed
+            merged.seconds += report.seconds
+            by_key = (read_ids(report.ids_file) if report.ids_mode == "store"
+                      and report.ids_file else report.ids_by_key)
+            merged.ids_by_key.update(by_key)
+            merged.duplicate_ids |= report.duplicate_ids
+            for key, ids in by_key.items():
+                for sequence_id in ids:
+                    if owners.setdefault(sequence_id, key) != key:
+                        merged.duplicate_ids.add(sequence_id)
+            if not by_key:
+                merged.ids |= report.ids
+        merged.ids |= set(owners)
+        merged.valid.sort()
+        merged.extra.sort()
+        merged.vanished.sort()
+        merged.invalid = dict(sorted(merged.invalid.items()))
+        merged.skipped = dict(sorted(merged.skipped.items()))
+        merged.ids_by_key = dict(sorted(merged.ids_by_key.items()))
+        scanned = [r for r in reports if not r.unscanned]
+        if scanned and all(r.ids_mode == "none" for r in scanned):
+            merged.ids_mode = "none"
+        return merged
 
 
 @dataclass
@@ -782,6 +892,18 @@ def _skip_reason(rel: str, pattern: str | None) -> str | None:
     if any(fnmatch.fnmatchcase(name, p) for p in CHECKPOINT_PATTERNS):
         return None
     return f"not a checkpoint name ({', '.join(CHECKPOINT_PATTERNS)})"
+
+
+def classify(keys: Iterable[str], pattern: str | None = None, folder: str = ""
+             ) -> tuple[list[str], dict[str, str]]:
+    """Sort the keys of a run folder as :func:`scan` does: (checkpoint keys, {other key: why
+    it is not one}); run manifests (:data:`MANIFEST_NAME`) are in neither.
+
+    >>> classify(["r/a.pt", "r/a.pt.done", "r/sequences.txt", "r/" + MANIFEST_NAME])
+    (['r/a.pt'], {'r/a.pt.done': 'completion sidecar (.done)', \
+'r/sequences.txt': 'not a checkpoint name (*.pt, *.pth)'})
+    """
+    return _classify(keys, pattern, folder)
 
 
 def matches_pattern(rel: str, pattern: str) -> bool:
@@ -979,9 +1101,11 @@ def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep:
 
 
 def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
-                 examine: Callable[[str], _Examined]) -> dict[str, _Examined]:
+                 examine: Callable[[str], _Examined],
+                 progress: Callable[[str], None] | None = None) -> dict[str, _Examined]:
     """``examine`` every key in a pool of ``jobs`` threads; a storage failure (not a file's
-    fault) stops the whole scan and is raised."""
+    fault) stops the whole scan and is raised. ``progress(key)`` is called (in the calling
+    thread) after each file."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an int >= 1, not {jobs!r}")
     results: dict[str, _Examined] = {}
@@ -999,6 +1123,8 @@ def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
             for future in concurrent.futures.as_completed(futures):
                 found = future.result()
                 results[found.key] = found
+                if progress is not None:
+                    progress(found.key)
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -1027,17 +1153,24 @@ def _collect(report: ScanReport, results: Iterable[_Examined]) -> ScanReport:
 
 
 def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level: str = "keys",
-         deep: bool = False, jobs: int = 8, pattern: str | None = None) -> ScanReport:
+         deep: bool = False, jobs: int = 8, pattern: str | None = None,
+         listing: Iterable[ObjectInfo] | None = None,
+         progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
     """Validate every checkpoint under ``prefix`` in ``jobs`` threads; see
-    :meth:`CheckpointStore.scan`."""
+    :meth:`CheckpointStore.scan`. ``listing``: the objects to examine (a partition's), in
+    place of the listing of ``prefix``. ``progress(n, None)`` is called once with the number
+    of checkpoints to examine, then ``progress(0, key)`` after each one."""
     started = time.perf_counter()
     check_level(level)
     if schema != _schemas.AUTO:
         schema = _schemas.get_schema(schema)
     folder = _folder(prefix)
-    infos = {info.key: info for info in store.list_info(folder)}
+    infos = {info.key: info for info in (store.list_info(folder) if listing is None
+                                         else listing)}
     listed = list(infos)
     keys, skipped = _classify(listed, pattern, folder)
+    if progress is not None:
+        progress(len(keys), None)
 
     def examine(key: str) -> _Examined:
         # the listed version on the first attempt (no request to look it up); a restart,
@@ -1045,7 +1178,7 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
         return _examine_once(store, key, schema=schema, level=level, deep=deep,
                              want_checksum=False, expect=None, listed=infos.pop(key, None))
 
-    results = _examine_all(store, keys, jobs, examine)
+    results = _examine_all(store, keys, jobs, examine, _each(progress))
     report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
                         schema=schema if isinstance(schema, str) else getattr(schema, "name",
                                                                               None),
@@ -1094,10 +1227,32 @@ def manifest_key(prefix: str) -> str:
     return _folder(prefix) + MANIFEST_NAME
 
 
+def _each(progress: Callable[[int, str | None], None] | None
+          ) -> Callable[[str], None] | None:
+    """The per-file callback of :func:`_examine_all` for a ``progress(n, key)`` callback."""
+    return None if progress is None else (lambda key: progress(0, key))
+
+
+def history_key(prefix: str, created: str) -> str:
+    """Where ``commit_run(replace=True)`` keeps the manifest it replaces (committed at
+    ``created``): next to it, never taken for a checkpoint.
+
+    >>> history_key("run7", "2026-12-07T00:30:00+00:00")
+    'run7/vnps-run-manifest.json.replaced-20261207T003000'
+    """
+    stamp = re.sub(r"[^0-9T]", "", created.partition("+")[0]) or "unknown"
+    return f"{_folder(prefix)}{MANIFEST_NAME}.replaced-{stamp}"
+
+
 def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | None = None,
-               level: str = "keys", jobs: int = 8) -> Manifest:
+               level: str = "keys", jobs: int = 8, replace: bool = False,
+               reason: str | None = None,
+               progress: Callable[[int, str | None], None] | None = None) -> Manifest:
     """Validate the run's files and publish its manifest last, create-only; see
-    :meth:`CheckpointStore.commit_run`."""
+    :meth:`CheckpointStore.commit_run`. ``replace=True`` commits again over an existing
+    manifest (the repair path after a bad file was redone): the previous manifest is first
+    kept, create-only, under :func:`history_key`, and the new one records it and ``reason``
+    in ``replaces``. ``progress`` as for :func:`scan`."""
     check_level(level)
     folder = _folder(prefix)
     key = folder + MANIFEST_NAME
@@ -1113,10 +1268,13 @@ def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | Non
     if not files:
         raise CheckpointMissing(f"{store.backend.url_for(folder)}: no checkpoints to commit",
                                 key=folder, url=store.backend.url_for(folder))
-    if store.exists(key):  # fail before validating everything; the publish decides
+    if store.exists(key) and not replace:  # fail before validating everything
         raise AlreadyExists(f"{url}: the run is already committed", key=key, url=url)
+    if progress is not None:
+        progress(len(files), None)
     results = _examine_all(store, files, jobs, lambda k: _examine_once(
-        store, k, schema=None, level=level, deep=False, want_checksum=True, expect=None))
+        store, k, schema=None, level=level, deep=False, want_checksum=True, expect=None),
+        _each(progress))
     bad = sorted(k for k, r in results.items() if not r.report.ok)
     if bad:
         error: CheckpointError = results[bad[0]].report.error(key=bad[0])
@@ -1132,11 +1290,38 @@ def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | Non
         entries[rel] = ManifestEntry(key=rel, size=found.report.size, checksum=found.checksum,
                                      schema=found.schema,
                                      n_ids=None if found.ids is None else len(found.ids))
+    replaces = _keep_previous(store, folder, reason) if replace else None
     manifest = Manifest(prefix=folder, key=key, level=level,
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        files=entries)
-    store.save_bytes(manifest.to_json().encode(), key, validate=None, overwrite=False)
+                        files=entries, replaces=replaces,
+                        report=_collect(ScanReport(prefix=folder, level=level),
+                                        results.values()))
+    # a replacing commit publishes over the manifest just kept; a first one create-only
+    store.save_bytes(manifest.to_json().encode(), key, validate=None,
+                     overwrite=replaces is not None)
     return manifest
+
+
+def _keep_previous(store: CheckpointStore, folder: str, reason: str | None
+                   ) -> dict[str, str] | None:
+    """Copy the current manifest of ``folder`` to its history name (create-only); None when
+    there is none (``replace=True`` on an uncommitted run is a first commit)."""
+    key = folder + MANIFEST_NAME
+    try:
+        data = store.read_bytes(key)
+    except CheckpointMissing:
+        return None
+    try:
+        created = str(json.loads(data).get("created", ""))
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        created = ""
+    previous = history_key(folder, created or
+                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    if store.exists(previous):
+        previous = history_key(folder, datetime.now(timezone.utc).isoformat(
+            timespec="microseconds"))
+    store.save_bytes(data, previous, validate=None, overwrite=False)
+    return {"previous": previous[len(folder):], "reason": reason or "not given"}
 
 
 def read_manifest(store: CheckpointStore, prefix: str) -> Manifest:
@@ -1152,9 +1337,10 @@ def read_manifest(store: CheckpointStore, prefix: str) -> Manifest:
 
 
 def verify_run(store: CheckpointStore, prefix: str, *, deep: bool = False,
-               jobs: int = 8) -> ScanReport:
+               jobs: int = 8,
+               progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
     """Check the run under ``prefix`` against its manifest; see
-    :meth:`CheckpointStore.verify_run`."""
+    :meth:`CheckpointStore.verify_run`. ``progress`` as for :func:`scan`."""
     started = time.perf_counter()
     folder = _folder(prefix)
     manifest = read_manifest(store, folder)
@@ -1167,7 +1353,9 @@ def verify_run(store: CheckpointStore, prefix: str, *, deep: bool = False,
         return _examine_once(store, key, schema=schema, level=manifest.level, deep=deep,
                              want_checksum=True, expect=entry)
 
-    results = _examine_all(store, listed, jobs, examine)
+    if progress is not None:
+        progress(len(listed), None)
+    results = _examine_all(store, listed, jobs, examine, _each(progress))
     report = ScanReport(prefix=folder, level=manifest.level, deep=deep, skipped=skipped,
                         manifest=manifest, committed=True)
     report.extra = sorted(set(present) - set(listed))

@@ -115,6 +115,30 @@ class FileSource(Source):
             self._fd = -1
 
 
+class SliceSource(Source):
+    """A window ``[offset, offset + length)`` of another source, read as a whole object (a
+    stock DCP ``.distcp`` file holds several torch archives back to back). It does not own
+    ``inner``. A window running past the end of ``inner`` is cut there: the size tells.
+
+    >>> SliceSource(BytesSource(b"0123456789"), 2, 5).read(1, 100)
+    b'3456'
+    """
+
+    def __init__(self, inner: ByteSource, offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        self.inner = inner
+        self.offset = offset
+        self.size = max(0, min(length, inner.size - offset))
+        self.etag = getattr(inner, "etag", None)
+
+    def read(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        length = max(0, min(length, self.size - offset))
+        return self.inner.read(self.offset + offset, length) if length else b""
+
+
 class CountingSource(Source):
     """Wraps a source and counts the requests and bytes that go through it. It does not own
     ``inner``: closing it leaves ``inner`` open for its owner to close."""

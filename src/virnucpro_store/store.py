@@ -21,10 +21,12 @@ from .errors import (
 )
 from .keys import normalize_key, normalize_prefix
 from .schemas import AUTO, Schema, get_schema
+from .source import SliceSource
 from .validation import ValidationReport, safe_torch_load, validate_source
 from .validation.report import check_level
 
 if TYPE_CHECKING:
+    from .partitions import ScanPartition
     from .runs import AsyncWriter, Manifest, ScanReport
 
 SchemaArg = str | Schema | None
@@ -74,7 +76,8 @@ class CheckpointStore:
     # -- writing -----------------------------------------------------------------------------
 
     def save(self, obj: Any, key: str, *, schema: SchemaArg = None, validate: str | None = "keys",
-             overwrite: bool = True, deep: bool = False) -> ObjectInfo:
+             overwrite: bool = True, deep: bool = False,
+             pickle_protocol: int | None = None) -> ObjectInfo:
         """Serialize ``obj`` with ``torch.save`` and publish it atomically under ``key``.
 
         The bytes go to a staging object first, are validated there at level ``validate``
@@ -82,12 +85,15 @@ class CheckpointStore:
         ``key``. On any failure nothing is published and the previous version stays readable.
         ``overwrite=False`` makes the save create-only: an existing key raises
         :class:`~virnucpro_store.errors.AlreadyExists`, atomically on the medium.
+        ``pickle_protocol`` is ``torch.save``'s (None: torch's default).
         """
         import torch
 
+        protocol = {} if pickle_protocol is None else {"pickle_protocol": pickle_protocol}
+
         def serialize(file: IO[bytes], url: str, key: str) -> None:
             try:
-                torch.save(obj, file)
+                torch.save(obj, file, **protocol)
             except (StoreError, OSError):
                 raise
             except Exception as exc:
@@ -170,6 +176,69 @@ class CheckpointStore:
                 if not report.ok:
                     raise report.error(key=key)
             return staging.publish(overwrite=overwrite)
+
+    # -- conditional writes -------------------------------------------------------------------
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The raw bytes of ``key`` and their version, for :meth:`write_if`; raises
+        :class:`CheckpointMissing`, or :class:`~virnucpro_store.errors.NotSupported` on a
+        backend without conditional writes."""
+        return self.backend.read_versioned(normalize_key(key))
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
+        """Publish ``data`` (raw bytes, not validated) under ``key`` only if it still holds
+        version ``if_match`` -- or, with ``if_match=None``, only if ``key`` does not exist --
+        with the medium's own conditional write (local: a lock file; S3: ``If-Match``; GCS:
+        ``ifGenerationMatch``; Azure: ``If-Match``). Returns the new version; a lost race
+        raises :class:`~virnucpro_store.errors.PreconditionFailed`.
+
+        >>> import virnucpro_store as vs
+        >>> store = vs.open_store("memory://write-if-doc")
+        >>> v1 = store.write_if("n.json", b"1", if_match=None)
+        >>> v2 = store.write_if("n.json", b"2", if_match=v1)
+        >>> try:
+        ...     store.write_if("n.json", b"3", if_match=v1)
+        ... except vs.errors.PreconditionFailed:
+        ...     print("lost the race")
+        lost the race
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write_if takes bytes, not {type(data).__name__}")
+        return self.backend.write_if(normalize_key(key), bytes(data), if_match=if_match)
+
+    def update(self, key: str, fn: Callable[[bytes | None], bytes], *,
+               attempts: int = 100, max_wait: float = 0.5) -> bytes:
+        """Read-modify-write ``key`` safely against concurrent writers on any machine:
+        ``fn(current bytes, or None when the key is absent)`` returns the new bytes, which are
+        written only if nobody wrote in between (:meth:`write_if`); on a conflict ``fn`` runs
+        again on the new content (jittered backoff up to ``max_wait`` s), up to ``attempts``
+        times. Returns what was written.
+
+        >>> import json, virnucpro_store as vs
+        >>> store = vs.open_store("memory://update-doc")
+        >>> bump = lambda old: json.dumps({"n": json.loads(old or b'{"n": 0}')["n"] + 1}).encode()
+        >>> _ = store.update("c.json", bump); store.update("c.json", bump)
+        b'{"n": 2}'
+        """
+        import random
+
+        from .errors import PreconditionFailed
+
+        key = normalize_key(key)
+        for attempt in range(1, attempts + 1):
+            try:
+                current, version = self.backend.read_versioned(key)
+            except CheckpointMissing:
+                current, version = None, None
+            new = fn(current)
+            try:
+                self.backend.write_if(key, new, if_match=version)
+                return new
+            except PreconditionFailed:
+                if attempt == attempts:
+                    raise
+                time.sleep(random.uniform(0, min(max_wait, 0.005 * 2 ** min(attempt, 10))))
+        raise AssertionError("unreachable")
 
     def delete(self, key: str) -> None:
         """Remove ``key``; raises :class:`CheckpointMissing` if it is not there."""
@@ -267,6 +336,32 @@ class CheckpointStore:
                                     requested_level=level, deep=deep,
                                     schema=getattr(schema, "name", schema),
                                     seconds=time.perf_counter() - started), None
+
+    def validate_slice(self, key: str, offset: int, length: int, *, schema: SchemaArg = None,
+                       level: str = "load", deep: bool = False) -> ValidationReport:
+        """:meth:`validate` of the ``length`` bytes at ``offset`` of ``key``, as one file: for
+        containers of several torch archives back to back (a stock DCP ``.distcp`` file
+        written with ``single_file_per_rank=True``; see :func:`virnucpro_store.dcp.
+        validate_checkpoint`). A window past the end of the object is reported truncated.
+        """
+        key = normalize_key(key)
+        check_level(level)
+        schema_obj = _checked_schema(schema)
+        url = f"{self.backend.url_for(key)}#{offset}+{length}"
+
+        def one_version() -> ValidationReport:
+            with self.backend.open_source(key) as source:
+                window = SliceSource(source, offset, length)
+                if window.size < length:
+                    return ValidationReport(
+                        ok=False, level="size", category="corrupted", code="size.truncated",
+                        message=f"truncated: {window.size} of {length} bytes present",
+                        size=window.size, url=url, requested_level=level, deep=deep,
+                        schema=getattr(schema_obj, "name", schema_obj))
+                return validate_source(window, schema=schema_obj, level=level, deep=deep,
+                                       url=url)
+
+        return self._restarting(one_version)
 
     def inspect(self, key: str, *, deep: bool = False) -> dict[str, Any]:
         """What ``key`` holds, without loading tensor data: keys, list lengths, tensor dtypes
@@ -379,7 +474,8 @@ class CheckpointStore:
         return AsyncWriter(self, max_pending=max_pending, workers=workers)
 
     def scan(self, prefix: str = "", *, schema: SchemaArg = None, level: str = "keys",
-             deep: bool = False, jobs: int = 8, pattern: str | None = None) -> ScanReport:
+             deep: bool = False, jobs: int = 8, pattern: str | None = None,
+             progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
         """Validate every checkpoint under the folder ``prefix`` in ``jobs`` threads.
 
         ``report.valid`` / ``report.invalid`` sort the files; ``report.ids`` holds the sequence
@@ -400,14 +496,40 @@ class CheckpointStore:
         from .runs import scan
 
         return scan(self, prefix, schema=schema, level=level, deep=deep, jobs=jobs,
-                    pattern=pattern)
+                    pattern=pattern, progress=progress)
+
+    def plan_scan(self, prefix: str = "", *, target_files: int = 5000,
+                  by: str = "prefix") -> list[ScanPartition]:
+        """Split a scan of ``prefix`` into JSON-serializable partitions of about
+        ``target_files`` files (``by="prefix"``: natural folders; ``"count"``: ranges of one
+        listing); see :mod:`virnucpro_store.partitions`."""
+        from .partitions import plan_scan
+
+        return plan_scan(self, prefix, target_files=target_files, by=by)
+
+    def scan_partition(self, part: ScanPartition, *, schema: SchemaArg = None,
+                       level: str = "keys", deep: bool = False, jobs: int = 8,
+                       pattern: str | None = None, ids: str = "return",
+                       ids_to: str | None = None) -> ScanReport:
+        """:meth:`scan` of one partition of :meth:`plan_scan`; the reports of all partitions
+        merge (:meth:`ScanReport.merge`) into the scan of the whole prefix. ``ids``:
+        ``"return"``, ``"store"`` (written to ``ids_to``) or ``"none"``."""
+        from .partitions import scan_partition
+
+        return scan_partition(self, part, schema=schema, level=level, deep=deep, jobs=jobs,
+                              pattern=pattern, ids=ids, ids_to=ids_to)
 
     def commit_run(self, prefix: str, *, keys: Iterable[str] | None = None,
-                   level: str = "keys") -> Manifest:
+                   level: str = "keys", replace: bool = False, reason: str | None = None,
+                   progress: Callable[[int, str | None], None] | None = None) -> Manifest:
         """Validate the run's checkpoints (all under the folder ``prefix``, or ``keys``) and
         publish its manifest, ``PREFIX/vnps-run-manifest.json``, last and create-only: a second
         commit raises :class:`~virnucpro_store.errors.AlreadyExists`. An invalid file refuses
-        the commit (its ``CheckpointError`` is raised; nothing is published).
+        the commit (its ``CheckpointError`` is raised; nothing is published). The repair
+        path: ``replace=True`` commits again, keeping the previous manifest under a history
+        name (``manifest.replaces["previous"]``) with ``reason``. ``progress(n, key)``: called
+        with the file count (``key`` None), then after each file (``n`` 0); scan and
+        verify_run take it too.
 
         >>> import torch, virnucpro_store as vs
         >>> store = vs.open_store("memory://commit-method")
@@ -418,9 +540,11 @@ class CheckpointStore:
         """
         from .runs import commit_run
 
-        return commit_run(self, prefix, keys=keys, level=level)
+        return commit_run(self, prefix, keys=keys, level=level, replace=replace,
+                          reason=reason, progress=progress)
 
-    def verify_run(self, prefix: str, *, deep: bool = False) -> ScanReport:
+    def verify_run(self, prefix: str, *, deep: bool = False,
+                   progress: Callable[[int, str | None], None] | None = None) -> ScanReport:
         """Check the run under ``prefix`` against its manifest: a listed file that is gone is
         invalid ("missing"); one whose size or checksum differs is "corrupted", even if it is
         a valid checkpoint; unlisted checkpoints are in ``report.extra``. ``deep`` also checks
@@ -437,7 +561,7 @@ class CheckpointStore:
         """
         from .runs import verify_run
 
-        return verify_run(self, prefix, deep=deep)
+        return verify_run(self, prefix, deep=deep, progress=progress)
 
 
 def _checked_schema(schema: SchemaArg) -> SchemaArg:
@@ -445,7 +569,8 @@ def _checked_schema(schema: SchemaArg) -> SchemaArg:
     return schema if schema == AUTO else get_schema(schema)
 
 
-def open_store(url: str | os.PathLike[str], **storage_options: Any) -> CheckpointStore:
+def open_store(url: str | os.PathLike[str], *, follow_symlinks: bool = False,
+               **storage_options: Any) -> CheckpointStore:
     """Open the store at ``url``: a plain path, ``file://``, ``memory://NAME``,
     ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` or ``az://CONTAINER/PREFIX`` (or a scheme
     a plugin registers).
@@ -456,21 +581,40 @@ def open_store(url: str | os.PathLike[str], **storage_options: Any) -> Checkpoin
     ``account_name``, ``account_key``, ...); plus each object store's own ``retries``,
     ``part_size``, ``max_concurrency``, ``request_timeout``.
 
+    ``follow_symlinks=True`` lets a local store's *reads* (validate, load, info, scan) follow
+    symbolic links below its root, as a Nextflow work folder's staged inputs need; writes
+    never follow one. Other backends have no symlinks: there it changes nothing.
+
     >>> open_store("memory://scratch").url
     'memory://scratch'
     """
-    return CheckpointStore(registry.open_backend(url, **storage_options))
+    return CheckpointStore(registry.open_backend(
+        url, **_with_follow_symlinks(url, follow_symlinks, storage_options)))
+
+
+def _with_follow_symlinks(url: str | os.PathLike[str] | registry.ParsedURL,
+                          follow_symlinks: bool,
+                          storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``storage_options`` plus ``follow_symlinks`` where the backend has symlinks (local)."""
+    parsed = url if isinstance(url, registry.ParsedURL) else registry.parse_url(url)
+    if follow_symlinks and parsed.scheme == "file":
+        return {**storage_options, "follow_symlinks": True}
+    return storage_options
 
 
 def validate(url: str | os.PathLike[str], *, schema: SchemaArg = None, level: str = "keys",
-             deep: bool = False, **storage_options: Any) -> ValidationReport:
-    """Validate one file by URL; see :meth:`CheckpointStore.validate`.
+             deep: bool = False, follow_symlinks: bool = True,
+             **storage_options: Any) -> ValidationReport:
+    """Validate one file by URL; see :meth:`CheckpointStore.validate`. A local file named
+    here is read through symbolic links (``follow_symlinks=False`` refuses them, as a store
+    opened without the option does).
 
     >>> validate("memory://nowhere/missing.pt").category
     'missing'
     """
     parent, key = registry.split_object_url(url)
-    store = CheckpointStore(registry.open_backend(parent, **storage_options))
+    store = CheckpointStore(registry.open_backend(
+        parent, **_with_follow_symlinks(parent, follow_symlinks, storage_options)))
     try:
         return store.validate(key, schema=schema, level=level, deep=deep)
     finally:

@@ -34,6 +34,12 @@ class StorageOptions:
     endpoint_url_from_env: bool = False
     #: an AWS profile (``--profile`` / ``AWS_PROFILE``)
     profile: str | None = None
+    #: ``-o KEY=VALUE`` options, given to every remote (not local, not memory) backend
+    extra: tuple[tuple[str, Any], ...] = ()
+    #: ``--follow-symlinks`` (True) / ``--no-follow-symlinks`` (False) / not given (None):
+    #: local stores read through symlinks inside their root only when True; a single file
+    #: named on the command line is followed unless False
+    follow_symlinks: bool | None = None
 
 
 def storage_options_for(url: str, options: StorageOptions | dict[str, Any] | None
@@ -43,11 +49,15 @@ def storage_options_for(url: str, options: StorageOptions | dict[str, Any] | Non
     environment must not send ``gs://`` or ``az://`` requests to their S3 endpoint); an
     explicit ``--endpoint-url`` for any remote store (an emulator, a private endpoint)."""
     scheme = registry.parse_url(url).scheme
-    if scheme in ("file", "memory") or options is None:
+    if options is None:
         return {}
     if isinstance(options, dict):
-        return dict(options)
-    chosen: dict[str, Any] = {}
+        return {} if scheme in ("file", "memory") else dict(options)
+    if scheme == "file":
+        return {"follow_symlinks": True} if options.follow_symlinks else {}
+    if scheme == "memory":
+        return {}
+    chosen: dict[str, Any] = dict(options.extra)
     if options.endpoint_url and (scheme == "s3" or not options.endpoint_url_from_env):
         chosen["endpoint_url"] = options.endpoint_url
     if options.profile and scheme == "s3":
@@ -60,6 +70,53 @@ def open_url_store(url: str, options: StorageOptions | dict[str, Any] | None
     return CheckpointStore(registry.open_backend(url, **storage_options_for(url, options)))
 
 
+def followed(url: str, options: StorageOptions | dict[str, Any] | None) -> str:
+    """``url`` itself, or, for a local path that is a symbolic link (a pipeline's staged
+    input), the path of the file it points to -- unless ``--no-follow-symlinks`` was given.
+    A single file named on the command line is the user's choice, as a store's root is."""
+    parsed = registry.parse_url(url)
+    if (parsed.scheme == "file" and os.path.islink(parsed.location)
+            and not (isinstance(options, StorageOptions) and options.follow_symlinks is False)):
+        return os.path.realpath(parsed.location)
+    return url
+
+
+@dataclass(frozen=True)
+class Located:
+    """What a URL names: one file (``single``: ``keys`` is that key, present or not) or a
+    folder/prefix (``keys``: every key listed under it, unfiltered). ``exists``: the file,
+    or the folder (local) / at least one object under the prefix (object stores)."""
+
+    store: CheckpointStore
+    keys: list[str]
+    single: bool
+    exists: bool
+
+
+def locate(url: str, options: StorageOptions | dict[str, Any] | None) -> Located:
+    """:func:`resolve` without a pattern, saying whether anything is there."""
+    url = followed(url, options)
+    parsed = registry.parse_url(url)
+    try:
+        parent, key = registry.split_object_url(url)
+    except InvalidKey:
+        parent, key = None, None
+    is_dir = parsed.scheme == "file" and os.path.isdir(parsed.location)
+    if parent is not None and key is not None and not is_dir:
+        store = open_url_store(parent.url, options)
+        try:
+            if store.exists(key):
+                return Located(store, [key], True, True)
+        except InvalidKey:  # e.g. a symlink: the caller reports it for this file only
+            return Located(store, [key], True, True)
+    store = open_url_store(parsed.url, options)
+    listed = list(store.list())
+    if not listed and not is_dir and parent is not None and key is not None:
+        # nothing there at all: the URL as one missing file
+        return Located(open_url_store(parent.url, options), [key], True, False)
+    return Located(store, listed, False, bool(listed) or is_dir)
+
+
 def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
             ) -> tuple[CheckpointStore, list[str], bool]:
     """Resolve ``url`` to (store, keys, is_single_file).
@@ -68,27 +125,12 @@ def resolve(url: str, options: dict[str, Any], *, pattern: str | None = None
     anything else is a folder or prefix whose keys are listed recursively and filtered by
     ``pattern`` (a glob on the key's last part, e.g. ``*.pt``).
     """
-    parsed = registry.parse_url(url)
-    try:
-        parent, key = registry.split_object_url(url)
-    except InvalidKey:
-        parent, key = None, None
-    if parent is not None and key is not None and not (
-            parsed.scheme == "file" and os.path.isdir(parsed.location)):
-        store = open_url_store(parent.url, options)
-        try:
-            if store.exists(key):
-                return store, [key], True
-        except InvalidKey:  # e.g. a symlink: the caller reports it for this file only
-            return store, [key], True
-    store = open_url_store(parsed.url, options)
-    listed = list(store.list())
-    keys = [k for k in listed if pattern is None
+    found = locate(url, options)
+    if found.single:
+        return found.store, found.keys, True
+    keys = [k for k in found.keys if pattern is None
             or fnmatch.fnmatchcase(k.rsplit("/", 1)[-1], pattern)]
-    if not keys and not listed and parent is not None and key is not None:
-        # nothing there at all: report the URL as one missing file, not as an empty folder
-        return open_url_store(parent.url, options), [key], True
-    return store, keys, False
+    return found.store, keys, False
 
 
 def _root_identity(store: CheckpointStore) -> tuple[str, str]:

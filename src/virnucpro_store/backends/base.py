@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
-from ..errors import CheckpointMissing
+from ..errors import CheckpointMissing, NotSupported
 from ..keys import is_staging_file_name, is_valid_key
 from ..source import ByteSource, Closeable, SourceReader
 
@@ -284,6 +284,28 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 -- optional hook, most backends hold nothing
         """Release connections or handles. The default has nothing to release."""
+
+    # -- conditional writes (small objects: a run's JSON manifest, a log) ------------------------
+
+    #: how this backend makes :meth:`write_if` atomic, for docs and error messages (None: it
+    #: cannot); e.g. "lock file", "If-Match", "ifGenerationMatch"
+    conditional_writes: str | None = None
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The whole object and its version, a token :meth:`write_if` compares; raises
+        ``CheckpointMissing``. Backends that cannot write conditionally raise
+        :class:`~virnucpro_store.errors.NotSupported`."""
+        raise NotSupported(f"{self.url}: the {self.scheme} backend does not support "
+                           f"conditional writes (read_versioned/write_if)", url=self.url)
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
+        """Publish ``data`` under ``key`` only if the key still holds version ``if_match``
+        (from :meth:`read_versioned`), or, with ``if_match=None``, only if the key does not
+        exist; atomically on the medium, across processes and machines. Returns the new
+        version. A lost race raises :class:`~virnucpro_store.errors.PreconditionFailed`.
+        No validation: this is for small non-checkpoint objects."""
+        raise NotSupported(f"{self.url}: the {self.scheme} backend does not support "
+                           f"conditional writes (read_versioned/write_if)", url=self.url)
 
 
 def refuse_storage_options(backend: str, storage_options: dict[str, object]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from ..errors import AlreadyExists, CheckpointMissing, StorageFailure
+from ..errors import AlreadyExists, CheckpointMissing, PreconditionFailed, StorageFailure
 from ..keys import staging_file_name
 from ..source import ByteSource, BytesSource
 from .base import (
@@ -169,6 +169,27 @@ class MemoryBackend(Backend):
     def remove_leftover(self, leftover: Leftover) -> None:
         with self.space.lock:
             self.space.staging.pop(self.prefix + leftover.name, None)
+
+    conditional_writes = "a compare-and-swap under the space's lock"
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        blob = self._blob(key)
+        return blob.data, blob.etag
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
+        full = self.full_key(key)
+        url = self.url_for(key)
+        blob = _Blob(bytes(data), datetime.now(timezone.utc), f"v{next(_VERSIONS)}")
+        with self.space.lock:
+            current = self.space.objects.get(full)
+            now = current.etag if current is not None else None
+            if now != if_match:
+                raise PreconditionFailed(
+                    f"{url}: already exists (create-only write)" if if_match is None else
+                    f"{url}: changed since version {if_match} (now {now or 'absent'})",
+                    key=key, url=url)
+            self.space.objects[full] = blob
+        return blob.etag
 
     def open_for_load(self, key: str) -> LoadTarget:
         blob = self._blob(key)

@@ -349,3 +349,63 @@ class ConformanceTests:
         assert scanned.valid == ["run/part_0.pt", "run/part_2.pt"]
         assert scanned.invalid["run/part_1.pt"].category == "missing"
         assert scanned.ids_by_key["run/part_0.pt"] == sample("merged", 3, seed=9)["ids"]
+
+    # -- conditional writes (read_versioned / write_if / update) -----------------------------------
+
+    def test_write_if_create_only_and_compare(self, store):
+        try:
+            v1 = store.write_if("run/manifest.json", b'{"n": 1}', if_match=None)
+        except vs.errors.NotSupported:
+            pytest.skip(f"{store.backend.scheme}: no conditional writes")
+        assert type(store.backend).conditional_writes is not None
+        data, version = store.read_versioned("run/manifest.json")
+        assert (data, version) == (b'{"n": 1}', v1)
+        with pytest.raises(vs.errors.PreconditionFailed):  # create-only on an existing key
+            store.write_if("run/manifest.json", b"x", if_match=None)
+        v2 = store.write_if("run/manifest.json", b'{"n": 2}', if_match=v1)
+        assert v2 != v1
+        with pytest.raises(vs.errors.PreconditionFailed):  # a stale version loses
+            store.write_if("run/manifest.json", b'{"n": 3}', if_match=v1)
+        assert store.read_versioned("run/manifest.json") == (b'{"n": 2}', v2)
+        assert list(store.list("run")) == ["run/manifest.json"]
+        with pytest.raises(vs.CheckpointMissing):
+            store.read_versioned("run/absent.json")
+
+    def test_write_if_on_missing_key_with_a_version_loses(self, store):
+        try:
+            v1 = store.write_if("a.json", b"1", if_match=None)
+        except vs.errors.NotSupported:
+            pytest.skip(f"{store.backend.scheme}: no conditional writes")
+        store.delete("a.json")
+        with pytest.raises(vs.errors.PreconditionFailed):
+            store.write_if("a.json", b"2", if_match=v1)
+        assert not store.exists("a.json")
+
+    def test_update_from_threads_loses_nothing(self, store):
+        import json
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._versioned_or_skip(store)
+
+        def add(tag: str):
+            def change(old: bytes | None) -> bytes:
+                items = json.loads(old) if old else []
+                return json.dumps(items + [tag]).encode()
+            return change
+
+        def worker(w: int) -> None:
+            for i in range(4):
+                store.update("counter.json", add(f"{w}-{i}"))
+
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(worker, range(3)))
+        items = json.loads(store.read_bytes("counter.json"))
+        assert sorted(items) == sorted(f"{w}-{i}" for w in range(3) for i in range(4))
+
+    @staticmethod
+    def _versioned_or_skip(store: vs.CheckpointStore) -> None:
+        try:
+            store.write_if("probe.json", b"{}", if_match=None)
+        except vs.errors.NotSupported:
+            pytest.skip(f"{store.backend.scheme}: no conditional writes")
+        store.delete("probe.json")

@@ -77,11 +77,19 @@ def run_demo(url: str, *, entries: int = 64, console=None,
                    f"{_next_level(report.level)}{' (deep)' if deep else ''}: {report.message}")
         table.add_row(f"{name}\n[dim]{what}[/]", torch_says, verdict)
     console.print(table)
+    from rich.markup import escape
+
+    if store.url.startswith("memory://"):
+        where = (f"The files lived in {escape(store.url)}, a memory store that exists only "
+                 "inside this command: they are gone now. To look at them afterwards, run "
+                 "`virnucpro-store demo DIR` with a folder, then `virnucpro-store validate "
+                 "DIR/damaged/flipped-byte.pt --deep`.")
+    else:
+        where = (f"Files are in {escape(store.url)}. Try: virnucpro-store validate "
+                 f"{escape(store.url_for('damaged/flipped-byte.pt'))} --deep")
     console.print(
         "\nNothing from the code-running pickle was executed: the validator reads pickles with "
-        "an allow-list and never imports or calls what they name.\n"
-        f"Files are in {store.url}. Try: virnucpro-store validate "
-        f"{store.url_for('damaged/flipped-byte.pt')} --deep"
+        "an allow-list and never imports or calls what they name.\n" + where
     )
     return all_right
 

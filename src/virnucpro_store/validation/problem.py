@@ -11,6 +11,7 @@ from __future__ import annotations
 #: the defects with a code of their own; every other is "<level>.<category>"
 CODES: dict[str, str] = {
     "size.empty": "the object is empty (0 bytes)",
+    "size.truncated": "a window of a container file (a DCP slice) runs past its end",
     "zip.no_end_record": "no end of central directory: truncated, or not a ZIP at all",
     "zip.ambiguous_end_record": "two end records that readers could each take",
     "zip.out_of_bounds": "a record, directory or read lies outside the file",
@@ -42,6 +43,13 @@ CODES: dict[str, str] = {
     "keys.version": "a version this code does not read",
     "keys.no_schema": "no built-in schema matches the file's keys",
     "keys.schema": "a schema's required key or shape rule does not hold",
+    "dcp.metadata": "a DCP .metadata that is not readable DCP metadata",
+    "dcp.metadata_global": "a DCP .metadata naming a global outside its allow-list",
+    "dcp.path_escape": "a DCP .metadata naming a file outside the checkpoint",
+    "dcp.manifest": "a DCP checksum manifest that is not readable",
+    "dcp.checksum_mismatch": "a DCP data file whose bytes differ from its manifest's CRC-32",
+    "dcp.truncated": "a DCP data file shorter than the slices .metadata names",
+    "dcp.item": "a DCP item that is not what the load plan expects",
     "run.not_committed": "a file of a committed run whose size or checksum is not the one "
                          "its manifest lists",
 }

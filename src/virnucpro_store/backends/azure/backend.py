@@ -7,7 +7,7 @@ import contextlib
 from datetime import datetime, timezone
 from typing import Any
 
-from ...errors import CheckpointMissing
+from ...errors import AlreadyExists, CheckpointMissing, PreconditionFailed
 from ...keys import is_staging_file_name
 from ..base import Leftover, ObjectInfo
 from ..objectstore import (
@@ -33,6 +33,7 @@ class AzureBackend(ObjectStoreBackend):
 
     scheme = "az"
     concurrent_writes = 4
+    conditional_writes = "If-Match (If-None-Match: * to create) on Put Blob"
 
     def __init__(self, location: str, *, retries: int = 5, retry_base_wait: float = 0.1,
                  retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
@@ -144,3 +145,35 @@ class AzureBackend(ObjectStoreBackend):
         blob = self.client.blob(path)
         with contextlib.suppress(CheckpointMissing):
             self.client.call("delete_blob", blob.delete_blob, key=leftover.name)
+
+    # -- conditional writes ----------------------------------------------------------------------
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The blob's bytes and the ETag of exactly those bytes (one download)."""
+        blob = self.client.blob(self.client.path(key))
+
+        def run() -> tuple[bytes, str]:
+            downloader = blob.download_blob()
+            return downloader.readall(), str(downloader.properties.etag)
+
+        return self.client.call("download_blob", run, key=key)
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
+        """One Put Blob with ``If-Match: <etag>`` (``If-None-Match: *`` to create): the
+        service answers 412 (or 409) when another version is there."""
+        from azure.core import MatchConditions
+
+        url = self.url_for(key)
+        blob = self.client.blob(self.client.path(key))
+        if if_match is None:
+            conditions: dict[str, Any] = {"match_condition": MatchConditions.IfMissing}
+        else:
+            conditions = {"etag": if_match, "match_condition": MatchConditions.IfNotModified}
+        try:
+            answer = self.client.call("upload_blob", lambda: blob.upload_blob(
+                data, overwrite=True, **conditions), key=key)
+        except (AlreadyExists, CheckpointMissing):
+            raise PreconditionFailed(
+                f"{url}: already exists (create-only write)" if if_match is None else
+                f"{url}: changed since version {if_match}", key=key, url=url) from None
+        return str(answer["etag"])

@@ -5,11 +5,13 @@ reads)."""
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from ...errors import CheckpointMissing
-from ...keys import is_staging_file_name, staging_target_matches
+from ...errors import AlreadyExists, CheckpointMissing, PreconditionFailed, StorageFailure
+from ...keys import is_staging_file_name, staging_file_name, staging_target_matches
 from ..base import Leftover, ObjectInfo
 from ..objectstore import (
     ObjectStoreBackend,
@@ -19,11 +21,16 @@ from ..objectstore import (
     strip_etag,
     utc,
 )
-from .client import NoSuchUpload, S3Client
+from .client import NoSuchUpload, S3Client, default_retries
 from .read import DOWNLOAD_CHUNK, S3Source
 from .upload import UPLOAD_PART_SIZE, S3Staging, S3Uploader
 
 log = logging.getLogger("virnucpro_store.backends.s3")
+
+#: seconds after which a fallback lock object is taken for a dead writer's and removed
+LOCK_STALE_AFTER = 30.0
+#: give up waiting for a fallback lock after this many seconds
+LOCK_TIMEOUT = 120.0
 
 
 class S3Backend(ObjectStoreBackend):
@@ -33,7 +40,8 @@ class S3Backend(ObjectStoreBackend):
     ``secret``, ``token``, ``profile``, ``client_kwargs``, ``config_kwargs``, ...), except
     these, which belong to this backend:
 
-    ``retries``          retries of a transient failure per request (default 5)
+    ``retries``          retries of a transient failure per request (default: ``max_attempts``
+                         - 1 from ``AWS_MAX_ATTEMPTS`` or ``~/.aws/config``, else 5)
     ``retry_base_wait``  first backoff in seconds (default 0.1); it doubles per retry
     ``retry_max_wait``   cap of one backoff in seconds (default 10)
     ``part_size``        upload part size in bytes (default 8 MiB, at least 5 MiB)
@@ -46,11 +54,17 @@ class S3Backend(ObjectStoreBackend):
 
     scheme = "s3"
     concurrent_writes = 4
+    conditional_writes = "If-Match on PutObject (a create-only lock object where ignored)"
+    #: how write_if makes its condition hold: "if-match", "lock", or None (not probed yet)
+    conditional_via: str | None = None
 
-    def __init__(self, location: str, *, retries: int = 5, retry_base_wait: float = 0.1,
+    def __init__(self, location: str, *, retries: int | None = None,
+                 retry_base_wait: float = 0.1,
                  retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
                  max_concurrency: int = 4, create_only_via: str = "auto",
                  request_timeout: float = 300.0, **storage_options: Any) -> None:
+        if retries is None:
+            retries = default_retries(storage_options.get("profile"))
         options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
                                      max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
@@ -208,6 +222,101 @@ class S3Backend(ObjectStoreBackend):
         else:
             self._call("delete_object", leftover.name, Key=self.client.path(leftover.name))
 
+    # -- conditional writes ------------------------------------------------------------------
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        async def consume(response: dict[str, Any]) -> tuple[bytes, str]:
+            stream = response["Body"]
+            try:
+                data = await stream.read()
+            finally:
+                stream.close()
+            return data, str(response["ETag"])
+
+        return self._call("get_object", key, Key=self.client.path(key), body=consume)
+
+    def _lost(self, key: str, if_match: str | None) -> PreconditionFailed:
+        url = self.url_for(key)
+        return PreconditionFailed(
+            f"{url}: already exists (create-only write)" if if_match is None else
+            f"{url}: changed since version {if_match}", key=key, url=url)
+
+    def _put_if(self, key: str, data: bytes, if_match: str | None) -> str:
+        """One PutObject with the condition on the server (If-Match / If-None-Match: *)."""
+        condition = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        try:
+            result = self._call("put_object", key, Key=self.client.path(key), Body=data,
+                                **condition)
+        except (AlreadyExists, CheckpointMissing):  # 412, or 404 for If-Match on a missing key
+            raise self._lost(key, if_match) from None
+        except StorageFailure as exc:
+            if "ConditionalRequestConflict" in str(exc):  # AWS: a concurrent conditional write
+                raise self._lost(key, if_match) from exc
+            raise
+        return str(result["ETag"])
+
+    def _honours_if_match(self) -> bool:
+        """Probe once per backend whether the server refuses a PutObject whose If-Match names
+        another ETag (AWS and MinIO do; some S3-compatible servers ignore the header)."""
+        if self.conditional_via is None:
+            probe = staging_file_name("vnps-probe", token=uuid.uuid4().hex, suffix="")
+            try:
+                self._put_if(probe, b"1", None)
+                try:
+                    self._put_if(probe, b"2", '"00000000000000000000000000000000"')
+                    self.conditional_via = "lock"
+                except PreconditionFailed:
+                    self.conditional_via = "if-match"
+            finally:
+                try:
+                    self.delete(probe)
+                except CheckpointMissing:
+                    pass
+            log.debug("%s: conditional writes via %s", self.url, self.conditional_via)
+        return self.conditional_via == "if-match"
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None) -> str:
+        if self._honours_if_match():
+            return self._put_if(key, data, if_match)
+        # Fallback: a create-only lock object (If-None-Match: *, which SeaweedFS and every S3
+        # with conditional writes honour) serializes writers; the ETag is compared under it.
+        folder, _, name = key.rpartition("/")
+        lock = (f"{folder}/" if folder else "") + staging_file_name(name, token="lock", suffix="")
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        wait = 0.005
+        while True:
+            try:
+                self._put_if(lock, b"", None)
+                break
+            except PreconditionFailed:
+                try:
+                    head = self._head(lock)
+                    age = (datetime.now(timezone.utc) - utc(head["LastModified"])).total_seconds()
+                    if age > LOCK_STALE_AFTER:
+                        log.warning("%s: removing a stale lock object", self.url_for(lock))
+                        self.delete(lock)
+                        continue
+                except CheckpointMissing:
+                    continue
+            if time.monotonic() > deadline:
+                raise StorageFailure(f"{self.url_for(key)}: lock object held for over "
+                                     f"{LOCK_TIMEOUT:.0f} s", key=key, url=self.url_for(key))
+            time.sleep(wait)
+            wait = min(wait * 2, 0.1)
+        try:
+            try:
+                now: str | None = str(self._head(key)["ETag"])
+            except CheckpointMissing:
+                now = None
+            if now != if_match:
+                raise self._lost(key, if_match)
+            result = self._call("put_object", key, Key=self.client.path(key), Body=data)
+            return str(result["ETag"])
+        finally:
+            try:
+                self.delete(lock)
+            except CheckpointMissing:
+                pass
 
 def _same_folder(a: str, b: str) -> bool:
     """Whether two names relative to the root lie in the same folder."""
