@@ -207,7 +207,9 @@ class AsyncWriter:
                 self._inflight -= 1
                 self._cv.notify_all()
             raise
-        future.add_done_callback(lambda f: self._done(key, f, holder, taken))
+        # in this order: a cancelled save's buffers are back before its slot frees
+        future.add_done_callback(lambda f: self._drop_if_cancelled(f, holder, taken))
+        future.add_done_callback(lambda f: self._done(key, f))
         return future
 
     def _save(self, holder: list[Any], taken: list[Any], key: str, kwargs: dict[str, Any],
@@ -225,14 +227,17 @@ class AsyncWriter:
             del obj
             self._buffers.give_back(taken)
 
-    def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo],
-              holder: list[Any], taken: list[Any]) -> None:
+    def _drop_if_cancelled(self, future: concurrent.futures.Future[ObjectInfo],
+                           holder: list[Any], taken: list[Any]) -> None:
+        """A cancelled save never ran: its snapshot is dropped and its buffers reused."""
+        if future.cancelled():
+            holder.clear()
+            self._buffers.give_back(taken)
+
+    def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo]) -> None:
         # Runs after the future is resolved: the failure is recorded before the slot frees,
         # so a submit woken by this slot sees it.
         cancelled = future.cancelled()
-        if cancelled:  # never ran: its snapshot is dropped and its buffers reused
-            holder.clear()
-            self._buffers.give_back(taken)
         with self._cv:
             previous = self._before.get(future)
             if cancelled:
