@@ -62,6 +62,7 @@ from ..errors import (
     InvalidKey,
     PreconditionFailed,
     StorageFailure,
+    storage_failure_from,
 )
 from ..keys import is_staging_file_name, staging_file_name
 from ..source import ByteSource, FileSource
@@ -170,7 +171,9 @@ def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> Stora
         errno.ENOTDIR: "a file is in the way of a folder",
     }
     reason = reasons.get(exc.errno or 0) or exc.strerror or str(exc)
-    return StorageFailure(f"{url}: {what} failed: {reason}", key=key, url=url)
+    # errno and strerror go along: `except OSError as e: e.errno == errno.ENOSPC` works as
+    # on the raw error; refused access is also a PermissionError, as it was
+    return storage_failure_from(exc, f"{url}: {what} failed: {reason}", key=key, url=url)
 
 
 def _fsync_dir(path: str) -> None:
@@ -252,6 +255,8 @@ class LocalStaging(Staging):
             self.path = os.path.join(folder, staging_file_name(name))
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
                          0o666)
+        except StorageFailure:  # check_no_symlink's own, already translated (an OSError too)
+            raise
         except OSError as exc:
             raise _failure(exc, "save", url, key) from exc
         self.file = _StagingFile(fd, url, key)

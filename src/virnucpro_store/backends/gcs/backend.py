@@ -88,7 +88,8 @@ class GCSBackend(ObjectStoreBackend):
         out: list[tuple[str, dict[str, Any]]] = []
         params: dict[str, Any] = {
             "prefix": self.root + prefix,
-            "fields": "items(name,size,updated,timeCreated,generation),nextPageToken"}
+            "fields": "items(name,size,updated,timeCreated,generation,crc32c,md5Hash),"
+                      "nextPageToken"}
         while True:
             page = self.client.run(self.client.get_json("list", self.client.bucket_url("/o"),
                                                         key=prefix or None, **params))

@@ -33,6 +33,28 @@ LOCK_STALE_AFTER = 30.0
 LOCK_TIMEOUT = 120.0
 
 
+#: the checksums S3 keeps (x-amz-checksum-*), by the name its API and CLI print
+S3_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
+                "ChecksumSHA256")
+
+
+def whole_object_checksums(head: dict[str, Any]) -> dict[str, str]:
+    """The whole-object checksums of a HeadObject answer (base64, as ``aws s3api head-object
+    --checksum-mode ENABLED`` prints them). A composite checksum of a multipart upload (a
+    checksum of the parts' checksums, ``...-N``) is left out: no tool computes it from the
+    file alone.
+
+    >>> whole_object_checksums({"ChecksumCRC32": "Gdfnhg==", "ChecksumType": "FULL_OBJECT"})
+    {'ChecksumCRC32': 'Gdfnhg=='}
+    >>> whole_object_checksums({"ChecksumCRC32": "AAAAAA==-3", "ChecksumType": "COMPOSITE"})
+    {}
+    """
+    if head.get("ChecksumType") == "COMPOSITE":
+        return {}
+    return {name: str(head[name]) for name in S3_CHECKSUMS
+            if head.get(name) and "-" not in str(head[name])}
+
+
 class S3Backend(ObjectStoreBackend):
     """Checkpoints under ``s3://bucket/prefix``.
 
@@ -92,13 +114,16 @@ class S3Backend(ObjectStoreBackend):
                          download_chunk=self.download_chunk)
 
     def _head(self, key: str) -> dict[str, Any]:
-        return self._call("head_object", key, Key=self.client.path(key))
+        # ChecksumMode: the answer carries the object's stored checksums (x-amz-checksum-*)
+        extra = {"ChecksumMode": "ENABLED"} if self.client.sends_checksums else {}
+        return self._call("head_object", key, Key=self.client.path(key), **extra)
 
     def stat(self, key: str) -> ObjectInfo:
         head = self._head(key)
         return ObjectInfo(key=key, size=int(head["ContentLength"]),
                           modified=utc(head.get("LastModified")),
-                          etag=strip_etag(head.get("ETag")), url=self.url_for(key))
+                          etag=strip_etag(head.get("ETag")), url=self.url_for(key),
+                          checksums=whole_object_checksums(head))
 
     def open_source(self, key: str) -> S3Source:
         head = self._head(key)

@@ -44,6 +44,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "RequestLimitExceeded": _K.TRANSIENT, "RequestTimeout": _K.TRANSIENT,
     "InternalError": _K.TRANSIENT, "ServiceUnavailable": _K.TRANSIENT,
     "OperationAborted": _K.TRANSIENT,
+    "XMinioStorageFull": _K.NO_SPACE, "507": _K.NO_SPACE,
     "500": _K.TRANSIENT, "502": _K.TRANSIENT, "503": _K.TRANSIENT, "504": _K.TRANSIENT,
 }
 
