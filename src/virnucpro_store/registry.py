@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from importlib import metadata
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import BackendUnavailable, InvalidKey, UnknownSchemeError
 
@@ -127,7 +127,7 @@ class ParsedURL:
     @property
     def url(self) -> str:
         if self.scheme == "file":
-            return "file://" + self.location
+            return "file://" + quote(self.location, safe="/")
         return f"{self.scheme}://{self.location}"
 
 

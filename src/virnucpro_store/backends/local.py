@@ -54,6 +54,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import (
     AlreadyExists,
@@ -146,6 +147,17 @@ def claim_file_name(name: str) -> str:
     """
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     return staging_file_name(name, token="claim" + digest, suffix="")
+
+
+def file_url(path: str) -> str:
+    """The ``file://`` URL of an absolute ``path``, percent-encoded so that parsing it
+    (:func:`~virnucpro_store.registry.parse_url` decodes) gives ``path`` back.
+
+    >>> file_url("/data/run 7/batch%41.pt")
+    'file:///data/run%207/batch%2541.pt'
+    """
+    # the file system's bytes (a name that is not UTF-8 keeps its raw bytes, escaped)
+    return "file://" + quote(os.fsencode(path), safe="/")
 
 
 def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> StorageFailure:
@@ -382,7 +394,7 @@ class LocalBackend(Backend):
                  **storage_options: object) -> None:
         refuse_storage_options("local", storage_options)
         self.root = os.path.abspath(location)
-        self.url = "file://" + self.root
+        self.url = file_url(self.root)
         #: reads follow symlinks below the root (writes never do); see the module's docstring
         self.follow_symlinks = bool(follow_symlinks)
         #: the create-only method found per filesystem (``st_dev``), at its first use
@@ -413,7 +425,12 @@ class LocalBackend(Backend):
         return self._create_only[dev]
 
     def canonical_root(self) -> str:
-        return "file://" + os.path.realpath(self.root).rstrip("/") + "/"
+        return file_url(os.path.realpath(self.root).rstrip("/") + "/")
+
+    def url_for(self, key: str) -> str:
+        """``file://`` + the file's path, percent-encoded: ``file://`` URLs are decoded when
+        parsed, so ``run/batch%41.pt`` must print as ``batch%2541.pt`` to name itself."""
+        return file_url(self.path_for(key))
 
     def path_for(self, key: str) -> str:
         # keys are normalized (no '..', not absolute), so the join stays under the root

@@ -117,6 +117,19 @@ class ObjectStoreClient:
         self.log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
         return wait
 
+    def applied_before_lost_answer(self, kind: ErrorKind, attempt: int,
+                                   gone_ok: bool) -> bool:
+        """Whether a "missing" answer is a request's own earlier success: a request that
+        removes its object (``gone_ok``: a delete), retried after a transient failure
+        (``attempt > 0``), may find the object gone because its first attempt was applied
+        and only the answer was lost. That delete succeeded. (The first attempt's "missing"
+        still means there was nothing to delete.)"""
+        if gone_ok and ErrorKind(kind) is ErrorKind.MISSING and attempt > 0:
+            self.log.debug("a retried removal found its object gone: the earlier attempt "
+                           "was applied")
+            return True
+        return False
+
     def store_error(self, kind: ErrorKind, what: str, op: str, key: str | None,
                     precondition: str, attempts: int,
                     messages: Mapping[ErrorKind, str]) -> StoreError:

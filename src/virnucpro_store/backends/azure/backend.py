@@ -121,7 +121,8 @@ class AzureBackend(ObjectStoreBackend):
     def delete(self, key: str) -> None:
         self._properties(key)
         blob = self.client.blob(self.client.path(key))
-        self.client.call("delete_blob", blob.delete_blob, key=key)
+        # gone_ok: a retry answered 404 after a lost answer is this delete's own success
+        self.client.call("delete_blob", blob.delete_blob, key=key, gone_ok=True)
 
     def leftovers(self, older_than: float) -> list[Leftover]:
         """Staging blobs (committed: a save that died after its upload; uncommitted blocks

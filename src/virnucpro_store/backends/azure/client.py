@@ -212,10 +212,13 @@ class AzureClient(ObjectStoreClient):
         return self.container_client.get_blob_client(name)
 
     def call(self, op: str, fn: Callable[[], T], *, key: str | None = None,
-             precondition: Literal["exists", "changed"] = "exists") -> T:
+             precondition: Literal["exists", "changed"] = "exists",
+             gone_ok: bool = False) -> T:
         """Run one SDK call, retrying transient failures with capped backoff; errors come out
         as :class:`StoreError` naming ``key``. A failed precondition means ``AlreadyExists``
-        (create-only) or, with ``precondition="changed"``, ``ObjectChanged`` (a pinned read)."""
+        (create-only) or, with ``precondition="changed"``, ``ObjectChanged`` (a pinned read).
+        ``gone_ok`` (a delete): a retry answered "not found" is the first attempt's success
+        (:meth:`~.objectstore_io.ObjectStoreClient.applied_before_lost_answer`): None."""
         attempt = 0
         while True:
             self.request_counts[op] += 1
@@ -225,6 +228,8 @@ class AzureClient(ObjectStoreClient):
                 raise
             except (AzureError, ConnectionError, TimeoutError) as exc:
                 kind, what = classify(exc)
+                if self.applied_before_lost_answer(kind, attempt, gone_ok):
+                    return None  # type: ignore[return-value]  # a delete returns nothing
                 wait = self.retry_wait(kind, attempt, op, key, what)
                 if wait is not None:
                     attempt += 1

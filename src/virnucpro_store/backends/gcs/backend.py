@@ -109,8 +109,9 @@ class GCSBackend(ObjectStoreBackend):
         return object_info(entry, name, self.url_for(name))
 
     def delete(self, key: str) -> None:
+        # gone_ok: a retry answered 404 after a lost answer is this delete's own success
         self.client.run(self.client.request("delete", "DELETE", self.client.object_url(
-            self.client.path(key)), key=key))
+            self.client.path(key)), key=key, gone_ok=True))
 
     def leftovers(self, older_than: float) -> list[Leftover]:
         """Staging objects (matched on the file name: a user's object named otherwise is
