@@ -49,6 +49,7 @@ from .base import (
     ObjectInfo,
     PathTarget,
     Staging,
+    in_range,
     published,
     refuse_storage_options,
 )
@@ -363,8 +364,11 @@ class LocalBackend(Backend):
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter([key for key, _ in self._listed(prefix)])
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter([self._info(key, st) for key, st in self._listed(prefix)])
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
+        # a folder walk has no start key: the range is cut from the walk
+        return iter([self._info(key, st) for key, st in in_range(
+            self._listed(prefix), start_after, end, key=lambda item: item[0])])
 
     def delete(self, key: str) -> None:
         url = self.url_for(key)
