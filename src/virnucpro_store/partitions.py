@@ -193,7 +193,7 @@ def plan_scan(store: CheckpointStore, prefix: str = "", *, target_files: int = 5
         if by != "count":
             raise ValueError('partitions=N cuts one listing into N ranges: it needs by="count"')
     folder = _as_folder(prefix)
-    keys = [info.key for info in store.list_info(folder)]
+    keys = list(store.list(folder))  # keys only: the driver holds no ObjectInfo per file
     pieces: list[dict[str, Any]] = []
     if partitions is not None:
         pieces = _even_ranges(folder, keys, partitions)
