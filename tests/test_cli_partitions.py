@@ -162,3 +162,11 @@ def test_even_ranges_tile_the_listing(tmp_path):
         assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError):
         store.plan_scan("run", partitions=2)  # by="prefix"
+
+
+def test_help_of_the_new_commands():
+    for command in ("scan-plan", "scan-merge"):
+        sub = invoke(command, "--help")
+        assert sub.exit_code == 0 and "Examples:" in sub.output and "Exit" in sub.output
+        assert command in invoke("--help").output
+    assert "--partition I/N" in invoke("scan", "--help").output
