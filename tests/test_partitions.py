@@ -346,3 +346,20 @@ def test_gcs_range_listing_asks_the_server_from_start_after(gcs_store_factory):
     assert params["start_after"] == keys[2]
     # startOffset includes the start name itself; the emulator must not list earlier ones
     assert [name for name, _ in listed] in (keys[2:], keys[3:])
+
+
+def test_local_range_listing_skips_folders_but_never_a_key(tmp_path):
+    # folders whose names sort around each other ('a-b/' < 'a.b/' < 'a/' < 'a0/'): the walk
+    # leaves out the folders outside the range and must still list every key inside it
+    store = vs.open_store(tmp_path)
+    keys = sorted(["a.pt", "a-b/x.pt", "a.b/y.pt", "a/1.pt", "a/b/2.pt", "a/b/c/3.pt",
+                   "a/bb.pt", "a0/4.pt", "b.pt", "é/5.pt"])
+    for key in keys:
+        store.save_bytes(b"x", key, validate=None)
+    bounds = [None, "", "a", "a/", "a/b", "a/b/", "a/b/c/3.pt", "a-b/", "a.b/y.pt", "a0",
+              "zz", *keys]
+    for start in bounds:
+        for end in bounds:
+            got = [i.key for i in store.list_info("", start_after=start, end=end)]
+            assert got == [k for k in keys if (start is None or k > start)
+                           and (end is None or k <= end)], (start, end)
