@@ -30,6 +30,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -205,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.files, args.overhead_files = 1000, 50
     import distributed as dd
+
+    # a kill (timeout, Ctrl-C) still stops the SeaweedFS server: the finally below runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     rows: list[dict[str, Any]] = []
 

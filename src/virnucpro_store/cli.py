@@ -815,6 +815,26 @@ def _write_ids(path: str, ids: list[str]) -> None:
         raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint="--todo") from None
 
 
+def _report_scan(store: Any, report: Any, *, expected: list[str] | None,
+                 expected_file: str | None, todo_file: str | None, as_json: bool,
+                 quiet: bool, details: bool) -> None:
+    """What scan and scan-merge print (and the --todo file they write) for a report."""
+    todo = sorted(set(expected) - report.ids) if expected is not None else None
+    if todo is not None:
+        assert todo_file is not None
+        _write_ids(todo_file, todo)
+    if as_json:
+        row = report.to_dict()
+        if expected is not None and todo is not None:
+            row |= {"n_expected": len(expected), "n_todo": len(todo),
+                    "n_unexpected_ids": len(report.ids - set(expected))}
+        click.echo(json.dumps(row, default=str))
+    else:
+        render.print_scan(store, report, expected=expected, todo=todo,
+                          expected_file=expected_file, todo_file=todo_file, quiet=quiet,
+                          width=render.line_width(details))
+
+
 @cli.command()
 @click.argument("url", required=False)
 @validation_options(
@@ -899,20 +919,8 @@ def scan(ctx: click.Context, url: str | None, schema: str | None, level: str, de
               f"under {store.url}; nothing was scanned" + (f" and {todo_file} was not written"
                                                           if todo_file else ""),
               EXIT_CHECKPOINT, "nothing_matched")
-    todo = sorted(set(expected) - report.ids) if expected is not None else None
-    if todo is not None:
-        assert todo_file is not None
-        _write_ids(todo_file, todo)
-    if as_json:
-        row = report.to_dict()
-        if expected is not None and todo is not None:
-            row |= {"n_expected": len(expected), "n_todo": len(todo),
-                    "n_unexpected_ids": len(report.ids - set(expected))}
-        click.echo(json.dumps(row, default=str))
-    else:
-        render.print_scan(store, report, expected=expected, todo=todo,
-                          expected_file=expected_file, todo_file=todo_file, quiet=quiet,
-                          width=render.line_width(details))
+    _report_scan(store, report, expected=expected, expected_file=expected_file,
+                 todo_file=todo_file, as_json=as_json, quiet=quiet, details=details)
     if empty:
         _warn(f"no checkpoints under {store.url}")
     sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
@@ -1084,22 +1092,10 @@ def scan_merge(ctx: click.Context, parts: tuple[str, ...], expected_file: str | 
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     store = _NamedStore(str((reports[0].partition or {}).get("url", "")))
-    todo = sorted(set(expected) - report.ids) if expected is not None else None
-    if todo is not None:
-        assert todo_file is not None
-        _write_ids(todo_file, todo)
     if out_file is not None:
         write_text(out_file, report.to_json())
-    if as_json:
-        row = report.to_dict()
-        if expected is not None and todo is not None:
-            row |= {"n_expected": len(expected), "n_todo": len(todo),
-                    "n_unexpected_ids": len(report.ids - set(expected))}
-        click.echo(json.dumps(row, default=str))
-    else:
-        render.print_scan(store, report, expected=expected, todo=todo,
-                          expected_file=expected_file, todo_file=todo_file, quiet=quiet,
-                          width=render.line_width(details))
+    _report_scan(store, report, expected=expected, expected_file=expected_file,
+                 todo_file=todo_file, as_json=as_json, quiet=quiet, details=details)
     sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
 
 
