@@ -960,7 +960,9 @@ def _scan_partition(ctx: click.Context, url: str, partition: str | None,
         raise click.UsageError("--expected/--todo take the whole scan: give them to "
                                "`scan-merge`")
     index, count = _partition_arg(partition)
-    store = _run_root(url, options, command="scan", allow_missing=allow_missing)
+    # with a plan, the job lists its own range only (not the whole run to see it is there)
+    store = (_open(url, options) if plan_file is not None else
+             _run_root(url, options, command="scan", allow_missing=allow_missing))
     if plan_file is not None:
         parts = _read_json_doc(plan_file, "--plan", plan_from_json)
         if len(parts) != count:
