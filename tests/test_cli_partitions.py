@@ -28,7 +28,7 @@ def invoke(*args: str):
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-cohort")
     store = vs.open_store(root)
-    _populate(store, _cohort_files(240), direct_root=str(root))
+    _populate(store, _cohort_files(96), direct_root=str(root))
     return root / "run"
 
 
