@@ -641,6 +641,26 @@ def _format_records_odd(f: Facts) -> bool:
     return any(odd)
 
 
+def _memo_bomb(f: Facts) -> bool:
+    """A memo PUT index more than MAX_MEMO_GAP past the entries stored before it, in the
+    mutant's own pickle (a protocol 4/5 translation renumbers the memo)."""
+    import pickletools
+
+    from virnucpro_store.validation.pickleguard import MAX_MEMO_GAP
+
+    stored: set[int] = set()
+    try:
+        for op, arg, _ in pickletools.genops(Facts(f.data).pickle()):
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                index = len(stored) if op.name == "MEMOIZE" else int(arg)
+                if index > len(stored) + MAX_MEMO_GAP:
+                    return True
+                stored.add(index)
+    except Exception:  # noqa: BLE001 -- a stream genops cannot read further
+        return False
+    return False
+
+
 #: rule -> (predicate, the categories the refusal may carry, reason)
 DOCUMENTED: dict[str, tuple[Callable[[Facts], bool], frozenset[str], str]] = {
     "junk-outside-archive": (
@@ -690,6 +710,10 @@ DOCUMENTED: dict[str, tuple[Callable[[Facts], bool], frozenset[str], str]] = {
         lambda f: b"cnumpy" in f.pickle(), frozenset({"incompatible"}),
         "a numpy array, dtype or scalar state that numpy itself never writes (element size, "
         "alignment, flags, odd _reconstruct arguments): not modelled"),
+    "memo-bomb": (
+        _memo_bomb, frozenset({"unsafe"}),
+        "a memo index more than MAX_MEMO_GAP past the entries stored (pickle.memo_bomb: the C "
+        "unpickler would allocate memory for every index below it)"),
     "odd-control-record": (
         _format_records_odd, frozenset({"corrupted", "incompatible"}),
         "a control record holding a value torch.save never writes, which torch reads "
@@ -951,6 +975,52 @@ def save_reproducer(seed: int, data: bytes) -> str:
 
 
 _UNTRANSLATABLE = b""
+_FRAME_REFUSED = b"frame"
+
+
+def check_pure(seed: int, description: str, data: bytes) -> Result:
+    """A protocol 3-5 mutant the translator cannot express, judged by ``pyoracle`` (torch.load
+    over CPython's pure-Python unpickler restricted to torch's allow-list, in a subprocess):
+    what the validator accepts the oracle must load, to the same structure; what the oracle
+    refuses the validator must refuse. The oracle loading what the validator refuses is
+    "stricter" (the model keeps torch's weights-only rules, which the oracle does not)."""
+    import pyoracle
+
+    deep, structure = _report(data, level="keys", deep=True)
+    cheap, _ = _report(data, level="load", deep=False)
+    ref = pyoracle.judge(data)
+    told = "ok" if ref["ok"] else ref["error"]
+
+    def result(verdict: str, rule: str = "", detail: str = "") -> Result:
+        return Result(seed, description, verdict, rule, detail, _verdict(deep), told)
+
+    if deep.ok or cheap.ok:
+        if not ref["ok"]:
+            return result("disagree", "validator-ok-pure-refuses",
+                          f"cheap {_verdict(cheap)[:100]}; deep {_verdict(deep)[:100]}")
+        if deep.ok and pyoracle.summary(structure) != ref["summary"]:
+            return result("disagree", "values-differ", "structure summaries differ")
+        if not deep.ok:
+            return result("disagree", "cheap-ok-deep-refuses", _verdict(deep))
+        return result("ok/ok")
+    return result("refuse/refuse" if not ref["ok"] else "stricter")
+
+
+def check_frame_rule(seed: int, description: str, data: bytes) -> Result:
+    """A mutant whose pickle breaks FRAME hygiene (``p45translate.FrameRefused``): the rule's
+    verdict is a refusal at every level, deep or not (corrupted, pickle.frame_straddle, unless
+    the validator meets another problem first)."""
+    verdicts = []
+    for level, deep in (("load", False), ("keys", True)):
+        report, _ = _report(data, level=level, deep=deep)
+        verdicts.append(report)
+    deep = verdicts[-1]
+    # refused: corrupted by the rule, or for a problem found first (a compressed record, a
+    # global met earlier in the stream...), as refuse/refuse is judged for torch's verdicts
+    wrong = [r for r in verdicts if r.ok]
+    return Result(seed, description, "disagree" if wrong else "refuse/refuse",
+                  "frame-rule" if wrong else "", _verdict(wrong[0]) if wrong else "",
+                  _verdict(deep), "refused by the FRAME rule")
 
 
 def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
@@ -958,7 +1028,7 @@ def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
     reads it; torch's weights-only loader implements none of those opcodes): torch's verdict on
     the protocol-2 translation (``p45translate``), with numpy's protocol-5 global allowed as
     the library allows it. (None, ()) for every other mutant: torch judges it as it is."""
-    from p45translate import Untranslatable, oracle_globals, translate_archive
+    from p45translate import FrameRefused, Untranslatable, oracle_globals, translate_archive
 
     from virnucpro_store.validation.pickleguard import library_protocol
 
@@ -968,6 +1038,8 @@ def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
         return None, ()
     try:
         return translate_archive(data), oracle_globals()
+    except FrameRefused:  # refused by the FRAME rule (readers disagree on such a stream)
+        return _FRAME_REFUSED, ()
     except Untranslatable:  # a pickle form the translator cannot express
         return _UNTRANSLATABLE, ()
     except Exception:  # noqa: BLE001 -- an archive Python's zipfile cannot rewrite (damaged,
@@ -985,13 +1057,16 @@ def run(seeds: range | list[int], *, store: bool = True, save: bool = True,
     for n, seed in enumerate(seeds):
         m = mutator.mutate(seed)
         oracle, extra = _library_oracle(m.data)
-        if oracle is _UNTRANSLATABLE:  # a protocol 3-5 pickle torch cannot be asked about
-            counts["mutants"] += 1
-            counts["library path, untranslatable (not judged)"] += 1
-            continue
         try:
-            r = check(seed, m.description, m.data, store=store, oracle=oracle,
-                      oracle_globals=extra)
+            if oracle is _UNTRANSLATABLE:  # judged by the pure-Python oracle
+                counts["pure-Python oracle"] += 1
+                r = check_pure(seed, m.description, m.data)
+            elif oracle is _FRAME_REFUSED:
+                counts["frame rule"] += 1
+                r = check_frame_rule(seed, m.description, m.data)
+            else:
+                r = check(seed, m.description, m.data, store=store, oracle=oracle,
+                          oracle_globals=extra)
         except RecursionError as exc:  # the oracle's own walk of a hostile structure
             r = Result(seed, m.description, "oracle-error", "oracle-error", repr(exc)[:200])
         counts["mutants"] += 1
@@ -1050,8 +1125,9 @@ def main(argv: list[str] | None = None) -> int:
                "agree refuse/refuse": counts["refuse/refuse"],
                "documented refusals": counts["documented"], "disagreements": counts["disagree"],
                "oracle errors (not judged)": counts["oracle-error"],
-               "protocol 3-5, untranslatable (not judged)":
-                   counts["library path, untranslatable (not judged)"],
+               "protocol 3-5 judged by the FRAME rule": counts["frame rule"],
+               "protocol 3-5 judged by the pure-Python oracle": counts["pure-Python oracle"],
+               "of which the validator is stricter": counts["stricter"],
                "seconds": round(elapsed, 1),
                "mutants per second": round(counts["mutants"] / elapsed, 1),
                "documented by rule": {k.split(":", 1)[1]: v for k, v in sorted(counts.items())

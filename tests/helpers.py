@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from virnucpro_store.lazy import ArrayMeta, StorageRef, TensorMeta, TorchDType
+from virnucpro_store.lazy import ArrayMeta, StorageRef, TensorMeta, TorchDevice, TorchDType
 from virnucpro_store.testing.compare import assert_same  # noqa: F401 -- the one deep comparer
 from virnucpro_store.testing.damage import (  # noqa: F401
     malicious_checkpoint,
@@ -23,7 +23,7 @@ from virnucpro_store.testing.damage import (  # noqa: F401
     truncated,
 )
 from virnucpro_store.testing.samples import to_bytes  # noqa: F401
-from virnucpro_store.validation.standins import _StandIn, _StorageType
+from virnucpro_store.validation.standins import _NpDType, _StandIn, _StorageType
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd=None,
@@ -124,6 +124,14 @@ def assert_describes(lazy: Any, real: Any, path: str = "<root>") -> None:
             assert_describes(attrs.get("_backward_hooks"), real._backward_hooks, f"{path}.hooks")
     elif isinstance(real, torch.dtype):
         assert isinstance(lazy, TorchDType) and f"torch.{lazy.name}" == str(real), path
+    elif isinstance(real, np.dtype):
+        assert isinstance(lazy, _NpDType) and lazy.name == real.name, path
+    elif isinstance(real, torch.device):
+        assert isinstance(lazy, TorchDevice) and (lazy.type, lazy.index) == (
+            real.type, real.index), path
+    elif isinstance(real, type) and issubclass(real, torch.storage.TypedStorage):
+        assert isinstance(lazy, _StorageType) and lazy.cuda == real.__module__.startswith(
+            "torch.cuda") and f"torch.{lazy.dtype}" == str(real.dtype), path
     elif isinstance(real, torch.serialization.StorageType):
         assert isinstance(lazy, _StorageType) and f"torch.{lazy.dtype}" == str(real.dtype), path
     elif callable(real) and not isinstance(real, type):

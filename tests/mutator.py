@@ -1329,7 +1329,71 @@ def g_forms(rng: random.Random, graph: Any, pkl: bytes) -> tuple[bytes, str]:
 
 GRAPH_OPS: list[PklOp] = [g_forms, g_rebuild_args, g_wrap_state, g_pid, g_share_key, g_swap_global,
                           g_containers]
-PKL_OPS: list[PklOp] = [p_opcode, p_bytes]
+def _framed(rng: random.Random, pkl: bytes) -> tuple[bytes, list[tuple[Any, Any, int]]]:
+    """``pkl`` in protocol 4/5 framing (one FRAME after PROTO, added where there is none) and
+    its opcodes."""
+    if pkl[2:3] != b"\x95":
+        body = pkl[2:]
+        pkl = b"\x80" + bytes([rng.choice([4, 5])]) + b"\x95" + struct.pack("<Q", len(body)) + body
+    return pkl, list(pickletools.genops(pkl))
+
+
+def p_frame(rng: random.Random, graph: Any, pkl: bytes) -> tuple[bytes, str]:
+    """FRAME boundaries that readers take differently: the frame ends inside an opcode's
+    argument (or between an opcode and its argument), a second FRAME inside the first, or
+    the frame split in two at an opcode boundary (a clean form, for contrast)."""
+    pkl, ops = _framed(rng, pkl)
+    how = rng.choice(["straddle", "straddle", "nested", "split"])
+    k = rng.randrange(2, len(ops))
+    op, _, pos = ops[k]
+    end = ops[k + 1][2] if k + 1 < len(ops) else len(pkl)
+    if how == "straddle":  # the first frame ends inside op k (its argument, if it has one)
+        cut = rng.randrange(pos + 1, end) if end - pos > 1 else pos + 1
+        return pkl[:3] + struct.pack("<Q", cut - 11) + pkl[11:], \
+            f"FRAME ends at {cut}, inside {op.name} at {pos}..{end}"
+    if how == "nested":  # a FRAME inserted before op k, inside the first frame
+        length = rng.choice([0, 1, end - pos, len(pkl) - pos])
+        new = pkl[:pos] + b"\x95" + struct.pack("<Q", length) + pkl[pos:]
+        return new[:3] + struct.pack("<Q", len(new) - 11) + new[11:], \
+            f"FRAME({length}) inside the frame before {op.name} at {pos}"
+    new = pkl[:pos] + b"\x95" + struct.pack("<Q", len(pkl) - pos) + pkl[pos:]
+    return new[:3] + struct.pack("<Q", pos - 11) + new[11:], \
+        f"frame split before {op.name} at {pos}"
+
+
+def p_memo(rng: random.Random, graph: Any, pkl: bytes) -> tuple[bytes, str]:
+    """A memo PUT or GET index rewritten: one past the entries stored, a far one (a memo
+    bomb's shape), the slot of another entry, or a LONG_ form where a short one was."""
+    ops = list(pickletools.genops(pkl))
+    memo = [i for i, (o, _, _) in enumerate(ops)
+            if o.name in ("BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET")]
+    if not memo:
+        raise Skip
+    k = rng.choice(memo)
+    op, arg, pos = ops[k]
+    end = ops[k + 1][2] if k + 1 < len(ops) else len(pkl)
+    index = rng.choice([arg + 1, max(arg - 1, 0), 0, 255, 256, 1 << 16, (1 << 16) + 7,
+                        1 << 25, 0xFFFFFFFF, rng.randrange(max(arg, 1) * 2)])
+    code = b"r" if "PUT" in op.name else b"j"
+    if index < 256 and rng.random() < 0.5:
+        new = (b"q" if code == b"r" else b"h") + bytes([index])
+    else:
+        new = code + struct.pack("<I", index)
+    return pkl[:pos] + new + pkl[end:], f"{op.name} at {pos} as {new!r}"
+
+
+def p_after_stop(rng: random.Random, graph: Any, pkl: bytes) -> tuple[bytes, str]:
+    """Bytes after STOP: a second pickle, opcodes, garbage, or the STOP itself removed so
+    that what follows is read."""
+    stop = pkl.rfind(b".")
+    tail = rng.choice([b"", b"N.", b"\x80\x02}q\x00.", b"\xff" * 5, b"K\x01.", b"(t.", b"\x00"])
+    if rng.random() < 0.3 and tail:
+        return pkl[:stop] + tail, f"STOP replaced by {tail!r}"
+    extra = tail or bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+    return pkl + extra, f"{extra!r} after STOP"
+
+
+PKL_OPS: list[PklOp] = [p_opcode, p_bytes, p_frame, p_memo, p_after_stop]
 
 
 def _pkl_mutation(rng: random.Random, arc: Archive, op: PklOp) -> str:

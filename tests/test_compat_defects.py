@@ -302,6 +302,8 @@ def _unreadable_batch_reported(impl, tmp: Path) -> None:
     assert [int(r[0]) for r in emb] == [0, 1, 2]
     assert not any(i.endswith("_LOST") for i in requeue), requeue
     assert requeue.unreadable == [str(tmp / "shard_0" / "batch_00001.pt")]
+    assert [p for p, _, _ in impl.load_failed_checkpoints(tmp / "shard_0")] == \
+        requeue.unreadable
     assert sorted(requeue) == sorted(f"s{b}_{i}" for b in (2, 3) for i in range(3))
     # the requeued batches are no longer "done": a second resume agrees with the first
     assert impl.resume_from_checkpoints(tmp, 0)[2] == 1
@@ -323,8 +325,8 @@ def test_resume_stops_at_the_first_bad_batch_and_keeps_ids_aligned(tmp_path):
     assert [int(r[0]) for r in emb] == [0, 1, 2, 10, 11, 12]
     assert ids == [f"s{b}_{i}" for b in (0, 1) for i in range(3)]
     assert requeue == ["a", "s3_0", "s3_1", "s3_2"] and requeue.unreadable == []
-    logged = compat.load_failed_checkpoints(tmp_path / "shard_0")
-    assert logged[0][0] == str(tmp_path / "shard_0" / "batch_00002.pt")
+    # a batch whose ids were read is not "lost": no failed_checkpoints.txt (as VirNucPro)
+    assert compat.load_failed_checkpoints(tmp_path / "shard_0") == []
 
 
 def test_a_failed_write_is_raised_by_the_next_call_once(tmp_path):

@@ -151,12 +151,17 @@ def test_listing_and_gc_never_enter_a_symlink(linked):
 
 def test_cli_reports_a_symlinked_file_and_goes_on(linked):
     root, _ = linked
-    out = run("validate", str(root / "file.pt"), str(root / "real" / "ok.pt"), "--json")
+    # a single file named on the command line is followed by default (a pipeline's staged
+    # input); --no-follow-symlinks refuses it, for that file only
+    out = run("validate", str(root / "file.pt"), str(root / "real" / "ok.pt"), "--json",
+              "--no-follow-symlinks")
     assert out.returncode == 3, out.stderr  # reported for that file; the next one is checked
     rows = {json.loads(line)["url"].rsplit("/", 1)[-1]: json.loads(line)
             for line in out.stdout.splitlines()}
     assert rows["ok.pt"]["ok"] is True
     assert rows["file.pt"]["ok"] is False and "symbolic link" in rows["file.pt"]["message"]
+    followed = run("validate", str(root / "file.pt"), "--json")
+    assert followed.returncode == 0, followed.stderr
 
 
 # -- long names -------------------------------------------------------------------------------

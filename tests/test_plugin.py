@@ -19,7 +19,8 @@ import virnucpro_store
 
 pytestmark = pytest.mark.timeout(120)
 
-# The README's "Writing a backend" example (toy://NAME[/prefix], objects in a dict), verbatim.
+# The "Writing a backend" example of docs/backends.md (toy://NAME[/prefix], objects in a
+# dict), verbatim.
 TOY_BACKEND = '''\
 import io
 from datetime import datetime, timezone

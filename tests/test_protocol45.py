@@ -35,6 +35,7 @@ import pytest
 import torch
 from helpers import structural_diff
 from p45translate import (
+    FrameRefused,
     Untranslatable,
     archive_pickle,
     oracle_globals,
@@ -46,7 +47,9 @@ from p45translate import (
 from test_differential import OBJECTS
 
 import virnucpro_store as vs
+from virnucpro_store.source import BytesSource
 from virnucpro_store.testing.samples import FORMATS, sample
+from virnucpro_store.validation.levels import validate_source
 from virnucpro_store.validation.pickleguard import library_protocol
 from virnucpro_store.validation.torch_load import numpy_safe_globals
 
@@ -426,6 +429,10 @@ def _refit(pkl: bytes) -> bytes:
     return pkl[:3] + struct.pack("<Q", len(pkl) - 11) + pkl[11:]
 
 
+#: the "why" of a mutant refused by the FRAME rule (judged: the validator must say corrupted)
+FRAME_RULE = "FRAME rule: "
+
+
 def protocol45_mutant(seed: int) -> tuple[str, bytes, bytes | None, str]:
     """(description, mutant, translated mutant or None, why untranslatable): one to three
     pickle-layer mutations of a protocol 4/5 file; graph mutations are re-emitted in protocol
@@ -463,6 +470,8 @@ def protocol45_mutant(seed: int) -> tuple[str, bytes, bytes | None, str]:
             return desc, mutant, mutant, ""  # and torch judges the file as it is
         try:
             return desc, mutant, _with_pickle(arc, translate_pickle(pkl)), ""
+        except FrameRefused as exc:
+            return desc, mutant, None, f"{FRAME_RULE}{exc}"
         except Untranslatable as exc:
             return desc, mutant, None, str(exc)
     raise AssertionError(f"seed {seed}: no mutation applied")
@@ -475,11 +484,21 @@ def run_mutants(seeds: range) -> tuple[Counter[str], list[str]]:
     for seed in seeds:
         desc, data, oracle, why = protocol45_mutant(seed)
         counts["mutants"] += 1
-        if oracle is None:
-            counts["untranslatable"] += 1
+        if oracle is None and why.startswith(FRAME_RULE):
+            r = fuzz_oracle.check_frame_rule(seed, desc, data)
+            counts[f"frame rule: {r.verdict}"] += 1
+            if r.verdict == "disagree":
+                bad.append(f"[frame-rule] seed {seed}: {desc[:200]}\n    validator: "
+                           f"{r.detail[:200]}")
+            continue
+        if oracle is None:  # judged by the pure-Python oracle (tests/pyoracle.py)
+            r = fuzz_oracle.check_pure(seed, desc, data)
+            counts[f"pure-Python oracle: {r.verdict}"] += 1
             counts[f"untranslatable: {why}"] += 1
-            report, _ = fuzz_oracle._report(data, level="keys", deep=True)
-            counts[f"untranslatable, library says {'ok' if report.ok else 'refuse'}"] += 1
+            if r.verdict == "disagree":
+                path = fuzz_oracle.save_reproducer(seed, data)
+                bad.append(f"[{r.rule}] seed {seed}: {desc[:200]} ({path})\n    validator: "
+                           f"{r.validator[:200]}\n    pure-Python oracle: {r.torch[:200]}")
             continue
         library = library_protocol(archive_pickle(data)[1]) is not None
         r = fuzz_oracle.check(seed, desc, data, oracle=oracle,
@@ -565,3 +584,53 @@ def test_the_mutant_comparison_can_fail():
     other = translate_archive(save(sample("shard", 2, seed=4), 4))
     assert _values_agree(good, other) is not None
     assert _values_agree(good, translate_archive(good)) is None
+
+
+# --------------------------------------------------------------------------- issue 19: FRAME
+
+
+def _framed_pickle(body: bytes, frame_len: int) -> bytes:
+    return b"\x80\x04\x95" + struct.pack("<Q", frame_len) + body
+
+
+#: {'ids': ['x'], 'data': 'not a tensor'} hidden behind a LONG_BINPUT whose index straddles the
+#: frame's end: a reader that re-reads from after the frame sees other opcodes than one that
+#: reads on (the bypass of issue 19)
+_STRADDLE_BODY = (b"}\x94(\x8c\x03ids\x94]\x94\x8c\x01x\x94a\x8c\x04data\x94"
+                  b"r\x06\x00\x00\x00\x8c\x0cnot a tensor\x94u.")
+
+
+@pytest.mark.parametrize("cut", range(4))
+def test_an_argument_straddling_a_frame_end_is_refused_at_every_level(cut):
+    """The frame ends ``cut`` bytes into LONG_BINPUT's 4-byte index (0: between the opcode and
+    its index): refused (corrupted,
+    pickle.frame_straddle) by the cheap levels and deep alike, whatever any reader does."""
+    at = _STRADDLE_BODY.index(b"r\x06")
+    pkl = _framed_pickle(_STRADDLE_BODY, at + 1 + cut)
+    base = io.BytesIO()
+    torch.save({}, base, pickle_protocol=4)
+    data = replace_pickle(base.getvalue(), pkl)
+    for level, deep in (("load", False), ("keys", False), ("keys", True)):
+        report = validate_source(BytesSource(data), level=level, deep=deep)
+        assert not report.ok and report.category == "corrupted", (level, deep, report.message)
+        assert report.code == "pickle.frame_straddle", report.message
+    if cut:  # a read split by the frame's end: CPython's reference reader refuses it too
+        with pytest.raises(pickle.UnpicklingError):
+            pickle._Unpickler(io.BytesIO(pkl)).load()
+
+
+def test_frames_on_opcode_boundaries_are_read_by_every_reader_alike():
+    """The contrast: the same stream with frames that end on opcode boundaries is accepted,
+    and the C unpickler (bytes and BytesIO) and pickle._Unpickler read the same value."""
+    at = _STRADDLE_BODY.index(b"r\x06")
+    first = _STRADDLE_BODY[:at]
+    pkl = (b"\x80\x04\x95" + struct.pack("<Q", len(first)) + first + b"\x95"
+           + struct.pack("<Q", len(_STRADDLE_BODY) - at) + _STRADDLE_BODY[at:])
+    values = {repr(pickle.loads(pkl)), repr(pickle.load(io.BytesIO(pkl))),
+              repr(pickle._Unpickler(io.BytesIO(pkl)).load())}
+    assert values == {repr({"ids": ["x"], "data": "not a tensor"})}
+    base = io.BytesIO()
+    torch.save({}, base, pickle_protocol=4)
+    data = replace_pickle(base.getvalue(), pkl)
+    report = validate_source(BytesSource(data), level="load")
+    assert report.ok, report.message

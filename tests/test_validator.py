@@ -396,7 +396,7 @@ def test_numpy_object_arrays_are_unsafe_and_strings_incompatible():
     strings = corpus.save_bytes({"a": np.array(["x", "yy"])})
     report = check(strings)
     assert report.category == "incompatible"
-    assert report.message == ("archive/data.pkl: numpy array of dtype 'U2': only numeric and "
+    assert report.message == ("archive/data.pkl: numpy dtype 'U2': only numeric and "
                               "bool numpy dtypes are supported")
 
 

@@ -723,3 +723,82 @@ def test_every_flag_bit_of_a_record_is_judged_as_torch_judges_it(bit, record):
             assert bit == 3 and "does not account for" in report.message, report.message
         else:
             assert report.ok == loads, (bit, record, deep, report.message, loads)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 19: archive-level refusals torch makes, ZIP64 extra data as miniz parses it
+
+
+def _with_first_cd_entry(data: bytes, *, offset: int | None = None, disk: int | None = None,
+                         extra: bytes = b"") -> bytes:
+    """``data`` with its first central-directory entry's offset / disk fields and extra data
+    replaced (the end record moved to match)."""
+    eocd = data.rindex(b"PK\x05\x06")
+    cd_size, cd_offset = struct.unpack_from("<II", data, eocd + 12)
+    cd = data[cd_offset: cd_offset + cd_size]
+    nlen, elen, clen = struct.unpack_from("<HHH", cd, 28)
+    head = bytearray(cd[:46])
+    if offset is not None:
+        struct.pack_into("<I", head, 42, offset)
+    if disk is not None:
+        struct.pack_into("<H", head, 34, disk)
+    struct.pack_into("<H", head, 30, len(extra))
+    first = bytes(head) + cd[46: 46 + nlen] + extra + cd[46 + nlen + elen: 46 + nlen + elen + clen]
+    new_cd = first + cd[46 + nlen + elen + clen:]
+    end = bytearray(data[eocd:])
+    struct.pack_into("<I", end, 12, len(new_cd))
+    return data[:cd_offset] + new_cd + bytes(end)
+
+
+@pytest.mark.parametrize("case", ["disk-ffff-extra-disk-0", "field-past-extra",
+                                  "trailing-bytes-before-zip64", "good-zip64-offset"])
+def test_zip64_extra_parsed_as_miniz_parses_it(case):
+    data = base("mixed")
+    z64 = struct.pack("<HHQ", 1, 8, 0)  # the ZIP64 offset of record 0: 0
+    if case == "disk-ffff-extra-disk-0":  # miniz: "unsupported multidisk"
+        mutant = _with_first_cd_entry(data, offset=0xFFFFFFFF, disk=0xFFFF,
+                                      extra=struct.pack("<HHQI", 1, 12, 0, 0))
+    elif case == "field-past-extra":  # miniz: "invalid header or corrupted"
+        mutant = _with_first_cd_entry(data, offset=0xFFFFFFFF,
+                                      extra=struct.pack("<HH", 0x5455, 9) + b"x" * 4 + z64)
+    elif case == "trailing-bytes-before-zip64":
+        mutant = _with_first_cd_entry(data, offset=0xFFFFFFFF, extra=b"\x00\x00\x00" + z64)
+    else:
+        mutant = _with_first_cd_entry(data, offset=0xFFFFFFFF, extra=z64)
+    loads, reports = assert_agreement(mutant)
+    assert loads == (case == "good-zip64-offset"), case
+
+
+def test_a_name_that_is_not_utf8_is_refused_as_torch_refuses_it():
+    recs = records(base("mixed"))
+    mutant = write_zip([*recs[:-1], (b"archive/extra\xff\xfe", b"x"), recs[-1]])
+    loads, reports = assert_agreement(mutant)
+    assert not loads and "UnicodeDecodeError" in reports[0].message + str(torch_outcome(
+        mutant)[1])
+
+
+def test_a_torchscript_constants_record_is_refused_as_torch_refuses_it():
+    recs = records(base("mixed"))
+    mutant = write_zip([*recs[:-1], (b"archive/constants.pkl", b"x"), recs[-1]])
+    loads, value = torch_outcome(mutant)
+    assert not loads and "TorchScript" in value
+    for deep in (False, True):
+        report = validate_source(BytesSource(mutant), level="load", deep=deep)
+        assert not report.ok and report.category == "incompatible" \
+            and report.code == "zip.not_torch", report.message
+    # a constants.pkl elsewhere (not <top>/constants.pkl) is no TorchScript marker
+    assert assert_agreement(write_zip([*recs[:-1], (b"archive/x/constants.pkl", b"x"),
+                                       recs[-1]]))[0]
+
+
+def test_the_file_must_start_with_a_local_header():
+    """torch reads a ZIP only when the file starts with PK\\3\\4; a first record (not data.pkl)
+    whose local header signature is damaged is refused without a deep check."""
+    recs = records(base("mixed"))
+    order = [r for r in recs if not r[0].endswith(b"/data.pkl")]
+    order.insert(1, next(r for r in recs if r[0].endswith(b"/data.pkl")))
+    data = write_zip(order)
+    assert assert_agreement(data)[0]
+    mutant = b"PK\x05\x05" + data[4:]
+    loads, reports = assert_agreement(mutant)
+    assert not loads and not reports[0].ok

@@ -153,6 +153,13 @@ def handle_errors(func: Callable) -> Callable:
         ctx.obj["json"] = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
+        except click.UsageError as exc:
+            # click prints the usage text and exits 2; under --json, stdout gets the object
+            if ctx.obj.get("json"):
+                click.echo(json.dumps({"ok": False, "error": "usage",
+                                       "message": exc.format_message(),
+                                       "exit_code": EXIT_USAGE}))
+            raise
         except KeyboardInterrupt:
             done = ctx.obj.get("done")
             _fail("interrupted" + (f"; {done()}" if done is not None else ""),
@@ -425,8 +432,12 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
     if not quiet and (not as_json or len(results) > 1):
         render.print_summary(results, to_stderr=as_json, width=width)
     if not results:
-        _warn("nothing matched: no checkpoint to validate"
-              + (f" (--pattern {pattern!r})" if pattern else ""))
+        message = ("nothing matched: no checkpoint to validate"
+                   + (f" (--pattern {pattern!r})" if pattern else ""))
+        if as_json:  # a JSON reader gets a verdict, not an empty stream
+            click.echo(json.dumps({"ok": False, "error": "nothing_matched", "message": message,
+                                   "exit_code": EXIT_CHECKPOINT}))
+        _warn(message)
     sys.exit(EXIT_OK if results and all(r.ok for _, r in results) else EXIT_CHECKPOINT)
 
 
@@ -574,9 +585,14 @@ def info(url: str, deep: bool, as_json: bool, options: StorageOptions) -> None:
       virnucpro-store info /scratch/run7/esm_000.pt
       virnucpro-store info s3://lab-bucket/run7/merged.pt --deep --json
     """
-    from .registry import split_object_url
+    from .registry import parse_url, split_object_url
     from .targets import followed
 
+    parsed = parse_url(url)
+    if parsed.scheme == "file" and os.path.isdir(parsed.location):
+        raise click.UsageError(f"info takes a file, and {url} is a folder; list it with "
+                               f"`virnucpro-store ls` or check it with `virnucpro-store "
+                               f"validate`")
     parent, key = split_object_url(followed(url, options))
     store = _open(parent.url, options)
     description = store.inspect(key, deep=deep)
@@ -645,6 +661,12 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
             k for k in apart if k not in manifests and not k.endswith(".tmp")]
         raw = others + manifests
         dest_store = _open(dst, options)
+        from .targets import prefix_inside
+
+        if prefix_inside(store, dest_store):  # a folder inside the source (the same: resume)
+            raise click.UsageError(
+                f"{dst} lies inside {src}: the copy would become part of the run it copies "
+                f"(and be validated, scanned and copied again with it); copy it elsewhere")
         mapping = {k: k for k in checkpoints + raw}
         if not checkpoints and not raw:
             _fail(f"nothing to copy under {store.url}"
@@ -734,7 +756,8 @@ def gc(ctx: click.Context, url: str | None, older_than: str, dry_run: bool,
        virnucpro_tmp: bool, as_json: bool, options: StorageOptions) -> None:
     """Remove staging leftovers and incomplete uploads of killed saves.
 
-    Exit 0 when done, 1 on a storage failure, 2 on a usage error.
+    Exit 0 when done, 1 on a storage failure, 2 on a usage error (a file), 3 for a local
+    folder that does not exist (a mistyped path is not "nothing to remove").
 
     \b
     Examples:
@@ -742,8 +765,17 @@ def gc(ctx: click.Context, url: str | None, older_than: str, dry_run: bool,
       virnucpro-store gc s3://lab-bucket/run7 --older-than 6h
       virnucpro-store gc /scratch/v1-run --virnucpro-tmp --older-than 1d
     """
+    from .registry import parse_url
+
     seconds = parse_duration(older_than)
-    store = _open(_one_url(url), options)
+    url = _one_url(url)
+    parsed = parse_url(url)
+    if parsed.scheme == "file" and os.path.isfile(parsed.location):
+        raise click.UsageError(f"gc takes a folder, and {url} is a file")
+    if parsed.scheme == "file" and not os.path.isdir(parsed.location):
+        _fail(f"missing: no such folder: {url}; nothing was removed", EXIT_CHECKPOINT,
+              "missing")
+    store = _open(url, options)
     found = {leftover.name: leftover for leftover in store.leftovers(seconds)}  # kind and age
     names = store.gc(seconds, virnucpro_tmp=virnucpro_tmp, dry_run=dry_run)
     if as_json:

@@ -50,7 +50,7 @@ _BACKENDS: dict[str, BackendSpec] = {
     "gs": BackendSpec("virnucpro_store.backends.gcs:GCSBackend", extra="gcs"),
     "az": BackendSpec("virnucpro_store.backends.azure:AzureBackend", extra="azure"),
 }
-_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "local": "file"}
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "local": "file"}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986, after lower()
 # scheme -> the specs its entry points declare (more than one distinct target: ambiguous)
 _entry_points: dict[str, list[BackendSpec]] | None = None

@@ -418,10 +418,17 @@ class ManifestEntry:
     checksum: str
     schema: str | None
     n_ids: int | None
+    #: checksums standard tools check (docs/checksums.md): those the medium keeps
+    #: (:attr:`ObjectInfo.checksums`), else ``sha256`` (hex, as ``sha256sum`` prints it) of the
+    #: whole file; empty in manifests written before they were recorded
+    checksums: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "size": self.size, "checksum": self.checksum,
-                "schema": self.schema, "n_ids": self.n_ids}
+        out: dict[str, Any] = {"key": self.key, "size": self.size, "checksum": self.checksum,
+                               "schema": self.schema, "n_ids": self.n_ids}
+        if self.checksums:
+            out["checksums"] = dict(self.checksums)
+        return out
 
 
 @dataclass(frozen=True)
@@ -497,12 +504,16 @@ class Manifest:
             try:
                 entry = ManifestEntry(key=item["key"], size=item["size"],
                                       checksum=item["checksum"], schema=item.get("schema"),
-                                      n_ids=item.get("n_ids"))
+                                      n_ids=item.get("n_ids"),
+                                      checksums=item.get("checksums", {}))
                 ok = (isinstance(entry.key, str) and normalize_key(entry.key) == entry.key
                       and _is_count(entry.size) and isinstance(entry.checksum, str)
                       and entry.checksum.partition(":")[0] in (ZIPCRC, FULL)
                       and (entry.schema is None or isinstance(entry.schema, str))
-                      and (entry.n_ids is None or _is_count(entry.n_ids)))
+                      and (entry.n_ids is None or _is_count(entry.n_ids))
+                      and isinstance(entry.checksums, dict)
+                      and all(isinstance(n, str) and isinstance(v, str)
+                              for n, v in entry.checksums.items()))
             except Exception:  # noqa: BLE001 -- any malformed entry is the same verdict
                 ok = False
             if not ok or entry.key in entries:
@@ -674,6 +685,8 @@ class _Examined:
     ids: list[str] | None = None
     schema: str | None = None
     checksum: str | None = None
+    #: the standard checksums recorded at commit (:attr:`ManifestEntry.checksums`)
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 def _folder(prefix: str) -> str:
@@ -794,13 +807,42 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
     except CheckpointMissing:
         return missing()
     try:
-        return _examine_source(key, raw, schema=schema, level=level, deep=deep,
-                               want_checksum=want_checksum, expect=expect, url=url,
-                               started=started)
+        found = _examine_source(key, raw, schema=schema, level=level, deep=deep,
+                                want_checksum=want_checksum, expect=expect, url=url,
+                                started=started)
+        if found.report.ok and (expect is not None or want_checksum):
+            _standard_checksums(store, key, raw if deep else _Memo(raw), found, expect,
+                                deep=deep)
+        return found
     except CheckpointMissing:  # deleted while it was read
         return missing()
     finally:
         raw.close()
+
+
+def _standard_checksums(store: CheckpointStore, key: str, source: ByteSource,
+                        found: _Examined, expect: ManifestEntry | None, *, deep: bool) -> None:
+    """Commit (``expect`` None): record in ``found.checksums`` the checksums the medium
+    keeps, else the file's ``sha256`` (a full read). Verify: compare the medium's, which cost
+    a HEAD, and -- with ``deep``, which reads the file anyway -- the ``sha256``; a mismatch
+    fails ``found.report``. Manifests without them are not compared."""
+    wanted = expect.checksums if expect is not None else None
+    if wanted is not None and not (set(wanted) - {FULL} or (FULL in wanted and deep)):
+        return  # nothing to compare without a full read (verify_run(deep=True) does it)
+    medium = store.backend.stat(key).checksums if wanted is None or set(wanted) - {FULL} \
+        else {}
+    if wanted is None:  # commit
+        found.checksums = dict(medium) or \
+            {FULL: _checksum(source, FULL).partition(":")[2]}
+        return
+    now = {name: medium[name] for name in wanted if name in medium}
+    if FULL in wanted and deep:
+        now[FULL] = _checksum(source, FULL).partition(":")[2]
+    differ = sorted(name for name, value in now.items() if value != wanted[name])
+    if differ:
+        found.report = _fail(found.report, "corrupted",
+                             f"not the committed file: its {', '.join(differ)} differs from "
+                             f"the run manifest's", "run.not_committed")
 
 
 def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep: bool,
@@ -1036,7 +1078,8 @@ def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | Non
         rel = k[len(folder):]
         entries[rel] = ManifestEntry(key=rel, size=found.report.size, checksum=found.checksum,
                                      schema=found.schema,
-                                     n_ids=None if found.ids is None else len(found.ids))
+                                     n_ids=None if found.ids is None else len(found.ids),
+                                     checksums=found.checksums)
     replaces = _keep_previous(store, folder, reason) if replace else None
     manifest = Manifest(prefix=folder, key=key, level=level,
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .lazy import FLOAT_DTYPES, ArrayMeta, TensorMeta, shape_text
+from .lazy import FLOAT_DTYPES, INT64, ArrayMeta, TensorMeta, shape_text
 
 DNABERT_DIM = 768
 ESM_DIM = 2560
@@ -139,16 +139,31 @@ def _length(value: Any) -> int | None:
 _FLOAT_ONLY = frozenset({float})
 
 
+def _fits_float(x: int) -> bool:
+    try:
+        float(x)
+    except OverflowError:
+        return False
+    return True
+
+
 def _is_float_vector(value: Any, width: int) -> str | None:
     """None when ``value`` is a list of ``width`` numbers or a float tensor/array (width,)."""
     if isinstance(value, list):
         if len(value) != width:
             return f"has {len(value)} values, expected {width}"
-        if set(map(type, value)) <= _FLOAT_ONLY:  # C speed: 7.7M floats in a DNABERT file
+        types = set(map(type, value))
+        if types <= _FLOAT_ONLY:  # C speed: 7.7M floats in a DNABERT file
             return None
         for j, x in enumerate(value):
             if not isinstance(x, (int, float)) or isinstance(x, bool):
                 return f"holds {_describe(x)} at position {j}, expected floats"
+            # torch.tensor() of the list: with a float in it every int becomes a float (past
+            # 2**1024: "int too large to convert to float"); of ints alone, a 64-bit int
+            if isinstance(x, int) and not (-INT64 <= x < INT64 or float in types
+                                           and _fits_float(x)):
+                return (f"holds an int of {x.bit_length()} bits at position {j}, which "
+                        f"torch.tensor cannot take")
         return None
     if isinstance(value, (TensorMeta, ArrayMeta)):
         if value.dtype not in FLOAT_DTYPES:

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from . import registry
-from .backends.base import Backend, Leftover, ObjectInfo
+from .backends.base import Backend, Leftover, ObjectInfo, PathTarget
 from .errors import (
     CheckpointError,
     CheckpointMissing,
+    DeviceUnavailable,
     ObjectChanged,
     SerializationError,
     StoreError,
@@ -22,7 +23,8 @@ from .errors import (
 from .keys import normalize_key, normalize_prefix
 from .schemas import AUTO, Schema, get_schema
 from .source import SliceSource
-from .validation import ValidationReport, safe_torch_load, validate_source
+from .validation import ValidationReport, validate_source
+from .validation.levels import load_source
 from .validation.report import check_level
 
 if TYPE_CHECKING:
@@ -247,8 +249,19 @@ class CheckpointStore:
     # -- reading -----------------------------------------------------------------------------
 
     def load(self, key: str, *, map_location: Any = "cpu", schema: SchemaArg = None,
-             validate: str | None = "zip") -> Any:
-        """Load ``key`` with ``torch.load(weights_only=True)`` after validating it.
+             validate: str | None = "zip", verify: bool = True, mmap: bool = False) -> Any:
+        """Load ``key``: the result equals ``torch.load(weights_only=True)``'s of the same bytes.
+
+        ``data.pkl`` is read once, by the validator's model, and the objects are built from
+        what it checked (``validation/materialize.py``): torch's rebuild functions make the
+        tensors, numpy's own ``__setstate__`` the arrays; nothing else can be built. ``verify``
+        (default True): every tensor record is checked against its CRC-32 as it is read, so a
+        damaged byte raises ``CheckpointCorrupted`` (code ``zip.crc_mismatch``) instead of
+        coming back as data; ``verify=False`` skips that for callers that verified already.
+        ``validate``: the level checked before anything is built -- ``"load"`` at least (the
+        model is the reader), ``"keys"`` adds the ``version`` and ``schema`` rules; ``None``
+        and the lower levels mean ``"load"``. ``mmap=True`` (local stores only): storages are
+        views of one private, copy-on-write mapping of the file, as ``torch.load(mmap=True)``.
 
         A bad file raises the :class:`~virnucpro_store.errors.CheckpointError` subclass of its
         category (``CheckpointCorrupted``, ``UnsafeCheckpoint``, ...), never a raw torch error.
@@ -256,33 +269,48 @@ class CheckpointStore:
         replaced meanwhile, local and memory stores load the validated version from the
         handle they hold; S3 (whose old version can no longer be read) starts again on the
         new version, as :meth:`validate` does.
+
+        >>> import torch
+        >>> store = open_store("memory://doc-load")
+        >>> _ = store.save({"ids": ["a"], "data": torch.ones(1, 3328)}, "m.pt", schema="merged")
+        >>> store.load("m.pt")["data"].shape
+        torch.Size([1, 3328])
         """
         key = normalize_key(key)
         schema_obj = _checked_schema(schema)
         if validate is not None:
             check_level(validate)
         return self._restarting(lambda: self._load_version(
-            key, map_location=map_location, schema=schema_obj, validate=validate))
+            key, map_location=map_location, schema=schema_obj, validate=validate,
+            verify=verify, mmap=mmap))
 
     def _load_version(self, key: str, *, map_location: Any, schema: SchemaArg,
-                      validate: str | None) -> Any:
-        """One validate-then-load of one version, opened once: the validator reads ranges of
-        the very version ``torch.load`` then reads (S3: GETs pinned to one ETag; local: one
-        open file), so what is loaded is what was validated. ObjectChanged if the object is
-        replaced while it is read."""
+                      validate: str | None, verify: bool = True, mmap: bool = False) -> Any:
+        """One check-then-build of one version, opened once: the model reads ranges of the
+        very version whose records are then read into storages (S3: GETs pinned to one ETag;
+        local: one open file), so what is loaded is what was checked. ObjectChanged if the
+        object is replaced while it is read."""
         url = self.backend.url_for(key)
         version = None
         try:
             with self.backend.open_for_load(key) as target:
                 version = target.version
-                if validate is not None:
-                    report = validate_source(target.source, schema=schema, level=validate,
-                                             deep=False, url=url)
-                    if not report.ok:  # refused with the deep verdict's category, below
-                        raise report.error(key=key)
-                return safe_torch_load(target.torch_input(), map_location=map_location,
-                                       url=url, key=key)
+                mmap_path = None
+                if mmap:
+                    if not isinstance(target, PathTarget):
+                        raise ValueError(f"{url}: mmap=True needs a local file; this store "
+                                         f"keeps its objects elsewhere")
+                    mmap_path = target.path
+                return load_source(target.source, schema=schema, level=validate or "load",
+                                   map_location=map_location, verify=verify,
+                                   mmap_path=mmap_path, url=url, key=key)
+        except DeviceUnavailable:
+            raise
         except CheckpointError as exc:
+            if exc.code == "zip.crc_mismatch":
+                # a deep validation checks CRCs first, at the zip level, after the cheap zip
+                # checks load() passed: its verdict is this one (category and code)
+                raise
             raise self._verdict_error(key, exc, schema=schema, version=version,
                                       level="keys" if validate == "keys" else "load") from exc
 
@@ -578,7 +606,8 @@ def _checked_schema(schema: SchemaArg) -> SchemaArg:
     return schema if schema == AUTO else get_schema(schema)
 
 
-def open_store(url: str | os.PathLike[str], **storage_options: Any) -> CheckpointStore:
+def open_store(url: str | os.PathLike[str], *, follow_symlinks: bool = False,
+               **storage_options: Any) -> CheckpointStore:
     """Open the store at ``url``: a plain path, ``file://``, ``memory://NAME``,
     ``s3://BUCKET/PREFIX``, ``gs://BUCKET/PREFIX`` or ``az://CONTAINER/PREFIX`` (or a scheme
     a plugin registers).
@@ -589,21 +618,40 @@ def open_store(url: str | os.PathLike[str], **storage_options: Any) -> Checkpoin
     ``account_name``, ``account_key``, ...); plus each object store's own ``retries``,
     ``part_size``, ``max_concurrency``, ``request_timeout``.
 
+    ``follow_symlinks=True`` lets a local store's *reads* (validate, load, info, scan) follow
+    symbolic links below its root, as a Nextflow work folder's staged inputs need; writes
+    never follow one. Other backends have no symlinks: there it changes nothing.
+
     >>> open_store("memory://scratch").url
     'memory://scratch'
     """
-    return CheckpointStore(registry.open_backend(url, **storage_options))
+    return CheckpointStore(registry.open_backend(
+        url, **_with_follow_symlinks(url, follow_symlinks, storage_options)))
+
+
+def _with_follow_symlinks(url: str | os.PathLike[str] | registry.ParsedURL,
+                          follow_symlinks: bool,
+                          storage_options: dict[str, Any]) -> dict[str, Any]:
+    """``storage_options`` plus ``follow_symlinks`` where the backend has symlinks (local)."""
+    parsed = url if isinstance(url, registry.ParsedURL) else registry.parse_url(url)
+    if follow_symlinks and parsed.scheme == "file":
+        return {**storage_options, "follow_symlinks": True}
+    return storage_options
 
 
 def validate(url: str | os.PathLike[str], *, schema: SchemaArg = None, level: str = "keys",
-             deep: bool = False, **storage_options: Any) -> ValidationReport:
-    """Validate one file by URL; see :meth:`CheckpointStore.validate`.
+             deep: bool = False, follow_symlinks: bool = True,
+             **storage_options: Any) -> ValidationReport:
+    """Validate one file by URL; see :meth:`CheckpointStore.validate`. A local file named
+    here is read through symbolic links (``follow_symlinks=False`` refuses them, as a store
+    opened without the option does).
 
     >>> validate("memory://nowhere/missing.pt").category
     'missing'
     """
     parent, key = registry.split_object_url(url)
-    store = CheckpointStore(registry.open_backend(parent, **storage_options))
+    store = CheckpointStore(registry.open_backend(
+        parent, **_with_follow_symlinks(parent, follow_symlinks, storage_options)))
     try:
         return store.validate(key, schema=schema, level=level, deep=deep)
     finally:

@@ -17,7 +17,7 @@ import io
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
@@ -40,15 +40,25 @@ class ObjectInfo:
     modified: datetime | None
     etag: str | None
     url: str
+    #: whole-object checksums the medium itself keeps, named and spelled as its own tools
+    #: print them (docs/checksums.md): S3 ``ChecksumCRC32``/``ChecksumCRC32C``/
+    #: ``ChecksumCRC64NVME``/``ChecksumSHA1``/``ChecksumSHA256`` (base64; from a HEAD, not a
+    #: listing), GCS ``crc32c``/``md5Hash`` (base64), Azure ``Content-MD5`` (base64); empty
+    #: where the medium keeps none (local files; S3 multipart or Azure block-list uploads).
+    #: Not part of equality: a listing and a HEAD may know different ones.
+    checksums: dict[str, str] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "key": self.key,
             "url": self.url,
             "size": self.size,
             "modified": self.modified.isoformat() if self.modified else None,
             "etag": self.etag,
         }
+        if self.checksums:
+            out["checksums"] = dict(self.checksums)
+        return out
 
 
 @dataclass(frozen=True)

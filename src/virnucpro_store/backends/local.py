@@ -5,8 +5,20 @@ Publishing protocol:
 1. create a hidden staging file next to the target (same directory => same filesystem, so
    the rename below is atomic), with ``O_EXCL`` and a unique name;
 2. write, flush, ``fsync(file)`` -- the data is on disk before any name points at it;
-3. ``os.replace(staging, final)`` -- or, create-only, ``os.link(staging, final)``, which fails
-   atomically with EEXIST when the key exists, then unlink the staging name;
+3. ``os.replace(staging, final)`` -- or, create-only, one of three ways, found at the first
+   create-only publish on each filesystem (see :class:`CreateOnly`):
+
+   * ``link``: ``os.link(staging, final)``, which fails atomically with EEXIST when the key
+     exists, then unlink the staging name (most filesystems, NFS included);
+   * ``renameat2``: ``renameat2(staging, final, RENAME_NOREPLACE)``, as atomic, for
+     filesystems that refuse hard links but support the flag (Linux >= 3.15: ext4, xfs,
+     btrfs, tmpfs, overlayfs, some FUSE filesystems);
+   * ``claim``: a claim file ``.NAME.vnps-staging-claimHASH`` created with ``O_EXCL`` next
+     to the key, then "key absent? ``os.replace``", then the claim removed: atomic among
+     writers that take the claim, not against one that does not (an ``overwrite=True``
+     save or another program landing between the check and the rename is replaced); a
+     crash while the claim is held leaves it, and create-only saves of that key are
+     refused until ``gc`` removes it (it is a staging leftover);
 4. ``fsync(directory)`` -- the rename itself is durable. Without the two fsyncs a power cut
    can leave a zero-length file under the final name on ext4/xfs.
 
@@ -15,11 +27,21 @@ under it): every operation first ``lstat``s each component of the key's path and
 symlink with :class:`~virnucpro_store.errors.InvalidKey`; files are opened with ``O_NOFOLLOW``;
 ``list()``/``leftovers()`` never descend into symlinked folders and skip symlinks and other
 non-regular files (FIFOs, sockets, devices). The root itself may be a symlink: the user chose it.
+
+``LocalBackend(root, follow_symlinks=True)`` (``open_store(root, follow_symlinks=True)``)
+relaxes this for *reads* only -- ``stat``, ``open_source``, ``open_for_load``, ``list`` (so
+validate, load, info and scan) follow symlinks below the root, wherever they point (a
+Nextflow work folder stages its inputs as links); symlinked folders are entered once each (a
+link cycle is not walked twice), dangling links are skipped with a warning. Writes
+(``stage``/``publish``, ``delete``) still refuse any symlink on the key's path: no write ever
+follows a link out of the root.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import enum
 import errno
 import hashlib
 import io
@@ -39,6 +61,7 @@ from ..errors import (
     InvalidKey,
     PreconditionFailed,
     StorageFailure,
+    storage_failure_from,
 )
 from ..keys import is_staging_file_name, staging_file_name
 from ..source import ByteSource, FileSource
@@ -60,6 +83,71 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 log = logging.getLogger("virnucpro_store")
 
+#: errno values with which ``link()`` says "this filesystem has no hard links" (vfat returns
+#: EPERM; FUSE filesystems such as gcsfuse and blobfuse ENOTSUP or ENOSYS)
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+#: errno values with which ``renameat2`` says "no RENAME_NOREPLACE here" (kernel or filesystem)
+_NO_NOREPLACE = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+class CreateOnly(str, enum.Enum):
+    """How a create-only publish (``save(..., overwrite=False)``, ``commit``) refuses an
+    existing key on a filesystem; :meth:`LocalBackend.create_only_method` says which one a
+    folder uses. Tried in this order, the first one the filesystem supports kept.
+
+    >>> CreateOnly.LINK.value
+    'link'
+    """
+
+    #: ``link(staging, final)``: atomic, refuses any existing name
+    LINK = "link"
+    #: ``renameat2(staging, final, RENAME_NOREPLACE)``: atomic, refuses any existing name
+    RENAMEAT2 = "renameat2"
+    #: ``O_EXCL`` claim file, then check-and-rename: atomic among claim holders only
+    CLAIM = "claim"
+
+
+def _libc_renameat2() -> Any:
+    """libc's ``renameat2`` (glibc >= 2.28), or None."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                     ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+_renameat2_func = _libc_renameat2()
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` unless ``dst`` exists (``FileExistsError``), atomically.
+    Raises ``OSError(ENOSYS)`` where libc has no ``renameat2``, and what the kernel answers
+    (EINVAL: the filesystem does not support ``RENAME_NOREPLACE``)."""
+    if _renameat2_func is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available in this C library")
+    if _renameat2_func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
+                       _RENAME_NOREPLACE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), src, None, dst)
+
+
+def claim_file_name(name: str) -> str:
+    """The claim file of the create-only ``claim`` method for a key whose last component is
+    ``name``: a staging name (hidden from listings, removed by ``gc`` when stale), the same
+    for every writer of that key.
+
+    >>> claim_file_name("esm_000.pt").startswith(".esm_000.pt.vnps-staging-claim")
+    True
+    """
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return staging_file_name(name, token="claim" + digest, suffix="")
+
 
 def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> StorageFailure:
     reasons = {
@@ -72,7 +160,9 @@ def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> Stora
         errno.ENOTDIR: "a file is in the way of a folder",
     }
     reason = reasons.get(exc.errno or 0) or exc.strerror or str(exc)
-    return StorageFailure(f"{url}: {what} failed: {reason}", key=key, url=url)
+    # errno and strerror go along: `except OSError as e: e.errno == errno.ENOSPC` works as
+    # on the raw error; refused access is also a PermissionError, as it was
+    return storage_failure_from(exc, f"{url}: {what} failed: {reason}", key=key, url=url)
 
 
 def _fsync_dir(path: str) -> None:
@@ -154,6 +244,8 @@ class LocalStaging(Staging):
             self.path = os.path.join(folder, staging_file_name(name))
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
                          0o666)
+        except StorageFailure:  # check_no_symlink's own, already translated (an OSError too)
+            raise
         except OSError as exc:
             raise _failure(exc, "save", url, key) from exc
         self.file = _StagingFile(fd, url, key)
@@ -210,13 +302,10 @@ class LocalStaging(Staging):
                 os.replace(self.path, self.final_path)
             else:
                 try:
-                    # link() never replaces an existing name: the create-only check and the
-                    # publish are one atomic step, with no window for another writer.
-                    os.link(self.path, self.final_path)
+                    self._publish_create_only()
                 except FileExistsError:
                     raise AlreadyExists(f"{url}: already exists (create-only save)",
                                         key=self.key, url=url) from None
-                os.unlink(self.path)
             self._published = True
             _fsync_dir(self.folder)
         except AlreadyExists:
@@ -224,6 +313,55 @@ class LocalStaging(Staging):
         except OSError as exc:
             raise _failure(exc, "publish", url, self.key) from exc
         return self._backend.stat(self.key)
+
+    def _publish_create_only(self) -> None:
+        """Publish without replacing an existing key (``FileExistsError`` if there is one),
+        by the first method of :class:`CreateOnly` this filesystem supports."""
+        method = self._backend.create_only_method(self.folder)
+        if method is CreateOnly.LINK:
+            try:
+                # link() never replaces an existing name: the create-only check and the
+                # publish are one atomic step, with no window for another writer.
+                os.link(self.path, self.final_path)
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                method = self._backend.no_longer(self.folder, CreateOnly.LINK, exc)
+            else:
+                os.unlink(self.path)
+                return
+        if method is CreateOnly.RENAMEAT2:
+            try:
+                rename_noreplace(self.path, self.final_path)
+            except OSError as exc:
+                if exc.errno not in _NO_NOREPLACE:
+                    raise
+                method = self._backend.no_longer(self.folder, CreateOnly.RENAMEAT2, exc)
+            else:
+                return
+        self._publish_claimed()
+
+    def _publish_claimed(self) -> None:
+        """The ``claim`` method: hold an ``O_EXCL`` claim file while checking that the key is
+        absent and renaming the staged file onto it."""
+        claim = os.path.join(self.folder, claim_file_name(os.path.basename(self.final_path)))
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
+                         0o600)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "another writer holds the claim file (or a "
+                                  "crashed one left it: gc removes it)", claim) from None
+        os.close(fd)
+        try:
+            try:
+                os.lstat(self.final_path)
+            except FileNotFoundError:
+                os.replace(self.path, self.final_path)
+            else:
+                raise FileExistsError(errno.EEXIST, "exists", self.final_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(claim)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError, StorageFailure):
@@ -241,12 +379,39 @@ class LocalBackend(Backend):
     scheme = "file"
     concurrent_writes = 1
 
-    def __init__(self, location: str, **storage_options: object) -> None:
+    def __init__(self, location: str, *, follow_symlinks: bool = False,
+                 **storage_options: object) -> None:
         refuse_storage_options("local", storage_options)
         self.root = os.path.abspath(location)
         self.url = "file://" + self.root
+        #: reads follow symlinks below the root (writes never do); see the module's docstring
+        self.follow_symlinks = bool(follow_symlinks)
+        #: the create-only method found per filesystem (``st_dev``), at its first use
+        self._create_only: dict[int, CreateOnly] = {}
+        self._create_only_lock = threading.Lock()
         if os.path.exists(self.root) and not os.path.isdir(self.root):
             raise StorageFailure(f"{self.url} is a file, not a folder", url=self.url)
+
+    def create_only_method(self, folder: str | None = None) -> CreateOnly:
+        """The :class:`CreateOnly` method create-only publishes use in ``folder`` (the root by
+        default): ``LINK`` until a publish on that filesystem finds hard links refused, then
+        ``RENAMEAT2`` until ``RENAME_NOREPLACE`` is refused, then ``CLAIM``."""
+        try:
+            dev = os.stat(folder or self.root).st_dev
+        except OSError:
+            return CreateOnly.LINK
+        return self._create_only.get(dev, CreateOnly.LINK)
+
+    def no_longer(self, folder: str, method: CreateOnly, exc: OSError) -> CreateOnly:
+        """Record that ``folder``'s filesystem refused ``method`` (``exc``); the next one."""
+        following = CreateOnly.RENAMEAT2 if method is CreateOnly.LINK else CreateOnly.CLAIM
+        dev = os.stat(folder).st_dev
+        with self._create_only_lock:
+            if self._create_only.get(dev, CreateOnly.LINK) is method:
+                self._create_only[dev] = following
+                log.info("%s: this filesystem refuses %s (%s); create-only saves use %s",
+                         self.url, method.value, exc.strerror or exc, following.value)
+        return self._create_only[dev]
 
     def canonical_root(self) -> str:
         return "file://" + os.path.realpath(self.root).rstrip("/") + "/"
@@ -277,18 +442,27 @@ class LocalBackend(Backend):
     def stage(self, key: str) -> Staging:
         return LocalStaging(self, key)
 
+    def _read_path(self, key: str) -> str:
+        """The path a read of ``key`` opens: checked for symlinks unless reads follow them."""
+        return self.path_for(key) if self.follow_symlinks else self.check_no_symlink(key)
+
     def _open_fd(self, key: str) -> int:
-        """A read-only fd on the regular file at ``key``, never through a symlink."""
-        path = self.check_no_symlink(key)
+        """A read-only fd on the regular file at ``key``, never through a symlink unless
+        ``follow_symlinks``."""
+        path = self._read_path(key)
         url = self.url_for(key)
+        nofollow = 0 if self.follow_symlinks else _NOFOLLOW
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(path, os.O_RDONLY | nofollow | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
         except (FileNotFoundError, NotADirectoryError):
             raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url) from None
         except IsADirectoryError:
             raise CheckpointMissing(f"{url} is a folder, not a checkpoint", key=key,
                                     url=url) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP and self.follow_symlinks:
+                raise CheckpointMissing(f"{url}: too many levels of symbolic links", key=key,
+                                        url=url) from None
             if exc.errno == errno.ELOOP:  # the last component became a link after the check
                 raise InvalidKey(f"{url}: '{key}' is a symbolic link; the local backend never "
                                  f"follows symlinks inside its root") from None
@@ -310,12 +484,15 @@ class LocalBackend(Backend):
 
     def stat(self, key: str) -> ObjectInfo:
         url = self.url_for(key)
-        path = self.check_no_symlink(key)
+        path = self._read_path(key)
         try:
-            st = os.lstat(path)
+            st = os.stat(path) if self.follow_symlinks else os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             raise CheckpointMissing(f"{url}: no such checkpoint", key=key, url=url) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP and self.follow_symlinks:
+                raise CheckpointMissing(f"{url}: too many levels of symbolic links", key=key,
+                                        url=url) from None
             raise _failure(exc, "stat", url, key) from exc
         if stat.S_ISLNK(st.st_mode):  # became a link after the check
             raise InvalidKey(f"{url}: '{key}' is a symbolic link; the local backend never "
@@ -324,21 +501,37 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         return self._info(key, st)
 
-    def _walk(self, under: str = "", skip: Callable[[str], bool] | None = None
+    def _walk(self, under: str = "", follow: bool | None = None,
+              skip: Callable[[str], bool] | None = None
               ) -> Iterator[tuple[str, str, os.stat_result]]:
         """(relative posix name, absolute path, lstat) of every regular file under the root's
         folder ``under`` ("a/b"; "" for the root), symlinked folders not entered (``under``
         itself included: a component that is a symlink lists nothing), symlinks and special
-        files skipped; subfolders for which ``skip("a/b/c/")`` is true not entered."""
+        files skipped -- or, with ``follow_symlinks`` (``follow`` overrides it), (name, path,
+        stat) with links followed: each folder entered once (no cycle), dangling links
+        skipped. Subfolders for which ``skip("a/b/c/")`` is true are not entered."""
+        follow = self.follow_symlinks if follow is None else follow
         top = self.root
         for part in under.split("/") if under else ():
             top = os.path.join(top, part)
             try:
-                if not stat.S_ISDIR(os.lstat(top).st_mode):
+                if not stat.S_ISDIR((os.stat if follow else os.lstat)(top).st_mode):
                     return
             except (FileNotFoundError, NotADirectoryError):
                 return
-        for folder, dirs, files in os.walk(top):  # followlinks=False
+            except OSError:
+                if not follow:
+                    raise
+                return  # a link loop on the way down: nothing to list
+        entered: set[tuple[int, int]] = set()
+        if follow:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.root)
+                entered.add((st.st_dev, st.st_ino))
+            with contextlib.suppress(OSError):
+                st = os.stat(top)
+                entered.add((st.st_dev, st.st_ino))
+        for folder, dirs, files in os.walk(top, followlinks=follow):
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.root)
             if skip is not None:
@@ -348,9 +541,29 @@ class LocalBackend(Backend):
                 path = os.path.join(folder, name)
                 try:
                     st = os.lstat(path)
+                    if follow and stat.S_ISLNK(st.st_mode):
+                        st = os.stat(path)
                 except FileNotFoundError:
+                    if follow:
+                        log.warning("%s: skipping '%s': a dangling symbolic link", self.url,
+                                    os.path.relpath(path, self.root))
                     continue  # removed while we walked
+                except OSError as exc:
+                    if not follow:
+                        raise
+                    log.warning("%s: skipping '%s': %s", self.url,
+                                os.path.relpath(path, self.root), exc.strerror or exc)
+                    continue
                 rel = name if rel_folder == "." else f"{rel_folder.replace(os.sep, '/')}/{name}"
+                if follow and stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in entered:
+                        if name in dirs:
+                            dirs.remove(name)  # a link cycle, or a folder reached twice
+                        log.warning("%s: not entering '%s' again (a symbolic link loop)",
+                                    self.url, rel)
+                    else:
+                        entered.add((st.st_dev, st.st_ino))
+                    continue
                 if stat.S_ISLNK(st.st_mode):
                     log.warning("%s: skipping symbolic link '%s' (never followed)", self.url, rel)
                 elif stat.S_ISREG(st.st_mode):
@@ -373,7 +586,8 @@ class LocalBackend(Backend):
                     or (end is not None and end < folder))
 
         skip = outside if start_after is not None or end is not None else None
-        return published(((rel, st if stats else None) for rel, _, st in self._walk(under, skip)
+        return published(((rel, st if stats else None)
+                          for rel, _, st in self._walk(under, skip=skip)
                           if rel.startswith(prefix)), self.url_for)
 
     def list(self, prefix: str = "") -> Iterator[str]:
@@ -403,7 +617,7 @@ class LocalBackend(Backend):
     def leftovers(self, older_than: float) -> list[Leftover]:
         now = time.time()
         found = []
-        for rel, _, st in self._walk():
+        for rel, _, st in self._walk(follow=False):  # gc is a write: never through a link
             age = now - st.st_mtime
             if is_staging_file_name(rel) and age >= older_than:
                 found.append(Leftover(name=rel, age_seconds=age, kind="staging", size=st.st_size))

@@ -179,8 +179,12 @@ def validate_checkpoint(
     if required_keys is None:
         required_keys = ["data"]
     # Level 1: size
+    location = as_location(checkpoint_path)
+    if isinstance(location, Path) and location.is_dir():  # exists, but no file: not a ZIP
+        return _fail(log, checkpoint_path, "corrupted: not a valid ZIP archive", log_failures,
+                     "Reason: Not a valid ZIP archive (a folder)")
     try:
-        store, key = split(as_location(checkpoint_path))
+        store, key = split(location)
         file_size = store.info(key).size
     except FileNotFoundError:
         return _fail(log, checkpoint_path, "corrupted: file does not exist", log_failures)
@@ -330,6 +334,8 @@ def load_checkpoint_with_validation(
         version = checkpoint.get("version", "0.x")
         log.debug(f"Checkpoint version: {version}")
         problem = version_problem(version)
+        if problem and parse_version(version) is not None:  # VirNucPro's words for this call
+            problem = f"version {version} requires virnucpro >= {parse_version(version)[0]}.0.0"
         if problem:
             log.error(f"Checkpoint incompatible: {checkpoint_path}")
             log.error(f"  Version: {version!r}")
@@ -368,14 +374,31 @@ def get_checkpoint_info(checkpoint_path: Path) -> dict[str, Any]:
     info["is_valid_zip"] = facts.get("level") in ("zip", "load", "keys")
     if facts.get("object") == "dict" and facts.get("level") in ("load", "keys"):
         entries = facts.get("entries", {})
-        info["version"] = _scalar(entries.get("version"), "0.x")
-        info["status"] = _scalar(entries.get("status"), "unknown")
+        version, status = entries.get("version"), entries.get("status")
+        if _exact(version) and _exact(status):  # the usual case: no tensor data read
+            info["version"] = version["value"] if version is not None else "0.x"
+            info["status"] = status["value"] if status is not None else "unknown"
+            return info
+        try:  # a value the description abbreviates (a list, bytes, a long string)
+            checkpoint = store.load(key, map_location="cpu")
+        except Exception:
+            return info
+        if isinstance(checkpoint, dict):
+            info["version"] = checkpoint.get("version", "0.x")
+            info["status"] = checkpoint.get("status", "unknown")
     return info
 
 
-def _scalar(entry: Any, default: Any) -> Any:
+_EXACT_TYPES = ("int", "float", "bool", "NoneType")
+
+
+def _exact(entry: Any) -> bool:
+    """True when the store's description of a value is the value itself (absent: the
+    default applies)."""
     if entry is None:
-        return default
-    if isinstance(entry, dict) and "value" in entry:
-        return entry["value"]
-    return entry
+        return True
+    if not isinstance(entry, dict) or "value" not in entry:
+        return False
+    if entry.get("type") == "str":
+        return isinstance(entry["value"], str) and not entry["value"].endswith("...")
+    return entry.get("type") in _EXACT_TYPES

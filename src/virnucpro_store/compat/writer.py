@@ -181,13 +181,17 @@ class AsyncCheckpointWriter:
         if self._closed:
             raise RuntimeError("AsyncCheckpointWriter is shut down")
         self._raise_failures()
-        location = as_location(checkpoint_path)
-        store, key = split(location)
-        if isinstance(location, Path):
-            location.parent.mkdir(parents=True, exist_ok=True)
         obj = {"embeddings": _as_numpy(embeddings), "sequence_ids": list(sequence_ids),
                "metadata": dict(metadata)}
-        writer = self._writer_for(store)
+        location = as_location(checkpoint_path)
+        try:
+            store, key = split(location)
+            if isinstance(location, Path):
+                location.parent.mkdir(parents=True, exist_ok=True)
+            writer = self._writer_for(store)
+        except (_errors.StoreError, OSError) as exc:
+            # VirNucPro's writer fails such a write in its future (and in wait_all), not here
+            return self._failed_at_submit(location, exc)
         while True:
             try:
                 inner = writer.submit(obj, key, validate="load", pickle_protocol=4)
@@ -208,6 +212,18 @@ class AsyncCheckpointWriter:
         inner.add_done_callback(
             lambda f: self._finish(f, done, checkpoint_path, location, metadata, n_ids, nbytes))
         logger.debug(f"Async checkpoint write submitted: {location.name}")
+        return done
+
+    def _failed_at_submit(self, location: Path | StorePath,
+                          exc: BaseException) -> concurrent.futures.Future:
+        logger.error(f"Failed to write checkpoint {location.name}: {exc}")
+        err = RuntimeError(f"Checkpoint write failed: {exc}")
+        err.__cause__ = exc
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        done.set_exception(err)
+        with self.lock:
+            self.pending_futures.append(done)
+            self._failed.append((done, err))
         return done
 
     def _finish(self, inner: concurrent.futures.Future, done: concurrent.futures.Future,
@@ -249,8 +265,10 @@ class AsyncCheckpointWriter:
             failed, self._failed = self._failed, []
             self._reported.extend(e.__cause__ for _, e in failed if e.__cause__ is not None)
             del self._reported[:-64]  # only the latest can still come back from a store writer
-        errors = [(type(e.__cause__).__name__, str(e.__cause__)) for _, e in failed]
-        if also is not None and not any(str(also) == m for _, m in errors):
+        # VirNucPro's lines: "RuntimeError: Checkpoint write failed: <cause>"
+        errors = [(type(e).__name__, str(e)) for _, e in failed]
+        if also is not None and not any(f"Checkpoint write failed: {also}" == m
+                                        for _, m in errors):
             errors.insert(0, (type(also).__name__, str(also)))
         if errors:
             raise RuntimeError(f"{len(errors)} checkpoint write(s) failed:\n" + "\n".join(
@@ -273,9 +291,9 @@ class AsyncCheckpointWriter:
         logger.debug(f"All pending checkpoint writes completed: {len(futures)} writes")
 
     def has_pending(self) -> bool:
-        """True while writes are queued or in flight."""
+        """True from a ``write_checkpoint_async`` until ``wait_all()`` collects it (VirNucPro's
+        meaning: a finished write is still pending until its outcome was checked)."""
         with self.lock:
-            self.pending_futures = [f for f in self.pending_futures if not f.done()]
             return bool(self.pending_futures)
 
     def shutdown(self) -> None:
@@ -427,7 +445,8 @@ def resume_from_checkpoints(
     loaded once, safely), the next batch number, and the ids to recompute (those of the first
     bad batch and of every batch after it, whose ``.done`` markers are removed: the caller
     renumbers from ``resume_batch_idx``). A batch whose ids cannot be read is listed in
-    ``corrupted_sequence_ids.unreadable`` and in ``failed_checkpoints.txt``, never as a made-up
+    ``corrupted_sequence_ids.unreadable`` and in ``failed_checkpoints.txt`` (the only file
+    resume writes), never as a made-up
     id. ``([], None, 0, [])`` when there is nothing to resume.
     """
     location = as_location(checkpoint_dir)
@@ -461,12 +480,13 @@ def resume_from_checkpoints(
             bad_at = batch_num
             logger.warning(f"Corruption detected at batch {batch_num}: {error_msg}. "
                            f"Stopping resume at batch {last_valid_batch}")
-            log_failed_checkpoint(path, f"corrupted: {error_msg}", checkpoint_dir=shard_dir)
         # the first bad batch and every later one: not done any more, ids requeued
         remove_done_marker(path)
         ids = _ids_of(path)
         if ids is None:
             requeue.unreadable.append(str(path))
+            log_failed_checkpoint(path, "corrupted: its sequence ids cannot be read",
+                                  checkpoint_dir=shard_dir)
             logger.error(f"Batch {batch_num} ({path}): its sequence ids cannot be read; its "
                          f"sequences are not in the requeue list")
         else:

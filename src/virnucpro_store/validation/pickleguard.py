@@ -20,7 +20,15 @@ opcode sequences hurt it without any global at all (measured with CPython 3.11):
   hash value, or more than :data:`MAX_UNKNOWN_HASH_KEYS` keys whose hash it cannot compute
   (complex numbers, torch.Size, numpy scalars).
 
-All three are "unsafe": no writer of real checkpoints produces them. Anything the scan cannot
+All three are "unsafe": no writer of real checkpoints produces them. One more is "corrupted":
+
+- **FRAME straddles**: an opcode (or its argument) that starts inside a protocol 4/5 FRAME and
+  ends after it, or a FRAME that opens before the current one ends. CPython's readers take such
+  a stream three ways (the C unpickler over a reader with ``peek()`` reads on, over a
+  ``BytesIO`` it re-reads from after the frame, ``pickle._Unpickler`` raises), so the opcodes
+  checked here could differ from the ones a loader runs (``pickle.frame_straddle``). Python's
+  pickler never writes one.
+ Anything the scan cannot
 follow (unknown opcode, stack underflow, truncation) is "corrupted", as the C unpickler would say.
 
 The scan also follows what each stack item is (a list, a dict, an OrderedDict/Counter, an
@@ -322,6 +330,13 @@ _ACCELERATE = True
 _ON_STOP: Callable[[list, list, int], None] | None = None
 
 
+#: a template run shorter than this many bytes counts as a miss: the next try of that
+#: template waits (_MIN_RETRY_GAP bytes, doubling up to _MAX_RETRY_GAP on each miss)
+_LONG_RUN = 512
+_MIN_RETRY_GAP = 64
+_MAX_RETRY_GAP = 1 << 16
+
+
 def _same_run(data: bytes, start: int, step: int, count: int, byte: int) -> int:
     """How many of ``data[start], data[start + step], ...`` (at most ``count``) equal ``byte``,
     counted from the first: one strided slice and one strip, at C speed."""
@@ -434,6 +449,12 @@ def _check_hashed(items: list, what: str) -> None:
                          code="pickle.hash_bomb")
 
 
+def _straddle(frame_end: int) -> Exception:
+    return corrupted(f"data.pkl is not a readable pickle: an opcode straddles the end of a "
+                     f"FRAME (offset {frame_end}); readers disagree on such a stream",
+                     code="pickle.frame_straddle")
+
+
 def _underflow(op: int, pos: int) -> Exception:
     return corrupted(f"data.pkl is not a readable pickle: opcode {bytes([op])!r} at offset "
                      f"{pos} finds too few items on the stack", code="pickle.unreadable")
@@ -527,6 +548,14 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     unresolved = False
     protocols: list[int] = []
     globs: dict[str, _Glob] = {}
+    # FRAME hygiene: inside a frame, every opcode (with its argument) must end within it, and
+    # the frame must end on an opcode boundary. Readers differ on anything else (the C
+    # unpickler over a buffered reader reads on; over a BytesIO it re-reads from after the
+    # frame; pickle._Unpickler raises), so refusing it makes every reader parse the same.
+    limit = end  # where the current frame ends (end: in no frame)
+    framed = False
+    retry_at = dict.fromkeys((0x68, 0x6A, 0x58, 0x7D), 0)  # per template: next try from here
+    retry_gap = dict.fromkeys((0x68, 0x6A, 0x58, 0x7D), _MIN_RETRY_GAP)
 
     def value(item: object, at: int) -> object:
         """A stack item at position ``at`` as stored anywhere else (a run item decoded)."""
@@ -611,11 +640,13 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
     def records(at: int, size: int, consts: list[tuple[int, int]],
                 puts: list[tuple[int, int]]) -> int:
         """How many records of a template repeat from ``at`` (PUTs from the next memo entry),
-        looked at in doubling windows so that a template that stops early costs little."""
+        looked at in doubling windows so that a template that stops early costs little; only
+        whole records before the current frame's end."""
         count, window, base = 0, 8, len(memo)
+        most = max(0, (limit - at) // size)
         while True:
             found = _template_run(data, at + count * size, size, consts, puts,
-                                  base + count * len(puts), window)
+                                  base + count * len(puts), min(window, most - count))
             count += found
             if found < window:
                 return count
@@ -733,15 +764,29 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         return at + size * count
 
     while True:
+        if framed and pos >= limit:
+            if pos > limit:
+                raise _straddle(limit)
+            framed, limit = False, end
         if pos >= end:
             raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
                             "(no STOP opcode)", code="pickle.unreadable")
         op = data[pos]
         at = pos
-        if _ACCELERATE and (op == 0x68 or op == 0x6A or op == 0x58 or op == 0x7D):
-            # BINGET, LONG_BINGET, BINUNICODE, EMPTY_DICT: where a run of records may start
+        if _ACCELERATE and (op == 0x68 or op == 0x6A or op == 0x58 or op == 0x7D) \
+                and pos >= retry_at[op]:
+            # BINGET, LONG_BINGET, BINUNICODE, EMPTY_DICT: where a run of records may start.
+            # A template that finds no long run backs off (the next try of that kind waits
+            # twice as many bytes, up to _MAX_RETRY_GAP), so that records that do not repeat
+            # (ids of varying length, views of varying shape) cost the opcode loop's price,
+            # not a template's per record
             done = (string_run(pos) if op == 0x58 else float_dict_run(pos) if op == 0x7D
                     else tensor_run(pos))
+            if done - pos >= _LONG_RUN:
+                retry_gap[op] = _MIN_RETRY_GAP
+            else:
+                retry_at[op] = pos + retry_gap[op]
+                retry_gap[op] = min(2 * retry_gap[op], _MAX_RETRY_GAP)
             if done:
                 pos = done
                 continue
@@ -756,7 +801,9 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                     if found < window:
                         break
                     window *= 2
-                count = min(count, (end - pos) // step)
+                count = min(count, (limit - pos) // step)
+                if count == 0 and framed:
+                    raise _straddle(limit)
                 if count == 0:
                     raise corrupted("data.pkl is not a readable pickle: pickle data was "
                                     "truncated", code="pickle.unreadable")
@@ -765,7 +812,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 continue
             m = _PUSHES.match(data, pos)
             assert m is not None  # op is one of them
-            chunk = data[pos: m.end()]
+            chunk = data[pos: min(m.end(), limit)]
             if 0x7D in chunk:  # every empty dict is a container of its own
                 stack.extend(_Container("dict") if b == 0x7D else _Container("set")
                              if b == 0x8F else _PUSH_ITEM[b] for b in chunk)
@@ -774,7 +821,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                              for b in chunk)
             else:
                 stack.extend(map(_PUSH_ITEM.__getitem__, chunk))
-            pos = m.end()
+            pos = min(m.end(), limit)
             continue
         if op == 0x68:  # BINGET runs: a list of ids repeating memoized strings
             count, window = 0, 16
@@ -785,9 +832,11 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 if found < window:
                     break
                 window *= 2
-            if pos + 2 * count > end:
-                raise corrupted("data.pkl is not a readable pickle: pickle data was truncated",
-                                code="pickle.unreadable")
+            count = min(count, (limit - pos) // 2)
+            if count == 0:
+                raise _straddle(limit) if framed else corrupted(
+                    "data.pkl is not a readable pickle: pickle data was truncated",
+                    code="pickle.unreadable")
             indices = data[pos + 1: pos + 2 * count: 2]
             memoized = {i: get(i) for i in set(indices)}
             if len(set(map(id, memoized.values()))) == 1:
@@ -800,7 +849,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         if unsupported is None and op not in allowed_ops:
             unsupported = _opcode_problem(op, at)
         if op == 0x61:  # APPEND (runs of them: a nest of lists)
-            count = _APPENDS.match(data, at).end() - at
+            count = min(_APPENDS.match(data, at).end(), limit) - at
             if len(stack) - fence < count + 1:
                 raise _underflow(op, at)
             if unsupported is None:
@@ -1023,9 +1072,15 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 protocols.append(at)
             pos += 1
         elif op == 0x95:  # FRAME: the unpickler insists the whole frame is there
+            if framed and pos + 8 != limit:  # (a FRAME that ends its frame opens the next)
+                raise corrupted(f"data.pkl is not a readable pickle: a FRAME (offset {at}) "
+                                f"begins before the end of the current frame (offset {limit})",
+                                code="pickle.unreadable")
             if pos + 8 > end or int.from_bytes(data[pos: pos + 8], "little") > end - pos - 8:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
                                 "(FRAME longer than the stream)", code="pickle.unreadable")
+            limit = pos + 8 + int.from_bytes(data[pos: pos + 8], "little")
+            framed = True
             pos += 8
         elif op in (0x97, 0x98):  # NEXT_BUFFER (pushes), READONLY_BUFFER (in place)
             if op == 0x97:

@@ -27,6 +27,8 @@ CODES: dict[str, str] = {
     "zip.control_record": "a control record (.format_version, byteorder, ...) torch refuses",
     "zip.newer_format": "a format version newer than this torch reads",
     "pickle.unreadable": "data.pkl is not a readable pickle (damage, truncation)",
+    "pickle.frame_straddle": "an opcode straddles a FRAME's end, or a FRAME opens inside "
+                             "another: readers parse such a stream differently",
     "pickle.too_large": "data.pkl above the validator's size limit",
     "pickle.memo_bomb": "a memo index far past the entries stored (memory bomb)",
     "pickle.hash_bomb": "a dict key or set element too deep or too large to hash",
@@ -39,7 +41,9 @@ CODES: dict[str, str] = {
     "tensor.storage_missing": "a tensor's storage record is not in the archive",
     "tensor.storage_size": "a storage record shorter or longer than its tensor needs",
     "tensor.out_of_bounds": "a tensor view that does not fit its storage",
-    "load.torch_refused": "the full torch.load(weights_only=True) failed (deep)",
+    "load.torch_refused": "torch refused to build a tensor the model accepted (load, deep)",
+    "load.unsupported_type": "the loaded structure holds a value the record loader has no "
+                             "rule to build",
     "keys.version": "a version this code does not read",
     "keys.no_schema": "no built-in schema matches the file's keys",
     "keys.schema": "a schema's required key or shape rule does not hold",

@@ -10,11 +10,12 @@ is ever imported: :func:`resolve` looks names up in :data:`ALLOWED`.
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..lazy import (
@@ -23,9 +24,15 @@ from ..lazy import (
     NUMPY_DTYPES,
     TORCH_DTYPES,
     ArrayMeta,
+    NumpyBool,
+    NumpyComplex,
+    NumpyFloat,
+    NumpyInt,
     StorageRef,
     TensorMeta,
+    TorchDevice,
     TorchDType,
+    TorchSize,
     _Frozen,
     make_tensor_meta,
     shape_text,
@@ -99,6 +106,11 @@ def _note(obj: Any) -> None:
 class _StorageType(_Frozen):
     dtype: str
     untyped: bool = False
+    #: torch.cuda.<X>Storage: a class of its own to torch (a dict key apart from torch.<X>)
+    cuda: bool = False
+    #: the global's name (``torch.cuda.FloatStorage``), for the record loader: a bare class
+    #: in the result is that very class
+    qualname: str = field(default="", compare=False)
 
     def __call__(self, *args: Any) -> Any:
         if self.untyped:  # torch.UntypedStorage(...) makes a storage that is not a record
@@ -113,6 +125,12 @@ class _NpDType:
     __slots__ = ("spec", "code", "name", "itemsize", "struct", "byteorder", "problem")
 
     def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
+        if isinstance(spec, _NpDType):  # numpy.dtype(a_dtype): that dtype again
+            spec = spec.spec if spec.byteorder in ("<", "=", "|") else ">" + spec.spec
+        if isinstance(spec, str) and spec[:1] == ">" and spec[1:] in NUMPY_DTYPES:
+            self.__init__(spec[1:])  # type: ignore[misc]
+            self.byteorder = ">"
+            return
         if not isinstance(spec, str):
             raise corrupted(f"numpy dtype spec is a {type(spec).__name__}, not a string")
         self.spec = spec
@@ -121,10 +139,10 @@ class _NpDType:
         self.problem = ""
         known = NUMPY_DTYPES.get(spec)
         if known is None:
-            self.name, self.itemsize, self.struct = spec, 0, ""
-            self.problem = "only numeric and bool numpy dtypes are supported"
-        else:
-            self.name, self.itemsize, self.struct = known
+            # checked where the dtype is made, not where an array uses it: a bare dtype in
+            # metadata is refused as an array of it is (what load() and deep refuse)
+            _refuse_dtype(spec, "only numeric and bool numpy dtypes are supported")
+        self.name, self.itemsize, self.struct = known  # type: ignore[misc]
 
     def __setstate__(self, state: Any) -> None:
         # numpy writes (3, byteorder, subdescr, names, fields, elsize, alignment, flags), and
@@ -136,8 +154,8 @@ class _NpDType:
                                f"{_short(state)} (not modelled)")
         self.byteorder = state[1]
         if any(v is not None for v in state[2:5]):
-            self.problem = "structured and sub-array numpy dtypes are not supported"
-        elif not self.problem and state[5:8] != (-1, -1, 0):
+            _refuse_dtype(self.spec, "structured and sub-array numpy dtypes are not supported")
+        elif state[5:8] != (-1, -1, 0):
             # every numeric dtype pickles as (..., -1, -1, 0); other values make numpy treat
             # the bytes as something else (a flagged object or structured dtype)
             raise incompatible(f"numpy dtype {self.spec!r} has element size, alignment and "
@@ -146,6 +164,16 @@ class _NpDType:
 
     def __repr__(self) -> str:
         return f"dtype({self.spec!r})"
+
+
+def _refuse_dtype(spec: str, problem: str) -> None:
+    """A numpy dtype this validator does not model: object dtypes are unsafe (their data would
+    be arbitrary pickled objects), the rest (structured, sub-array, strings...) incompatible."""
+    if spec[:1] == "O":
+        raise unsafe(f"numpy dtype {spec[:20]!r} is an object dtype: its elements would be "
+                     f"arbitrary pickled Python objects, which the safe loader refuses",
+                     code="numpy.object_dtype")
+    raise incompatible(f"numpy dtype {spec[:20]!r}: {problem}")
 
 
 # --------------------------------------------------------------------------- stand-ins
@@ -527,13 +555,46 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
 
 
 def _torch_size(values: Any = ()) -> tuple[int, ...]:
-    return _int_tuple(values, "torch.Size")
+    return TorchSize(_int_tuple(values, "torch.Size"))
 
 
-def _torch_device(kind: Any, index: Any = None) -> str:
-    if not isinstance(kind, str) or not (index is None or type(index) is int):
-        raise corrupted("torch.device with bad arguments")
-    return kind if index is None else f"{kind}:{index}"
+#: the device types torch.device accepts (torch 2.13's list, in its error message)
+_DEVICE_TYPES = frozenset({
+    "cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga",
+    "maia", "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone"})
+#: torch keeps a device index in 8 signed bits: a larger one wraps (2**40 -> 0), which this
+#: validator does not model
+_MAX_DEVICE_INDEX = 127
+_DEVICE_STRING = re.compile(r"([a-z]+)(?::(0|[1-9][0-9]{0,2}))?")
+
+
+def _torch_device(kind: Any, index: Any = None) -> TorchDevice:
+    """``torch.device(type_or_string, index)`` as torch 2.13 takes it: a known type, an
+    optional ``:index`` of digits (no sign, no leading zero), or an explicit int index >= 0 --
+    never both; a torch.device, not a string."""
+    if type(kind) is not str:
+        raise incompatible(f"torch.device({_short(kind)}) (only a device string is modelled)")
+    m = _DEVICE_STRING.fullmatch(kind)
+    if m is None:
+        raise corrupted(f"torch.device: invalid device string {kind[:40]!r} (torch refuses)")
+    if m[1] not in _DEVICE_TYPES:
+        raise corrupted(f"torch.device: unknown device type {m[1][:40]!r} (torch refuses)")
+    if index is not None:
+        if type(index) is not int:
+            raise corrupted(f"torch.device: index is {_short(index)}, not an int (torch "
+                            f"refuses)")
+        if m[2] is not None:
+            raise corrupted("torch.device: the string has an index and another is given "
+                            "(torch refuses)")
+        if index < 0:
+            raise corrupted("torch.device: negative device index (torch refuses)")
+        number = index
+    else:
+        number = None if m[2] is None else int(m[2])
+    if number is not None and number > _MAX_DEVICE_INDEX:
+        raise incompatible(f"torch.device index {_short(number)} above {_MAX_DEVICE_INDEX} "
+                           f"(torch wraps it: not modelled)")
+    return TorchDevice(m[1], number)
 
 
 def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
@@ -577,18 +638,44 @@ def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
     raw = raw[:dtype.itemsize]
     order = ">" if dtype.byteorder == ">" else "<"
     values = struct.unpack(order + dtype.struct, raw)
-    return complex(*values) if len(values) == 2 else values[0]
+    value = complex(*values) if len(values) == 2 else values[0]
+    # the number it equals, with what the record loader needs to make the numpy scalar
+    made = _SCALAR_KINDS[type(value)](value)
+    made.npdtype, made.raw = dtype, raw
+    return made
+
+
+_SCALAR_KINDS = {int: NumpyInt, float: NumpyFloat, complex: NumpyComplex, bool: NumpyBool}
 
 
 def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
-    return lambda *args: _NpDType(spec)
+    def make(*args: Any) -> _NpDType:
+        if args:  # numpy: "currently only the no-argument instantiation is supported"
+            raise corrupted(f"numpy dtype class called with {len(args)} arguments; numpy "
+                            f"accepts none")
+        return _NpDType(spec)
+    return make
+
+
+#: Python's built-in codec error handlers (a name is looked up only when an error occurs)
+_CODEC_ERRORS = frozenset({"strict", "ignore", "replace", "backslashreplace",
+                           "xmlcharrefreplace", "namereplace", "surrogateescape",
+                           "surrogatepass"})
 
 
 def _codecs_encode(obj: Any, encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
-    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii"):
-        raise incompatible("_codecs.encode called with something other than a string and "
-                           "latin1/utf-8/ascii (not modelled)")
-    return obj.encode(encoding)
+    if type(errors) is not str:  # _codecs.encode: "argument 'errors' must be str"
+        raise corrupted(f"_codecs.encode with errors={_short(errors)}, not a string (Python "
+                        f"refuses)")
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii") \
+            or errors not in _CODEC_ERRORS:
+        raise incompatible("_codecs.encode called with something other than a string, "
+                           "latin1/utf-8/ascii and a built-in error handler (not modelled)")
+    try:
+        return obj.encode(encoding, errors)
+    except UnicodeError:
+        raise corrupted(f"_codecs.encode: the string is not {encoding} (Python "
+                        f"refuses)") from None
 
 
 def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
@@ -612,26 +699,47 @@ def _check_array_dtype(dtype: Any, missing: str) -> None:
         raise incompatible(f"numpy array of dtype {dtype.spec!r}: {dtype.problem}")
 
 
-def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> ArrayMeta:
-    """numpy's ``_frombuffer(buf, dtype, shape, order)``, which numpy's reduce writes at protocol
-    5: ``frombuffer(buf, dtype).reshape(shape, order=order)``."""
+def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any,
+                   axis_order: Any = None) -> ArrayMeta:
+    """numpy's ``_frombuffer(buf, dtype, shape, order, axis_order=None)``, which numpy's reduce
+    writes at protocol 5: ``frombuffer(buf, dtype).reshape(shape, order=order)``, or with
+    ``order='K'`` and an axis order ``....reshape(shape, order='C').transpose(axis_order)``
+    (numpy 2.x, for a densely packed array that is neither C nor Fortran ordered)."""
     if type(buf) not in (bytes, bytearray):
         raise corrupted(f"numpy _frombuffer given {_short(buf)}, not bytes or a bytearray")
     _check_array_dtype(dtype, "numpy _frombuffer without a numpy dtype")
-    if order not in ("C", "F"):
-        raise incompatible(f"numpy _frombuffer with order {_short(order)}; numpy writes 'C' or "
-                           f"'F' (not modelled)")
+    if order == "K" and axis_order is not None:
+        axes = axis_order
+    elif order in ("C", "F") and axis_order is None:
+        axes = None
+    else:
+        raise incompatible(f"numpy _frombuffer with order {_short(order)} and axis order "
+                           f"{_short(axis_order)}; numpy writes 'C' or 'F', or 'K' with an "
+                           f"axis order (not modelled)")
     if type(shape) is int:  # ndarray.reshape takes one int as a 1-d shape
         shape = (shape,)
     shape = _int_tuple(shape, "numpy array shape")
+    if axes is not None:
+        # ndarray.transpose: a permutation of the axes, each in [-ndim, ndim)
+        if type(axes) not in (tuple, list) or not all(type(a) is int for a in axes):
+            raise corrupted(f"numpy _frombuffer axis order is {_short(axes)}, not a tuple of "
+                            f"integers")
+        n = len(shape)
+        if len(axes) != n or not all(-n <= a < n for a in axes) \
+                or len({a % n for a in axes}) != n:
+            raise corrupted(f"numpy _frombuffer axis order {_short(tuple(axes))} is not a "
+                            f"permutation of the {n} axes (numpy refuses)")
+        axes = tuple(a % n for a in axes)
     numel = _checked_numel(shape, "numpy array")
     expected = numel * dtype.itemsize
     if len(buf) != expected:
         raise corrupted(f"numpy array data is {len(buf)} bytes, expected {expected} for shape "
                         f"{shape_text(shape)} {dtype.name}")
-    made = ArrayMeta(dtype.name, shape)
+    made = ArrayMeta(dtype.name, shape if axes is None else tuple(shape[a] for a in axes))
     made.fortran = order == "F"
+    made.axes = axes
     made.nbytes = expected
+    made.raw, made.npdtype, made.order = buf, dtype, order  # for the record loader
     return made
 
 
@@ -784,8 +892,10 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
         add(name, _tensor_class(name))
     for name, dtype in _STORAGE_TYPES.items():
         for module in ("torch", "torch.cuda"):
-            table[f"{module}.{name}"] = _StorageType(dtype)
-    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True)
+            table[f"{module}.{name}"] = _StorageType(dtype, cuda=module == "torch.cuda",
+                                                     qualname=f"{module}.{name}")
+    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True,
+                                                         qualname="torch.UntypedStorage")
     for name in TORCH_DTYPES:
         table[f"torch.{name}"] = TorchDType(name)
     add("builtins.set", _set)
@@ -794,9 +904,10 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
     add("collections.OrderedDict", _ordered_dict)
     add("collections.Counter", _counter)
     add("_codecs.encode", _codecs_encode)
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        add(f"{module}._reconstruct", _np_reconstruct)
-        add(f"{module}.scalar", _np_scalar)
+    # numpy.core is numpy._core under another name: one object each, as torch resolves them
+    for name, fn in (("_reconstruct", _np_reconstruct), ("scalar", _np_scalar)):
+        add(f"numpy._core.multiarray.{name}", fn)
+        table[f"numpy.core.multiarray.{name}"] = table[f"numpy._core.multiarray.{name}"]
     add("numpy.ndarray")
     add("numpy.dtype", _NpDType)
     for cls, spec in _NUMPY_DTYPE_CLASSES.items():
@@ -808,7 +919,8 @@ _ALLOWED = _build_allowed()
 #: globals allowed only in a pickle the library's own loader reads (protocol 3-5): numpy writes
 #: ``_frombuffer`` for an array at protocol 5, and never at torch.save's protocol 2 (where
 #: torch's allow-list, and so this validator, refuse it)
-_LIBRARY_ALLOWED = {f"{module}._frombuffer": _StandIn(f"{module}._frombuffer", _np_frombuffer)
+_FROMBUFFER = _StandIn("numpy._core.numeric._frombuffer", _np_frombuffer)
+_LIBRARY_ALLOWED = {f"{module}._frombuffer": _FROMBUFFER
                     for module in ("numpy._core.numeric", "numpy.core.numeric")}
 
 
@@ -862,15 +974,24 @@ def _build_tensor_in_place(meta: TensorMeta, state: Any) -> None:
 
 def _build_array(array: ArrayMeta, state: Any) -> None:
     """BUILD on a numpy array, with ``ndarray.__reduce__``'s state."""
+    # numpy parses (int version, tuple shape, dtype, int fortran, data), else (shape, dtype,
+    # fortran, data) as version 0; each int a C int; then the version must be 0 or 1
     if not isinstance(state, tuple) or len(state) not in (4, 5):
         raise corrupted(f"numpy array state is a {type(state).__name__}, not the "
                         f"(version, shape, dtype, fortran, data) tuple numpy writes")
-    if len(state) == 5 and state[0] != 1:
-        raise corrupted(f"numpy array state has version {_short(state[0])}; numpy writes 1")
     shape, dtype, fortran, raw = state[-4:]
-    if type(fortran) not in (bool, int):  # numpy takes its truth value
-        raise corrupted("numpy array state has a non-boolean Fortran-order flag")
+    if len(state) == 5 and not _c_int(state[0]):
+        raise corrupted(f"numpy array state has version {_short(state[0])}, not an int")
+    if not isinstance(shape, tuple):
+        raise corrupted(f"numpy array state has shape {_short(shape)}, not a tuple (numpy "
+                        f"refuses)")
+    if not _c_int(fortran):
+        raise corrupted(f"numpy array state has Fortran-order flag {_short(fortran)}, not a "
+                        f"C int (numpy refuses)")
     _check_array_dtype(dtype, "numpy array state carries no numpy dtype")
+    if len(state) == 5 and state[0] not in (0, 1):
+        raise corrupted(f"numpy array state has version {_short(state[0])}; numpy reads 0 "
+                        f"and 1")
     shape = _int_tuple(shape, "numpy array shape")
     numel = _checked_numel(shape, "numpy array")
     raw = _latin1(raw, "numpy array data")
@@ -884,7 +1005,13 @@ def _build_array(array: ArrayMeta, state: Any) -> None:
     array.shape = shape
     array.fortran = bool(fortran)
     array.nbytes = expected
+    array.raw, array.npdtype, array.order = raw, dtype, None  # for the record loader
 
+
+
+def _c_int(value: Any) -> bool:
+    """An int (or bool) that fits a C int, as numpy's argument parser ("i") takes it."""
+    return type(value) in (int, bool) and -(1 << 31) <= value < (1 << 31)
 
 
 def _refuse_build(obj: Any, state: Any) -> None:
@@ -893,4 +1020,14 @@ def _refuse_build(obj: Any, state: Any) -> None:
 
 BUILD_HOOKS.update({StorageRef: _build_storage, TensorMeta: _build_tensor_in_place,
                     ArrayMeta: _build_array, TorchDType: _refuse_build,
+                    TorchDevice: _refuse_build,
                     _StorageType: _refuse_build})
+
+
+# --------------------------------------------------------------------------- for the loader
+
+#: the stand-in classes a lazy structure may hold besides those of :mod:`..lazy`, by public
+#: name: the record loader (``materialize.py``) turns each into the real object
+NumpyDTypeStandIn = _NpDType
+GlobalStandIn = _StandIn
+StorageTypeStandIn = _StorageType

@@ -485,12 +485,13 @@ def _parse_central_directory(cd: bytes, count: int, cd_offset: int
             raise corrupted(f"{where} runs past the end of the central directory")
         raw = cd[pos + CDH_SIZE: name_end]
         # ASCII is the same in both encodings, and decodes in C (cp437 is a Python codec).
-        # The name is for messages only: lookups compare raw bytes, as miniz does, so a name
-        # that is not valid UTF-8 is shown escaped rather than refused (torch reads it)
+        # The name is for messages only: lookups compare raw bytes, as miniz does (the names
+        # below the top folder must be UTF-8 all the same: check_torch_layout)
         name = raw.decode("ascii") if raw.isascii() else raw.decode(
             "utf-8", "backslashreplace") if flags & 0x800 else raw.decode("cp437")
-        if offset == 0xFFFFFFFF or usize == 0xFFFFFFFF or csize == 0xFFFFFFFF or \
-                disk_start == 0xFFFF:
+        if offset == 0xFFFFFFFF or usize == 0xFFFFFFFF or csize == 0xFFFFFFFF:
+            # (a disk number of 0xFFFF is not looked up in the ZIP64 extra: miniz refuses it
+            # as "unsupported multidisk" whatever the extra says; _refuse_entry below)
             usize, csize, offset, disk_start = _zip64_extra(
                 cd[name_end: name_end + elen], usize, csize, offset, disk_start, name)
         if disk_start or flags & _REFUSED_FLAGS or method or csize != usize or \
@@ -563,15 +564,25 @@ def _refuse_entry(name: str, disk_start: int, flags: int, method: int, csize: in
 
 def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, disk: int,
                  name: str) -> tuple[int, int, int, int]:
+    # as miniz walks the extra data: every field needs its 4-byte header and its whole body
+    # within the extra data ("invalid header or corrupted" otherwise), up to the ZIP64 one
     pos = 0
-    while pos + 4 <= len(extra):
+    while pos < len(extra):
+        if pos + 4 > len(extra):
+            raise corrupted(f"record {name!r} has an extra field header cut short at byte "
+                            f"{pos} of its {len(extra)}-byte extra data: damaged central "
+                            f"directory (miniz: invalid header)")
         tag, length = struct.unpack_from("<HH", extra, pos)
+        if pos + 4 + length > len(extra):
+            raise corrupted(f"record {name!r} has an extra field of {length} bytes running "
+                            f"past its extra data: damaged central directory (miniz: invalid "
+                            f"header)")
         body = extra[pos + 4: pos + 4 + length]
         if tag == 0x0001:
             cursor = 0
             values = []
             for value, sentinel, width in ((usize, 0xFFFFFFFF, 8), (csize, 0xFFFFFFFF, 8),
-                                           (offset, 0xFFFFFFFF, 8), (disk, 0xFFFF, 4)):
+                                           (offset, 0xFFFFFFFF, 8)):
                 if value == sentinel:
                     if cursor + width > len(body):
                         raise corrupted(f"record {name!r} has a ZIP64 extra field too short "
@@ -579,7 +590,7 @@ def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int, disk: int,
                     value = int.from_bytes(body[cursor:cursor + width], "little")
                     cursor += width
                 values.append(value)
-            return values[0], values[1], values[2], values[3]
+            return values[0], values[1], values[2], disk
         pos += 4 + length
     raise corrupted(f"record {name!r} needs a ZIP64 extra field (a size or offset is "
                     f"0xFFFFFFFF) but has none: damaged central directory")
@@ -654,6 +665,22 @@ def check_torch_layout(index: ZipIndex) -> str:
         raise corrupted(f"records are not under one top-level folder: {top + '/'!r} and "
                         f"{stray.name!r}: damaged central directory")
     index.top, index.top_raw = top, top_raw
+    # torch.load lists the records' names below the top folder as Python strs
+    # (get_all_records, looking for TorchScript's constants.pkl): one that is not UTF-8 fails
+    # with UnicodeDecodeError
+    if not b"".join(r.raw[len(prefix):] for r in index.records).isascii():
+        for r in index.records:
+            try:
+                r.raw[len(prefix):].decode("utf-8")
+            except UnicodeDecodeError:
+                raise corrupted(f"record {r.name!r}: its name below the top folder is not "
+                                f"UTF-8; torch.load fails on it (UnicodeDecodeError)") from None
+    if any(r.raw == prefix + b"constants.pkl" for r in index.records):
+        # torch.load: "constants.pkl" among the records makes it a TorchScript archive, which
+        # it refuses under weights_only
+        raise incompatible(f"record {top + '/constants.pkl'!r}: torch treats the file as a "
+                           f"TorchScript archive and refuses it under weights_only",
+                           code="zip.not_torch")
     missing = [m for m in ("data.pkl",) if index.member(m) is None]
     if index.member("version") is None and index.member(".data/version") is None:
         missing.append("version")
@@ -673,6 +700,20 @@ _by_index = operator.itemgetter(8)
 
 #: the longest data descriptor: signature, crc, two 8-byte sizes
 MAX_DESCRIPTOR = 24
+
+
+def check_head(reader: CachedReader, index: ZipIndex) -> None:
+    """torch.load reads the file as a ZIP only when it starts with a local header signature
+    (``PK\\3\\4``; anything else is its legacy format): the record at offset 0 must have one.
+    Read only where that record's local header is not read anyway (data.pkl is first in every
+    file torch.save writes)."""
+    first = index.records[0] if index.records else None
+    if first is None or first.offset != 0 or first.raw == index.top_raw + b"/data.pkl":
+        return
+    head = reader.read(0, 4)
+    if head != LFH_SIG:
+        raise corrupted(f"the file starts with {head!r}, not a ZIP local header (PK\\3\\4): "
+                        f"torch.load would not read it as a ZIP archive")
 
 
 def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> bytes:
@@ -761,6 +802,12 @@ def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
                             f"{record.crc:08x}, size {csize} vs {record.compressed_size})",
                             code="zip.header_mismatch")
     return pos + LFH_SIZE + nlen + elen
+
+
+def local_data_start(buf: bytes | memoryview, pos: int, record: ZipRecord) -> int:
+    """Check the local header of ``record`` at ``buf[pos:]`` as every reader of this package
+    does; return the offset in ``buf`` where its data begins (the record loader's entry)."""
+    return _parse_local_header(buf, pos, record)
 
 
 class _Stream:

@@ -91,7 +91,8 @@ class GCSBackend(ObjectStoreBackend):
         out: list[tuple[str, dict[str, Any]]] = []
         params: dict[str, Any] = {
             "prefix": self.root + prefix,
-            "fields": "items(name,size,updated,timeCreated,generation),nextPageToken"}
+            "fields": "items(name,size,updated,timeCreated,generation,crc32c,md5Hash),"
+                      "nextPageToken"}
         if start_after is not None:
             params["startOffset"] = self.root + start_after
         while True:

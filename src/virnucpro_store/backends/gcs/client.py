@@ -37,7 +37,7 @@ _K = ErrorKind
 #: HTTP status -> what it means to this library (404 is refined: object or bucket)
 ERROR_KINDS: dict[int, ErrorKind] = {
     401: _K.CREDENTIALS, 403: _K.DENIED, 404: _K.MISSING, 412: _K.PRECONDITION,
-    408: _K.TRANSIENT, 429: _K.TRANSIENT,
+    408: _K.TRANSIENT, 429: _K.TRANSIENT, 507: _K.NO_SPACE,
 }
 
 
@@ -210,4 +210,8 @@ def object_info(resource: dict[str, Any], key: str, url: str) -> ObjectInfo:
     return ObjectInfo(key=key, size=int(resource.get("size", 0)),
                       modified=_parse_time(resource.get("updated")),
                       etag=str(resource["generation"]) if resource.get("generation") else None,
-                      url=url)
+                      url=url,
+                      # base64, as `gcloud storage objects describe` prints them; a composed
+                      # object has no md5Hash
+                      checksums={name: str(resource[name]) for name in ("crc32c", "md5Hash")
+                                 if resource.get(name)})

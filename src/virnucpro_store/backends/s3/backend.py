@@ -21,7 +21,7 @@ from ..objectstore import (
     strip_etag,
     utc,
 )
-from .client import S3Client
+from .client import S3Client, default_retries
 from .read import DOWNLOAD_CHUNK, S3Source
 from .upload import UPLOAD_PART_SIZE, S3Staging, S3Uploader
 
@@ -33,6 +33,28 @@ LOCK_STALE_AFTER = 30.0
 LOCK_TIMEOUT = 120.0
 
 
+#: the checksums S3 keeps (x-amz-checksum-*), by the name its API and CLI print
+S3_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
+                "ChecksumSHA256")
+
+
+def whole_object_checksums(head: dict[str, Any]) -> dict[str, str]:
+    """The whole-object checksums of a HeadObject answer (base64, as ``aws s3api head-object
+    --checksum-mode ENABLED`` prints them). A composite checksum of a multipart upload (a
+    checksum of the parts' checksums, ``...-N``) is left out: no tool computes it from the
+    file alone.
+
+    >>> whole_object_checksums({"ChecksumCRC32": "Gdfnhg==", "ChecksumType": "FULL_OBJECT"})
+    {'ChecksumCRC32': 'Gdfnhg=='}
+    >>> whole_object_checksums({"ChecksumCRC32": "AAAAAA==-3", "ChecksumType": "COMPOSITE"})
+    {}
+    """
+    if head.get("ChecksumType") == "COMPOSITE":
+        return {}
+    return {name: str(head[name]) for name in S3_CHECKSUMS
+            if head.get(name) and "-" not in str(head[name])}
+
+
 class S3Backend(ObjectStoreBackend):
     """Checkpoints under ``s3://bucket/prefix``.
 
@@ -40,7 +62,8 @@ class S3Backend(ObjectStoreBackend):
     ``secret``, ``token``, ``profile``, ``client_kwargs``, ``config_kwargs``, ...), except
     these, which belong to this backend:
 
-    ``retries``          retries of a transient failure per request (default 5)
+    ``retries``          retries of a transient failure per request (default: ``max_attempts``
+                         - 1 from ``AWS_MAX_ATTEMPTS`` or ``~/.aws/config``, else 5)
     ``retry_base_wait``  first backoff in seconds (default 0.1); it doubles per retry
     ``retry_max_wait``   cap of one backoff in seconds (default 10)
     ``part_size``        upload part size in bytes (default 8 MiB, at least 5 MiB)
@@ -57,10 +80,13 @@ class S3Backend(ObjectStoreBackend):
     #: how write_if makes its condition hold: "if-match", "lock", or None (not probed yet)
     conditional_via: str | None = None
 
-    def __init__(self, location: str, *, retries: int = 5, retry_base_wait: float = 0.1,
+    def __init__(self, location: str, *, retries: int | None = None,
+                 retry_base_wait: float = 0.1,
                  retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
                  max_concurrency: int = 4, create_only_via: str = "auto",
                  request_timeout: float = 300.0, **storage_options: Any) -> None:
+        if retries is None:
+            retries = default_retries(storage_options.get("profile"))
         options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
                                      max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
@@ -88,13 +114,16 @@ class S3Backend(ObjectStoreBackend):
                          download_chunk=self.download_chunk)
 
     def _head(self, key: str) -> dict[str, Any]:
-        return self._call("head_object", key, Key=self.client.path(key))
+        # ChecksumMode: the answer carries the object's stored checksums (x-amz-checksum-*)
+        extra = {"ChecksumMode": "ENABLED"} if self.client.sends_checksums else {}
+        return self._call("head_object", key, Key=self.client.path(key), **extra)
 
     def stat(self, key: str) -> ObjectInfo:
         head = self._head(key)
         return ObjectInfo(key=key, size=int(head["ContentLength"]),
                           modified=utc(head.get("LastModified")),
-                          etag=strip_etag(head.get("ETag")), url=self.url_for(key))
+                          etag=strip_etag(head.get("ETag")), url=self.url_for(key),
+                          checksums=whole_object_checksums(head))
 
     def open_source(self, key: str) -> S3Source:
         head = self._head(key)

@@ -1,7 +1,8 @@
 """The S3 request client: every S3 request of the backend goes through :meth:`S3Client.request`.
 
 It holds, in one place, the retry policy (capped exponential backoff with jitter for 5xx,
-SlowDown, timeouts and dropped connections), the table :data:`ERROR_KINDS` that turns S3
+SlowDown, timeouts and dropped connections; how many retries by default follows the standard
+AWS settings, :func:`aws_retry_settings`), the table :data:`ERROR_KINDS` that turns S3
 error codes into :class:`ErrorKind` and then into :mod:`virnucpro_store.errors`, the fork
 handling (DataLoader workers), and every use of s3fs and asyncio internals.
 """
@@ -9,6 +10,7 @@ handling (DataLoader workers), and every use of s3fs and asyncio internals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -42,6 +44,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "RequestLimitExceeded": _K.TRANSIENT, "RequestTimeout": _K.TRANSIENT,
     "InternalError": _K.TRANSIENT, "ServiceUnavailable": _K.TRANSIENT,
     "OperationAborted": _K.TRANSIENT,
+    "XMinioStorageFull": _K.NO_SPACE, "507": _K.NO_SPACE,
     "500": _K.TRANSIENT, "502": _K.TRANSIENT, "503": _K.TRANSIENT, "504": _K.TRANSIENT,
 }
 
@@ -95,6 +98,68 @@ def classify(exc: BaseException) -> tuple[ErrorKind, str]:
 
 isolate_fsspec_loop_on_fork()
 
+#: retries of a transient failure per request when neither ``retries=`` nor the AWS settings
+#: name a number
+DEFAULT_RETRIES = 5
+
+
+def aws_retry_settings(profile: str | None = None) -> tuple[int | None, str | None]:
+    """(``max_attempts``, ``retry_mode``) from the standard AWS settings, as botocore ranks
+    them: ``AWS_MAX_ATTEMPTS`` / ``AWS_RETRY_MODE``, then ``max_attempts`` / ``retry_mode``
+    in the profile's section of ``~/.aws/config`` (``AWS_CONFIG_FILE``); None where none
+    says. A broken config file or an unknown profile names nothing here: the requests report
+    it.
+
+    >>> max_attempts, mode = aws_retry_settings()
+    >>> max_attempts is None or max_attempts >= 1
+    True
+    """
+    config_file = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    try:
+        mtime = os.stat(config_file).st_mtime_ns
+    except OSError:
+        mtime = None
+    return _aws_retry_settings(profile, os.environ.get("AWS_PROFILE"),
+                               os.environ.get("AWS_MAX_ATTEMPTS"),
+                               os.environ.get("AWS_RETRY_MODE"), config_file, mtime)
+
+
+@functools.lru_cache(maxsize=16)
+def _aws_retry_settings(profile: str | None, *environment: object
+                        ) -> tuple[int | None, str | None]:
+    """:func:`aws_retry_settings`, read once per profile and state of the settings (the
+    ``environment`` arguments are only the cache's key): a botocore session costs ~20 ms."""
+    import botocore.session
+
+    try:
+        # the profile's section only: get_config_variable() would answer botocore's own
+        # default ("legacy") where nobody said anything
+        scoped = botocore.session.Session(profile=profile).get_scoped_config()
+    except Exception:  # noqa: BLE001 -- unknown profile, unreadable config: not ours to judge
+        scoped = {}
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS") or scoped.get("max_attempts")
+    mode = os.environ.get("AWS_RETRY_MODE") or scoped.get("retry_mode")
+    try:
+        max_attempts = int(attempts) if attempts is not None else None
+    except (TypeError, ValueError):
+        log.warning("ignoring max_attempts=%r from the AWS settings: not a number", attempts)
+        max_attempts = None
+    if max_attempts is not None and max_attempts < 1:
+        log.warning("ignoring max_attempts=%r from the AWS settings: below 1", attempts)
+        max_attempts = None
+    if mode is not None and mode not in ("legacy", "standard", "adaptive"):
+        log.warning("ignoring retry_mode=%r from the AWS settings: not legacy, standard or "
+                    "adaptive", mode)
+        mode = None
+    return max_attempts, mode
+
+
+def default_retries(profile: str | None = None) -> int:
+    """Retries per request when ``retries=`` is not given: ``max_attempts - 1`` from the
+    AWS settings (:func:`aws_retry_settings`), else :data:`DEFAULT_RETRIES`."""
+    max_attempts, _ = aws_retry_settings(profile)
+    return DEFAULT_RETRIES if max_attempts is None else max_attempts - 1
+
 
 # -- the client ------------------------------------------------------------------------------------
 
@@ -111,8 +176,15 @@ class S3Client(FsspecLoopClient):
                  request_timeout: float, fs_options: dict[str, Any]) -> None:
         super().__init__(bucket, root, url, retry=retry, request_timeout=request_timeout)
         config_kwargs = dict(fs_options.pop("config_kwargs", None) or {})
-        # Retries live in request() alone; botocore's own would multiply them.
-        config_kwargs.setdefault("retries", {"total_max_attempts": 1})
+        # Retries live in request() alone; botocore's own would multiply them. A retry_mode
+        # from the AWS settings still reaches botocore: "adaptive" keeps its client-side
+        # rate limiter (which slows sending after throttling answers) with no retries of its
+        # own.
+        _, mode = aws_retry_settings(fs_options.get("profile"))
+        retries: dict[str, Any] = {"total_max_attempts": 1}
+        if mode is not None:
+            retries["mode"] = mode
+        config_kwargs.setdefault("retries", retries)
         fs_options.setdefault("use_listings_cache", False)
         self._fs_options = {"config_kwargs": config_kwargs, **fs_options}
         self._fs: s3fs.S3FileSystem | None = None
