@@ -441,11 +441,18 @@ class CheckpointStore:
         """Published keys under ``prefix``, sorted. Staging objects never appear."""
         return self.backend.list(normalize_prefix(prefix))
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
         """:meth:`list` with each key's :class:`ObjectInfo` (size, modification time, etag),
         sorted by key; taken from the listing itself where the medium's listing carries them
-        (S3, local folders, memory), so there is no request per key."""
-        return self.backend.list_info(normalize_prefix(prefix))
+        (S3, local folders, memory), so there is no request per key. ``start_after``/``end``:
+        only the keys ``start_after < key <= end`` (either bound open where None), listed
+        from ``start_after`` on where the medium can (S3 ``StartAfter``, GCS
+        ``startOffset``; Azure and local folders list the prefix and cut the range)."""
+        if start_after is None and end is None:
+            return self.backend.list_info(normalize_prefix(prefix))
+        return self.backend.list_info(normalize_prefix(prefix), start_after=start_after,
+                                      end=end)
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -527,13 +534,15 @@ class CheckpointStore:
                     pattern=pattern, progress=progress)
 
     def plan_scan(self, prefix: str = "", *, target_files: int = 5000,
-                  by: str = "prefix") -> list[ScanPartition]:
+                  by: str = "prefix", partitions: int | None = None) -> list[ScanPartition]:
         """Split a scan of ``prefix`` into JSON-serializable partitions of about
         ``target_files`` files (``by="prefix"``: natural folders; ``"count"``: ranges of one
-        listing); see :mod:`virnucpro_store.partitions`."""
+        listing; ``partitions=N`` with ``by="count"``: exactly N ranges); see
+        :mod:`virnucpro_store.partitions`."""
         from .partitions import plan_scan
 
-        return plan_scan(self, prefix, target_files=target_files, by=by)
+        return plan_scan(self, prefix, target_files=target_files, by=by,
+                         partitions=partitions)
 
     def scan_partition(self, part: ScanPartition, *, schema: SchemaArg = None,
                        level: str = "keys", deep: bool = False, jobs: int = 8,

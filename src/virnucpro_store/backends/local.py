@@ -51,7 +51,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +73,7 @@ from .base import (
     ObjectInfo,
     PathTarget,
     Staging,
+    in_range,
     published,
     refuse_storage_options,
 )
@@ -517,14 +518,15 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         return self._info(key, st)
 
-    def _walk(self, under: str = "", follow: bool | None = None
+    def _walk(self, under: str = "", follow: bool | None = None,
+              skip: Callable[[str], bool] | None = None
               ) -> Iterator[tuple[str, str, os.stat_result]]:
         """(relative posix name, absolute path, lstat) of every regular file under the root's
         folder ``under`` ("a/b"; "" for the root), symlinked folders not entered (``under``
         itself included: a component that is a symlink lists nothing), symlinks and special
         files skipped -- or, with ``follow_symlinks`` (``follow`` overrides it), (name, path,
         stat) with links followed: each folder entered once (no cycle), dangling links
-        skipped."""
+        skipped. Subfolders for which ``skip("a/b/c/")`` is true are not entered."""
         follow = self.follow_symlinks if follow is None else follow
         top = self.root
         for part in under.split("/") if under else ():
@@ -549,6 +551,9 @@ class LocalBackend(Backend):
         for folder, dirs, files in os.walk(top, followlinks=follow):
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.root)
+            if skip is not None:
+                base = "" if rel_folder == "." else rel_folder.replace(os.sep, "/") + "/"
+                dirs[:] = [d for d in dirs if not skip(f"{base}{d}/")]
             for name in dirs + files:
                 path = os.path.join(folder, name)
                 try:
@@ -583,18 +588,35 @@ class LocalBackend(Backend):
                 elif not stat.S_ISDIR(st.st_mode):
                     log.warning("%s: skipping '%s': not a regular file", self.url, rel)
 
-    def _listed(self, prefix: str) -> list[tuple[str, os.stat_result]]:
-        """(key, lstat) of every published key under ``prefix``, sorted by key."""
+    def _listed(self, prefix: str, start_after: str | None = None, end: str | None = None,
+                *, stats: bool = True) -> list[tuple[str, Any]]:
+        """(key, lstat) of every published key under ``prefix``, sorted by key (the lstat
+        None unless ``stats``: a listing of keys alone holds ~100 bytes a key, not ~800);
+        with a range, subfolders wholly outside ``start_after < key <= end`` are not
+        walked."""
         # walk only the folder the prefix names ("run/shard_3/b" walks run/shard_3)
         under = prefix.rpartition("/")[0]
-        return published(((rel, st) for rel, _, st in self._walk(under)
+
+        def outside(folder: str) -> bool:  # every key under folder/ sorts before or after
+            return ((start_after is not None and start_after > folder
+                     and not start_after.startswith(folder))
+                    or (end is not None and end < folder))
+
+        skip = outside if start_after is not None or end is not None else None
+        return published(((rel, st if stats else None)
+                          for rel, _, st in self._walk(under, skip=skip)
                           if rel.startswith(prefix)), self.url_for)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        return iter([key for key, _ in self._listed(prefix)])
+        return iter([key for key, _ in self._listed(prefix, stats=False)])
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter([self._info(key, st) for key, st in self._listed(prefix)])
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
+        # a folder walk has no start key: folders outside the range are not entered, and
+        # the range is cut from the walk
+        return iter([self._info(key, st) for key, st in in_range(
+            self._listed(prefix, start_after, end), start_after, end,
+            key=lambda item: item[0])])
 
     def delete(self, key: str) -> None:
         url = self.url_for(key)

@@ -251,6 +251,19 @@ class ConformanceTests:
         assert list(store.list("c/d/")) == ["c/d/e.pt"]
         assert list(store.list("zzz/")) == []
 
+    def test_list_info_start_after_returns_exactly_the_keys_after_it(self, store):
+        keys = ["r/a.pt", "r/b/1.pt", "r/b/2.pt", "r/b/3.pt", "r/c.pt", "r/é.pt", "s.pt"]
+        for k in keys:
+            store.save({"k": k}, k, validate="size")
+        under = [k for k in keys if k.startswith("r/")]
+        for start in [None, "r/", "r/a.pt", "r/b/1.pt", "r/b/15", "r/b/3.pt", "r/é.pt", "zz"]:
+            for end in [None, "r/b/2.pt", "r/c.pt", "r/"]:
+                got = [i.key for i in store.list_info("r/", start_after=start, end=end)]
+                assert got == [k for k in under if (start is None or k > start)
+                               and (end is None or k <= end)], (start, end)
+        assert [i.key for i in store.list_info("r/b/", start_after="r/b/1.pt")] == [
+            "r/b/2.pt", "r/b/3.pt"]
+
     def test_unicode_and_deep_keys(self, store):
         key = "runs/été/ñ/deep/er/feature_ü.pt"
         store.save({"k": 1}, key)

@@ -108,6 +108,8 @@ class AzureBackend(ObjectStoreBackend):
 
         return self.client.call("list_blobs", run, key=prefix or None)
 
+    # no _listing_range: Azure's List Blobs has no start key (only a marker it hands out),
+    # so a range lists the whole prefix and cuts it (ObjectStoreBackend.list_info)
     def _listing(self, prefix: str) -> list[tuple[str, Any]]:
         entries = [(b.name[len(self.root):], b) for b in self._list_blobs(prefix)
                    if published_copy(b)]

@@ -147,21 +147,33 @@ class S3Backend(ObjectStoreBackend):
                           modified=utc(entry.get("LastModified")),
                           etag=strip_etag(entry.get("ETag")), url=self.url_for(name))
 
-    def _list_objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        """(key relative to the root, listing entry) of every object under ``prefix``."""
+    def _listing_range(self, prefix: str, start_after: str | None,
+                       end: str | None) -> list[tuple[str, dict[str, Any]]]:
+        return self._list_objects(prefix, start_after=start_after, end=end)
+
+    def _list_objects(self, prefix: str = "", *, start_after: str | None = None,
+                      end: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(key relative to the root, listing entry) of every object under ``prefix``; from
+        the first key after ``start_after`` on (ListObjectsV2 ``StartAfter``), and no page
+        past the one that reaches beyond ``end`` (the listing is in key order)."""
         out: list[tuple[str, dict[str, Any]]] = []
         token: str | None = None
         while True:
             params: dict[str, Any] = {"Prefix": self.root + prefix}
             if token:
                 params["ContinuationToken"] = token
+            elif start_after is not None:
+                params["StartAfter"] = self.root + start_after
             page = self._call("list_objects_v2", prefix or None, **params)
-            for entry in page.get("Contents", []) or []:
+            contents = page.get("Contents", []) or []
+            for entry in contents:
                 name = entry["Key"][len(self.root):]
                 if name and not name.endswith("/"):
                     out.append((name, entry))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
+                return out
+            if end is not None and contents and contents[-1]["Key"] > self.root + end:
                 return out
 
     def delete(self, key: str) -> None:
