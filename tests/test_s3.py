@@ -7,6 +7,7 @@ object run on SeaweedFS only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -651,21 +652,22 @@ def test_load_restarts_when_replaced_mid_download(s3_server, monkeypatch):
     store.backend.request_counts.clear()
     new = _merged(90, "new")
     store.backend.download_chunk = 256 * 1024
-    original = s3mod.S3Source.read_into
+    # ranged reads, not one whole-object GET (the object is below the whole-read size)
+    monkeypatch.setattr(s3mod.S3Source, "whole_read_below", 0)
+    original = s3mod.S3Source._get_into
     calls: list[int] = []
 
-    def read_into(self, offset, view):
+    async def get_into(self, start, view):
         calls.append(store.backend.request_counts["get_object"])
-        if len(calls) == 1:  # one chunk of the old version, then it is replaced
-            original(self, offset, view[:256 * 1024])
-            writer.save(new, "m.pt", schema="merged")
-        original(self, offset, view)
+        await original(self, start, view)
+        if len(calls) == 1:  # one ranged GET of the old version, then it is replaced
+            await asyncio.to_thread(writer.save, new, "m.pt", schema="merged")
 
-    monkeypatch.setattr(s3mod.S3Source, "read_into", read_into)
+    monkeypatch.setattr(s3mod.S3Source, "_get_into", get_into)
     loaded = store.load("m.pt", schema="merged", validate="keys")
     assert loaded["ids"] == new["ids"] and torch.equal(loaded["data"], new["data"])
-    assert calls[0] >= 1 and len(calls) == 2  # validation GETs came first; one restart
-    # validate + download (refused) on one HEAD, then validate + download the new version
+    assert len(calls) >= 3  # the old version's first GET, the refused one, the new version's
+    # one HEAD per version: the old one (refused mid-read), then the new one
     assert _counting_heads(store) == 2
 
 
