@@ -5,7 +5,10 @@
     python benchmarks/bench.py --only 'local-save:esm-10k' 'validate:*'   # a subset, printed
 
 Cases are named ``GROUP:OBJECT`` -- ``local-save:*``, ``s3-save:*``, ``validate:*`` (each level on
-one file, local and S3) and ``scan:shard-files`` (``store.scan(level="keys")`` and the CLI's
+one file, local and S3), ``load:*`` (``store.load()`` with and without CRC verification against
+``torch.load(weights_only=True)`` of the same file, and on SeaweedFS against a ranged download +
+``torch.load``; peak memory of each) and
+``scan:shard-files`` (``store.scan(level="keys")`` and the CLI's
 ``validate`` of 1,000 shard files against a loop of ``torch.load``, from
 benchmarks/bench_runs.py); ``--only`` takes glob patterns over those names and prints instead of
 writing RESULTS.md.
@@ -63,7 +66,9 @@ FULL_CASES = ([f"local-save:{o}" for o in ("merged-16MB", "merged-256MB", "merge
               + [f"s3-save:{o}" for o in ("merged-16MB", "merged-256MB", "esm-10k",
                                           "dnabert-10k", "shard-10k")]
               + ["validate:merged-1GB", "validate:esm-10k", "validate:dnabert-10k",
-                 "scan:shard-files"])
+                 "scan:shard-files"]
+              + [f"load:{o}" for o in ("merged-256MB", "merged-1GB", "esm-10k", "dnabert-10k",
+                                       "shard-10k")])
 #: validate cases whose keys-level time is also profiled phase by phase (keys_profile)
 PROFILED = ("esm-10k", "dnabert-10k")
 QUICK_CASES = ["local-save:merged-16MB", "local-save:esm-1k", "s3-save:merged-16MB",
@@ -499,6 +504,107 @@ def keys_profile(path: Path, rounds: int = 7) -> list[str]:
     return lines
 
 
+# -- load: store.load() against torch.load of the same bytes ----------------------------------
+
+LOAD_FLOOR = "torch.load(weights_only=True)"
+S3_LOAD_FLOOR = "S3: ranged download + torch.load"
+
+
+def _load_methods(obj_name: str, work: Path, s3: dict | None) -> dict[str, Any]:
+    """The load methods on one file saved once (locally and, with ``s3``, on SeaweedFS)."""
+    import torch
+
+    import virnucpro_store as vs
+
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "x.pt"
+    torch.save(build(obj_name), path)
+    store = vs.open_store(work)
+    methods: dict[str, Any] = {
+        LOAD_FLOOR: lambda: torch.load(path, weights_only=True, map_location="cpu"),
+        "store.load() (verify: CRC of every record)": lambda: store.load("x.pt"),
+        "store.load(verify=False)": lambda: store.load("x.pt", verify=False),
+    }
+    if s3 is not None:
+        remote = vs.open_store(f"s3://{BUCKET}/load-{obj_name}", **s3)
+        remote.save_bytes(path.read_bytes(), "x.pt", validate=None)
+        methods[S3_LOAD_FLOOR] = lambda: torch.load(
+            remote.backend.open_source("x.pt").download(), weights_only=True,
+            map_location="cpu")
+        methods["S3: store.load() (verify)"] = lambda: remote.load("x.pt")
+    return methods
+
+
+def load_time_worker(obj_name: str, repeats: int, work: str) -> dict:
+    """Every load method on one file, interleaved round by round (the order rotating)."""
+    s3 = json.loads(os.environ["VNPS_BENCH_S3"]) if os.environ.get("VNPS_BENCH_S3") else None
+    methods = _load_methods(obj_name, Path(work), s3)
+    names = list(methods)
+    for name in names:  # warm-up (and the page cache: every method reads a cached file)
+        methods[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            started = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - started)
+    return {name: {"times": times[name]} for name in names}
+
+
+def load_memory_worker(method: str, obj_name: str, work: str) -> dict:
+    """Peak resident memory one load method adds, alone in this process (the file saved
+    first, in a child process, so its objects are not counted)."""
+    s3 = json.loads(os.environ["VNPS_BENCH_S3"]) if os.environ.get("VNPS_BENCH_S3") else None
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_load_methods, args=(obj_name, Path(work), s3))
+    child.start()
+    child.join()
+    import torch  # noqa: F401 -- imported before the baseline
+
+    import virnucpro_store as vs  # noqa: F401
+
+    func = _loader_only(method, obj_name, Path(work), s3)
+    baseline = _rss_now()
+    func()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_extra": max(0, peak - baseline)}
+
+
+def _loader_only(method: str, obj_name: str, work: Path, s3: dict | None) -> Any:
+    """The method ``method`` over the file a child process saved (nothing built here)."""
+    import torch
+
+    import virnucpro_store as vs
+
+    path = work / "x.pt"
+    store = vs.open_store(work)
+    remote = vs.open_store(f"s3://{BUCKET}/load-{obj_name}", **s3) if s3 else None
+    return {
+        LOAD_FLOOR: lambda: torch.load(path, weights_only=True, map_location="cpu"),
+        "store.load() (verify: CRC of every record)": lambda: store.load("x.pt"),
+        "store.load(verify=False)": lambda: store.load("x.pt", verify=False),
+        S3_LOAD_FLOOR: lambda: torch.load(remote.backend.open_source("x.pt").download(),
+                                          weights_only=True, map_location="cpu"),
+        "S3: store.load() (verify)": lambda: remote.load("x.pt"),
+    }[method]
+
+
+def load_table(results: dict[str, dict]) -> list[str]:
+    rows = ["| method | median s | min-max s | ratio to its floor | peak extra MB |",
+            "|---|---:|---:|---:|---:|"]
+    for name, result in results.items():
+        floor = results[S3_LOAD_FLOOR if name.startswith("S3") else LOAD_FLOOR]
+        med = statistics.median(result["times"])
+        ratio = med / statistics.median(floor["times"])
+        peak = result.get("peak_extra")
+        rows.append(f"| {name} | {med:.3f} | {min(result['times']):.3f}-"
+                    f"{max(result['times']):.3f} | {ratio:.2f}x | "
+                    f"{'' if peak is None else f'{peak / MB:.0f}'} |")
+    return rows
+
+
 # -- parent side -------------------------------------------------------------------------------
 
 def run_worker(args: list[str], work: Path, env: dict[str, str]) -> dict:
@@ -670,6 +776,12 @@ def main() -> None:
         if kind == "time":
             group, obj_name, repeats, work = rest
             print(json.dumps(time_worker(group, obj_name, int(repeats), work)))
+        elif kind == "load-time":
+            obj_name, repeats, work = rest
+            print(json.dumps(load_time_worker(obj_name, int(repeats), work)))
+        elif kind == "load-memory":
+            method, obj_name, work = rest
+            print(json.dumps(load_memory_worker(method, obj_name, work)))
         else:
             group, method, obj_name, work = rest
             print(json.dumps(memory_worker(group, method, obj_name, work)))
@@ -711,7 +823,8 @@ def main() -> None:
         env["VNPS_BENCH_VACUUM"] = server.vacuum_url()
     all_results: dict[str, dict[str, dict]] = {"local-save": {}, "s3-save": {}}
     titles = {"local-save": "Save, local disk", "s3-save": "Save, S3 (SeaweedFS)",
-              "validate": "Validation and load", "scan": "Validating many files"}
+              "validate": "Validation and load", "scan": "Validating many files",
+              "load": "Load: store.load() against torch.load of the same bytes"}
     section = None
     try:
         for case in cases:
@@ -734,6 +847,16 @@ def main() -> None:
                 all_results[group][obj_name] = results
                 lines += [f"### {OBJECTS[obj_name]}", ""]
                 lines += save_table(results, FLOORS[group]) + [""]
+            elif group == "load":
+                results = run_worker(["load-time", obj_name, str(repeats)], work, env)
+                for method in results:
+                    if memory:
+                        results[method].update(run_worker(["load-memory", method, obj_name],
+                                                          work, env))
+                    print(f"load {obj_name:13} {method:45} "
+                          f"{statistics.median(results[method]['times']) * 1000:9.0f} ms",
+                          flush=True)
+                lines += [f"### {OBJECTS[obj_name]}", ""] + load_table(results) + [""]
             elif group == "validate":
                 rows = measure_validation(obj_name, s3, work)
                 lines += [f"### {OBJECTS[obj_name]}", ""] + validation_table(rows) + [""]

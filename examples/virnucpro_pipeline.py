@@ -112,17 +112,52 @@ def kill_everything_after(seconds: float, procs: list[multiprocessing.Process],
     threading.Thread(target=fire, daemon=True).start()
 
 
+#: the run's own batch files, as a scan pattern (relative to the run's folder)
+BATCH_PATTERN = "shard_*/batch_*.pt"
+
+
 def resume_point(store: vs.CheckpointStore, expected: list[str]) -> tuple[list[str],
                                                                             dict[int, int]]:
-    """(ids to redo, in input order; next batch number per rank) after a crash."""
+    """(ids to redo, in input order; next batch number per rank) after a crash.
+
+    Only what is provably this run's own bad output is deleted: a file of the run's own
+    batch layout (``shard_N/batch_NNNNN.pt``) that is no valid checkpoint of any schema, in
+    a run not yet committed. A committed run's files are never touched; a valid checkpoint of
+    another schema is kept (its ids are not counted); an unreadable file is kept; a file
+    deleted meanwhile is only reported."""
     removed = store.gc(older_than=0)  # staging leftovers of killed saves (no writer is running)
-    report = store.scan(schema="shard")
-    for key, bad in report.invalid.items():  # never the result of a kill: publishes are atomic
-        print(f"removing invalid {key} ({bad.category}: {bad.message}); its ids are requeued")
-        store.delete(key)
+    report = store.scan(schema="shard", pattern=BATCH_PATTERN)
+    committed = report.committed
+    deleted = 0
+    for key in report.vanished:
+        print(f"{key} was deleted during the scan; its ids are requeued")
+    for key, bad in sorted(report.invalid.items()):
+        verdict = f"{bad.category}: {bad.message}"
+        if committed:
+            print(f"keeping {key} ({verdict}): the run is committed, its files are never "
+                  f"deleted here; its ids are requeued (see verify below)")
+            continue
+        if bad.category == "unreadable":
+            print(f"keeping {key} ({verdict}): it cannot be read, so it is not known to be "
+                  f"bad output; its ids are requeued")
+            continue
+        other = store.validate(key, schema="auto")  # a valid file of another schema is data
+        if other.ok:
+            print(f"keeping {key}: a valid {other.schema or 'checkpoint'} file, not a shard "
+                  f"batch ({verdict}); its ids are not counted, so they are requeued")
+            continue
+        try:
+            store.delete(key)
+        except vs.CheckpointMissing:
+            print(f"{key} ({verdict}) was already gone; its ids are requeued")
+            continue
+        deleted += 1
+        print(f"removed {key}, a batch file of this run that is no valid checkpoint "
+              f"({verdict}); its ids are requeued")
     todo = [i for i in expected if i not in report.ids]
     print(f"resume: {len(report.valid)} valid batch file(s) hold {len(report.ids)} id(s); "
-          f"{len(todo)} id(s) requeued; {len(removed)} staging leftover(s) removed")
+          f"{len(todo)} id(s) requeued; {deleted} bad batch file(s) and {len(removed)} "
+          f"staging leftover(s) removed")
     next_batch: dict[int, int] = {}
     for key in store.list():
         match = BATCH_KEY.fullmatch(key)

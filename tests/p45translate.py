@@ -391,13 +391,21 @@ def oracle_globals() -> tuple[object, ...]:
 # --------------------------------------------------------------------------- archives
 
 
+def _read_unchecked(z: zipfile.ZipFile, member: str | zipfile.ZipInfo) -> bytes:
+    """A record's bytes without zipfile's CRC check: torch ignores CRCs, and an archive saved
+    with compute_crc32=False has none to check (zipfile would refuse every record of it)."""
+    with z.open(member) as f:
+        f._expected_crc = None  # zipfile's own switch for "no CRC to compare"
+        return f.read()
+
+
 def archive_pickle(data: bytes) -> tuple[str, bytes]:
     """The name and bytes of the ``data.pkl`` torch reads (the first record's folder's)."""
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         infos = z.infolist()
         top = infos[0].filename.split("/", 1)[0]
         name = f"{top}/data.pkl"
-        return name, z.read(name)
+        return name, _read_unchecked(z, name)
 
 
 def replace_pickle(data: bytes, pkl: bytes) -> bytes:
@@ -408,7 +416,7 @@ def replace_pickle(data: bytes, pkl: bytes) -> bytes:
     with zipfile.ZipFile(io.BytesIO(data)) as src, \
             zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
-            body = pkl if info.filename == name else src.read(info)
+            body = pkl if info.filename == name else _read_unchecked(src, info)
             new = zipfile.ZipInfo(info.filename, date_time=info.date_time)
             new.compress_type = zipfile.ZIP_STORED
             new.external_attr = info.external_attr

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from urllib.parse import quote
 
 import pytest
 import torch
@@ -385,11 +386,16 @@ def test_every_command_prints_markup_names_literally(tmp_path):
         assert "MarkupError" not in out.output
     for command in ("validate", "ls"):
         for key in MARKUP_KEYS:
-            assert key.split("/", 1)[1] in results[command].stdout, (command, key)
+            # literally, or inside a file:// URL, which percent-encodes '[' and ']' (so that it
+            # parses back to the same key); never with the markup swallowed
+            name = key.split("/", 1)[1]
+            assert name in results[command].stdout or quote(name) in results[command].stdout, (
+                command, key)
     for command in ("validate", "scan"):
-        assert "[/]odd.pt" in results[command].stdout
+        assert "[/]odd.pt" in results[command].stdout \
+            or quote("[/]odd.pt") in results[command].stdout
         assert "'[/]'" in results[command].stdout and "'[bold]x'" in results[command].stdout
-    assert "a[/x]b.pt" in results["info"].stdout
+    assert quote("a[/x]b.pt") in results["info"].stdout  # its file:// URL, encoded
     assert "3 file(s)" in results["commit"].stdout and "intact" in results["verify"].stdout
 
 

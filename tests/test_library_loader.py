@@ -14,7 +14,7 @@ import pytest
 from hostile import p_dict, p_int, p_list, p_str, p_tensor, with_pickle
 
 import virnucpro_store as vs
-from virnucpro_store.validation import standins, torch_load
+from virnucpro_store.validation import standins
 from virnucpro_store.validation.pickleguard import library_protocol
 
 _RAN: list[str] = []
@@ -132,16 +132,18 @@ def test_protocol_2_frombuffer_is_refused_as_torch_refuses_it(tmp_path):
         st.load("f.pt", validate=None)
 
 
-def test_the_loader_resolves_exactly_what_the_model_allows():
-    """Every global the validator's model accepts is one the loader can resolve (else the two
-    would give two verdicts), and the loader's table is torch's own plus numpy's."""
-    table = torch_load._library_globals()
-    model = set(standins._ALLOWED) | set(standins._LIBRARY_ALLOWED)
-    assert model <= set(table), sorted(model - set(table))
-    import torch._weights_only_unpickler as weights_only
+def test_the_loader_builds_only_what_the_model_can_make():
+    """No second loader with a table of its own: every global the model resolves is a
+    stand-in, and the record loader has a rule for exactly the model's lazy types (a global
+    outside the stand-ins cannot even be named to it: tests/test_materialize.py)."""
+    from virnucpro_store.validation import materialize
 
-    extra = set(table) - set(weights_only._get_allowed_globals())
-    assert all(name.startswith("numpy") for name in extra), sorted(extra)
+    model = set(standins._ALLOWED) | set(standins._LIBRARY_ALLOWED)
+    assert all(type(v) in (standins.GlobalStandIn, standins.StorageTypeStandIn,
+                           standins.TorchDType) for v in standins._ALLOWED.values())
+    assert "os.system" not in model
+    rules = set(materialize._RULES)
+    assert {standins.GlobalStandIn, standins.TorchDType, standins.NumpyDTypeStandIn} <= rules
 
 
 def test_protocol_2_files_still_take_torch_path(tmp_path):

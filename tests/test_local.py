@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import random
 import subprocess
@@ -329,4 +330,5 @@ def test_a_full_disk_is_a_storage_failure_at_the_backend_edge(tmp_path, monkeypa
         with pytest.raises(vs.StorageFailure, match="no space left on device") as err:
             save()
         assert err.value.key == "k.pt" and err.value.url == store.url_for("k.pt")
+        assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
     assert list(store.list()) == [] and store.leftovers(older_than=0) == []

@@ -196,25 +196,26 @@ def test_map_location_that_works_still_loads():
 @pytest.mark.parametrize("url", ["local", "memory://one-version"])
 def test_load_returns_the_version_it_validated_when_the_key_is_replaced(tmp_path, url,
                                                                         monkeypatch):
-    from virnucpro_store import store as store_module
+    from virnucpro_store.validation import levels
 
     store = vs.open_store(tmp_path / "s" if url == "local" else url)
     store.save({"v": torch.tensor(1)}, "k.pt")
-    real = store_module.validate_source
+    real = levels.build
     replaced = []
 
     def validate_then_replace(*args, **kwargs):
-        result = real(*args, **kwargs)
-        if not replaced:  # a newer version is published right after the first validation
+        # a newer version is published right after the first validation, before the records
+        # are read into storages
+        if not replaced:
             replaced.append(True)
             store.save_bytes(junk_after_end, "k.pt", validate=None)
-        return result
+        return real(*args, **kwargs)
 
     # torch loads this, the zip level refuses it: a load that re-opened the key after its
     # validation would hand it back
     junk_after_end = corpus.save_bytes({"v": torch.tensor(2)}) + b"junk" * 25
     assert torch.load(io.BytesIO(junk_after_end), weights_only=True)["v"] == 2
-    monkeypatch.setattr(store_module, "validate_source", validate_then_replace)
+    monkeypatch.setattr(levels, "build", validate_then_replace)
     # load() opens the key once: it loads the very version it validated (the open file or
     # snapshot), never the one published meanwhile
     assert store.load("k.pt")["v"] == 1
@@ -324,12 +325,19 @@ def test_reads_of_a_replaced_s3_object_restart_on_the_new_version(moto_server, m
     store.save(old, "m.pt", schema="merged")
     # inspect: replaced right after its first range read (the tail); read_bytes: right after
     # the download's HEAD, before its ranged GETs
+    # inspect-deep fetches the object once, whole (parallel ranged GETs pinned to its ETag):
+    # replaced as that download starts
     cls, method = (s3mod.S3Backend, "open_source") if call in ("read_bytes", "open") else \
-        (s3mod.S3Source, "read")
+        (s3mod.S3Source, "read_into" if call == "inspect-deep" else "read")
     original = getattr(cls, method)
     reads: list[int] = []
 
     def read(self, *args, **kwargs):
+        if call == "inspect-deep":  # every attempt counted, the first one replaced
+            reads.append(1)
+            if len(reads) == 1:
+                writer.save(new, "m.pt", schema="merged")
+            return original(self, *args, **kwargs)
         result = original(self, *args, **kwargs)
         reads.append(1)
         if len(reads) == 1:

@@ -27,7 +27,7 @@ import virnucpro_store as vs
 from virnucpro_store.backends.local import LocalStaging
 from virnucpro_store.source import BytesSource
 from virnucpro_store.testing.samples import FORMATS, sample
-from virnucpro_store.validation import torch_load, validate_source
+from virnucpro_store.validation import levels, validate_source
 from virnucpro_store.validation.problem import Problem
 from virnucpro_store.validation.sentbytes import SentLedger, verify_sent
 from virnucpro_store.validation.zipindex import CachedReader, read_index, verify_crcs
@@ -58,13 +58,13 @@ def _ledger(chunks: list[bytes]) -> SentLedger:
 @pytest.fixture
 def torch_load_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real = torch_load.safe_torch_load
+    real = levels.build  # the deep level's load: the record loader over the model
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(torch_load, "safe_torch_load", counting)
+    monkeypatch.setattr(levels, "build", counting)
     return calls
 
 

@@ -283,3 +283,83 @@ def test_dask_worker_killed_mid_scan(cohort, whole, dask_client, tmp_path):
     finally:
         timer.cancel()
     assert _view(report) == whole
+
+
+# -- range listing: the medium lists from the start key on (S3, GCS) --------------------------
+
+def _recording(backend, name):
+    """Wrap ``backend.<name>`` to record each call's keyword parameters and its answer."""
+    calls = []
+    real = getattr(backend, name)
+
+    def wrapper(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        calls.append((kwargs, answer))
+        return answer
+
+    setattr(backend, name, wrapper)
+    return calls
+
+
+def test_s3_range_listing_asks_the_server_from_start_after(s3_moto_store_factory):
+    store = s3_moto_store_factory()
+    keys = [f"run/shard_0/batch_{n:05d}.pt" for n in range(6)]
+    for key in keys:
+        store.save_bytes(b"x", key, validate=None)
+    calls = _recording(store.backend, "_call")
+    got = [i.key for i in store.list_info("run/shard_0/", start_after=keys[2], end=keys[4])]
+    assert got == keys[3:5]
+    (params, page), = calls
+    assert params["StartAfter"] == store.backend.root + keys[2]
+    # the server's own answer is the oracle: nothing at or before the start key was listed
+    assert [e["Key"][len(store.backend.root):] for e in page["Contents"]] == keys[3:]
+
+
+def test_s3_range_listing_stops_paging_past_end(s3_moto_store_factory, monkeypatch):
+    store = s3_moto_store_factory()
+    root = store.backend.root
+    pages = [[f"run/k{n:04d}.pt" for n in range(p * 3, p * 3 + 3)] for p in range(4)]
+    asked = []
+
+    def fake_call(op, key, **params):  # a 3-key page size, as a 1000-key one would page
+        asked.append(params)
+        index = int(params.get("ContinuationToken", "0"))
+        return {"Contents": [{"Key": root + k, "Size": 1} for k in pages[index]],
+                "IsTruncated": index < 3, "NextContinuationToken": str(index + 1)}
+
+    monkeypatch.setattr(store.backend, "_call", fake_call)
+    got = [i.key for i in store.list_info("run/", start_after="run/k0001.pt",
+                                          end="run/k0004.pt")]
+    assert got == ["run/k0002.pt", "run/k0003.pt", "run/k0004.pt"]
+    assert len(asked) == 2  # pages 3 and 4 were never asked for
+
+
+def test_gcs_range_listing_asks_the_server_from_start_after(gcs_store_factory):
+    store = gcs_store_factory()
+    keys = [f"run/shard_0/batch_{n:05d}.pt" for n in range(6)]
+    for key in keys:
+        store.save_bytes(b"x", key, validate=None)
+    calls = _recording(store.backend, "_objects")
+    got = [i.key for i in store.list_info("run/shard_0/", start_after=keys[2])]
+    assert got == keys[3:]
+    (params, listed), = calls
+    assert params["start_after"] == keys[2]
+    # startOffset includes the start name itself; the emulator must not list earlier ones
+    assert [name for name, _ in listed] in (keys[2:], keys[3:])
+
+
+def test_local_range_listing_skips_folders_but_never_a_key(tmp_path):
+    # folders whose names sort around each other ('a-b/' < 'a.b/' < 'a/' < 'a0/'): the walk
+    # leaves out the folders outside the range and must still list every key inside it
+    store = vs.open_store(tmp_path)
+    keys = sorted(["a.pt", "a-b/x.pt", "a.b/y.pt", "a/1.pt", "a/b/2.pt", "a/b/c/3.pt",
+                   "a/bb.pt", "a0/4.pt", "b.pt", "é/5.pt"])
+    for key in keys:
+        store.save_bytes(b"x", key, validate=None)
+    bounds = [None, "", "a", "a/", "a/b", "a/b/", "a/b/c/3.pt", "a-b/", "a.b/y.pt", "a0",
+              "zz", *keys]
+    for start in bounds:
+        for end in bounds:
+            got = [i.key for i in store.list_info("", start_after=start, end=end)]
+            assert got == [k for k in keys if (start is None or k > start)
+                           and (end is None or k <= end)], (start, end)

@@ -170,3 +170,67 @@ def test_killed_run_resumes_on_seaweedfs(seaweedfs, tmp_path):
     client = seaweedfs.client()
     store = vs.open_store(url, **seaweedfs.storage_options())
     kill_resume_round(store, KILL_MOMENTS[0], lambda: s3_objects(client, url), tmp_path, env=env)
+
+
+def _shard_batch(ids):
+    return {"embeddings": np.stack([pipeline.fake_embedding(i) for i in ids]),
+            "sequence_ids": list(ids), "metadata": {"rank": 0}}
+
+
+def _merged(ids):
+    return {"ids": list(ids), "data": torch.zeros(len(ids), 3328)}
+
+
+def test_resume_deletes_only_its_own_bad_batches(tmp_path, capsys):
+    """Only a file of the run's own layout that is no valid checkpoint of any schema goes;
+    a valid file of another schema and a bad file outside the layout stay, and the messages
+    say what happened to each."""
+    store = vs.open_store(tmp_path / "run")
+    expected = [f"seq{i}" for i in range(6)]
+    store.save(_shard_batch(expected[:2]), "shard_0/batch_00000.pt", schema="shard")
+    store.save(_merged(expected[2:4]), "shard_0/batch_00001.pt", schema="merged")
+    store.save_bytes(b"PK\x03\x04 torn", "shard_0/batch_00002.pt", validate=None)
+    store.save_bytes(b"not mine", "notes/other.pt", validate=None)
+    todo, next_batch = pipeline.resume_point(store, expected)
+    out = capsys.readouterr().out
+    assert sorted(store.list()) == ["notes/other.pt", "shard_0/batch_00000.pt",
+                                    "shard_0/batch_00001.pt"]
+    assert todo == expected[2:] and next_batch == {0: 2}
+    assert "removed shard_0/batch_00002.pt" in out
+    assert "keeping shard_0/batch_00001.pt: a valid merged file" in out
+    assert "notes/other.pt" not in out
+    assert "1 bad batch file(s)" in out
+
+
+def test_resume_never_deletes_a_file_of_a_committed_run(tmp_path, capsys):
+    store = vs.open_store(tmp_path / "run")
+    expected = [f"seq{i}" for i in range(4)]
+    store.save(_shard_batch(expected[:2]), "shard_0/batch_00000.pt", schema="shard")
+    store.save(_shard_batch(expected[2:]), "shard_1/batch_00000.pt", schema="shard")
+    store.save(_merged(["m0"]), "shard_1/batch_00001.pt", schema="merged")
+    store.commit_run("")
+    assert store.verify_run("").ok
+    before = sorted(store.list())
+    pipeline.resume_point(store, expected)
+    out = capsys.readouterr().out
+    assert sorted(store.list()) == before and store.verify_run("").ok
+    assert "removed shard" not in out and "the run is committed" in out
+    assert "0 bad batch file(s)" in out
+
+
+def test_resume_survives_a_batch_deleted_during_its_scan(tmp_path, capsys, monkeypatch):
+    store = vs.open_store(tmp_path / "run")
+    expected = [f"seq{i}" for i in range(4)]
+    store.save(_shard_batch(expected[:2]), "shard_0/batch_00000.pt", schema="shard")
+    store.save(_shard_batch(expected[2:]), "shard_0/batch_00001.pt", schema="shard")
+    real = store.backend.open_listed
+
+    def deleted_first(info):
+        if info.key.endswith("batch_00001.pt"):
+            os.remove(store.backend.path_for(info.key))
+        return real(info)
+
+    monkeypatch.setattr(store.backend, "open_listed", deleted_first)
+    todo, _ = pipeline.resume_point(store, expected)
+    assert todo == expected[2:]
+    assert "was deleted during the scan" in capsys.readouterr().out

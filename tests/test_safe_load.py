@@ -54,7 +54,8 @@ def test_hostile_file_is_unsafe_and_nothing_runs(tmp_path):
 @pytest.mark.parametrize("cut", [0.1, 0.5, 0.99])
 def test_truncated_file_is_corrupted(cut):
     data = corpus.feature_file("merged", 2)
-    with pytest.raises(CheckpointCorrupted, match=r"^s3://b/k.pt: torch.load failed") as info:
+    # the loader's verdict is the validator's (the model is the only reading of the file)
+    with pytest.raises(CheckpointCorrupted, match=r"^s3://b/k.pt: ") as info:
         safe_torch_load(io.BytesIO(data[: int(len(data) * cut)]), url="s3://b/k.pt")
     assert info.value.url == "s3://b/k.pt"
 
@@ -83,7 +84,7 @@ def test_missing_path_is_missing(tmp_path):
 
 def test_object_arrays_are_refused_as_unsafe():
     data = corpus.save_bytes({"a": np.array(["x", 1], dtype=object)})
-    with pytest.raises(UnsafeCheckpoint, match="ObjectDType"):
+    with pytest.raises(UnsafeCheckpoint, match="object dtype"):
         safe_torch_load(io.BytesIO(data))
 
 

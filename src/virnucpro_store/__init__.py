@@ -9,6 +9,7 @@ True
 
 from .backends.base import ObjectInfo
 from .errors import (
+    AccessDenied,
     AlreadyExists,
     BackendUnavailable,
     CheckpointCorrupted,
@@ -34,6 +35,7 @@ from .validation.report import LEVELS, ValidationReport
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDenied",
     "LEVELS",
     "AlreadyExists",
     "AsyncWriter",

@@ -847,6 +847,26 @@ def _write_ids(path: str, ids: list[str]) -> None:
         raise click.BadParameter(f"{path}: {exc.strerror or exc}", param_hint="--todo") from None
 
 
+def _report_scan(store: Any, report: Any, *, expected: list[str] | None,
+                 expected_file: str | None, todo_file: str | None, as_json: bool,
+                 quiet: bool, details: bool) -> None:
+    """What scan and scan-merge print (and the --todo file they write) for a report."""
+    todo = sorted(set(expected) - report.ids) if expected is not None else None
+    if todo is not None:
+        assert todo_file is not None
+        _write_ids(todo_file, todo)
+    if as_json:
+        row = report.to_dict()
+        if expected is not None and todo is not None:
+            row |= {"n_expected": len(expected), "n_todo": len(todo),
+                    "n_unexpected_ids": len(report.ids - set(expected))}
+        click.echo(json.dumps(row, default=str))
+    else:
+        render.print_scan(store, report, expected=expected, todo=todo,
+                          expected_file=expected_file, todo_file=todo_file, quiet=quiet,
+                          width=render.line_width(details))
+
+
 @cli.command()
 @click.argument("url", required=False)
 @validation_options(
@@ -865,13 +885,24 @@ def _write_ids(path: str, ids: list[str]) -> None:
               help="Take a folder/prefix that does not exist for an empty run (a fresh "
                    "start) instead of an error.")
 @click.option("--details", is_flag=True, help="Full lines, not cut to the terminal's width.")
+@click.option("--partition", "partition", default=None, metavar="I/N",
+              help="Scan only partition I (0-based) of N, for a scatter (SLURM array, "
+                   "Snakemake, WDL); needs --out. The plan: --plan, or else N key ranges "
+                   "of this machine's listing (docs/cohort.md).")
+@click.option("--plan", "plan_file", default=None, metavar="PLAN",
+              help="With --partition: the plan written by `scan-plan` (a path or store "
+                   "URL), so every machine scans a piece of the same listing.")
+@click.option("--out", "out_file", default=None, metavar="PART",
+              help="With --partition: where the partition's report goes (a path or store "
+                   "URL), for `scan-merge`.")
 @json_option("The scan report as one JSON object (docs/cli.md).")
 @storage_options
 @click.pass_context
 @handle_errors
 def scan(ctx: click.Context, url: str | None, schema: str | None, level: str, deep: bool,
          pattern: str | None, jobs: int, expected_file: str | None, todo_file: str | None,
-         allow_missing: bool, details: bool, as_json: bool, options: StorageOptions) -> None:
+         allow_missing: bool, details: bool, partition: str | None, plan_file: str | None,
+         out_file: str | None, as_json: bool, options: StorageOptions) -> None:
     """Validate every checkpoint of a run folder/prefix and collect the sequence ids held by
     the valid files: what a resume needs. The ids of an invalid file are never counted as
     done. Sidecars (*.done), leftovers (*.tmp), foreign files and VirNucPro's manifest.json
@@ -888,9 +919,20 @@ def scan(ctx: click.Context, url: str | None, schema: str | None, level: str, de
       virnucpro-store scan s3://lab-bucket/run7 --expected ids.txt --todo todo.txt
       virnucpro-store scan gs://lab-bucket/run7 --expected run7.fasta --todo todo.txt
       virnucpro-store scan /scratch/run7 --schema shard --json > scan.json
+      virnucpro-store scan s3://lab-bucket/run7 --partition 3/64 --out parts/part-3.json
+
+    With --partition, exit 0 once the partition's report is written, whatever its files
+    are (a workflow engine deletes the outputs of a failed job): `scan-merge` gives the
+    verdict.
     """
     quiet = ctx.obj["quiet"]
     schema = _schema_option(schema)
+    if partition is not None or plan_file is not None or out_file is not None:
+        _scan_partition(ctx, _one_url(url), partition, plan_file, out_file,
+                        expected=expected_file is not None or todo_file is not None,
+                        scan_kwargs={"schema": schema, "level": level, "deep": deep,
+                                     "jobs": jobs, "pattern": pattern},
+                        allow_missing=allow_missing, as_json=as_json, options=options)
     if (expected_file is None) != (todo_file is None):
         raise click.UsageError("--expected and --todo go together: the ids to requeue are "
                                "the expected ones no valid file holds")
@@ -909,22 +951,185 @@ def scan(ctx: click.Context, url: str | None, schema: str | None, level: str, de
               f"under {store.url}; nothing was scanned" + (f" and {todo_file} was not written"
                                                           if todo_file else ""),
               EXIT_CHECKPOINT, "nothing_matched")
-    todo = sorted(set(expected) - report.ids) if expected is not None else None
-    if todo is not None:
-        assert todo_file is not None
-        _write_ids(todo_file, todo)
-    if as_json:
-        row = report.to_dict()
-        if expected is not None and todo is not None:
-            row |= {"n_expected": len(expected), "n_todo": len(todo),
-                    "n_unexpected_ids": len(report.ids - set(expected))}
-        click.echo(json.dumps(row, default=str))
-    else:
-        render.print_scan(store, report, expected=expected, todo=todo,
-                          expected_file=expected_file, todo_file=todo_file, quiet=quiet,
-                          width=render.line_width(details))
+    _report_scan(store, report, expected=expected, expected_file=expected_file,
+                 todo_file=todo_file, as_json=as_json, quiet=quiet, details=details)
     if empty:
         _warn(f"no checkpoints under {store.url}")
+    sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
+
+
+def _partition_arg(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), 0 <= I < N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+        raise click.BadParameter(f"{text!r} is not I/N with 0 <= I < N (e.g. 0/8, 7/8)",
+                                 param_hint="--partition")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _read_json_doc(url: str, what: str, reader: Callable[[str], Any]) -> Any:
+    """A plan or part file read and parsed; one that is not what it should be is a usage
+    error (exit 2), one that is not there a missing file (exit 3)."""
+    from .partitions import read_text
+
+    try:
+        return reader(read_text(url))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise click.BadParameter(f"{url}: {exc}", param_hint=what) from None
+
+
+def _scan_partition(ctx: click.Context, url: str, partition: str | None,
+                    plan_file: str | None, out_file: str | None, *, expected: bool,
+                    scan_kwargs: dict[str, Any], allow_missing: bool, as_json: bool,
+                    options: StorageOptions) -> NoReturn:
+    """``scan --partition I/N --out PART [--plan PLAN]``: one partition's report to PART."""
+    from .partitions import plan_from_json, write_text
+
+    if partition is None or out_file is None:
+        raise click.UsageError("--partition I/N and --out PART go together (and --plan "
+                               "with them)")
+    if expected:
+        raise click.UsageError("--expected/--todo take the whole scan: give them to "
+                               "`scan-merge`")
+    index, count = _partition_arg(partition)
+    # with a plan, the job lists its own range only (not the whole run to see it is there)
+    store = (_open(url, options) if plan_file is not None else
+             _run_root(url, options, command="scan", allow_missing=allow_missing))
+    if plan_file is not None:
+        parts = _read_json_doc(plan_file, "--plan", plan_from_json)
+        if len(parts) != count:
+            raise click.UsageError(f"--partition {partition}: the plan {plan_file} has "
+                                   f"{len(parts)} partitions, not {count}")
+    else:
+        parts = store.plan_scan("", by="count", partitions=count)
+    part = parts[index]
+    ctx.obj["done"] = lambda: f"nothing was written to {out_file}"
+    report = store.scan_partition(part, **scan_kwargs)
+    assert report.partition is not None
+    report.partition["url"] = store.url  # for scan-merge's messages (not part of the plan)
+    write_text(out_file, report.to_json())
+    if as_json:
+        click.echo(json.dumps(report.to_dict() | {"partition": part.to_dict(),
+                                                  "out": out_file}, default=str))
+    elif not ctx.obj["quiet"]:
+        n = len(report.valid) + len(report.invalid)
+        render.console().print(render.esc(
+            f"partition {index}/{count} of {store.url}: {n} checkpoint(s), "
+            f"{len(report.valid)} valid, {len(report.invalid)} invalid -> {out_file}"))
+    sys.exit(EXIT_OK)
+
+
+@cli.command(name="scan-plan")
+@click.argument("url", required=False)
+@click.option("--partitions", "count", type=click.IntRange(1, 1_000_000), required=True,
+              help="How many partitions: N key ranges of one listing, sizes differing by "
+                   "at most one.")
+@click.option("--out", "out_file", required=True, metavar="PLAN",
+              help="Where the plan goes (a path or store URL), for `scan --plan`.")
+@click.option("--allow-missing", is_flag=True,
+              help="Plan a folder/prefix that does not exist as an empty run.")
+@json_option("The plan's summary as one JSON object.")
+@storage_options
+@click.pass_context
+@handle_errors
+def scan_plan(ctx: click.Context, url: str | None, count: int, out_file: str,
+              allow_missing: bool, as_json: bool, options: StorageOptions) -> None:
+    """List a run folder/prefix once and write a plan of N partitions, so that the N jobs
+    of a scatter (`scan --plan PLAN --partition I/N`) scan pieces of the same listing.
+
+    Exit 0 when the plan is written; 3 when the folder/prefix does not exist (see
+    --allow-missing); 2 on a usage error.
+
+    \b
+    Examples:
+      virnucpro-store scan-plan s3://lab-bucket/run7 --partitions 64 --out plan.json
+    """
+    from .partitions import plan_to_json, write_text
+
+    store = _run_root(_one_url(url), options, command="scan-plan",
+                      allow_missing=allow_missing)
+    parts = store.plan_scan("", by="count", partitions=count)
+    write_text(out_file, plan_to_json(parts, store.url))
+    if as_json:
+        click.echo(json.dumps({"ok": True, "url": store.url, "partitions": len(parts),
+                               "plan_id": parts[0].plan_id, "out": out_file}))
+    elif not ctx.obj["quiet"]:
+        render.console().print(render.esc(f"plan {parts[0].plan_id}: {len(parts)} "
+                                          f"partition(s) of {store.url} -> {out_file}"))
+
+
+class _NamedStore:
+    """What the scan report printer needs of a store, from a URL alone (scan-merge reads
+    reports, not the store)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def url_for(self, key: str) -> str:
+        return f"{self.url}/{key}" if self.url else key
+
+
+@cli.command(name="scan-merge")
+@click.argument("parts", nargs=-1, required=True)
+@click.option("--expected", "expected_file", default=None, metavar="IDS_FILE",
+              help="The run's sequence ids (one per line, or FASTA), as `scan` takes them. "
+                   "Needs --todo.")
+@click.option("--todo", "todo_file", default=None, metavar="OUT_FILE",
+              help="Write the ids to requeue (expected, not in a valid file), sorted, one per "
+                   "line.")
+@click.option("--out", "out_file", default=None, metavar="REPORT",
+              help="Also write the merged report (the partition JSON form) here.")
+@click.option("--details", is_flag=True, help="Full lines, not cut to the terminal's width.")
+@json_option("The merged scan report as one JSON object, as `scan --json` gives it.")
+@click.pass_context
+@handle_errors
+def scan_merge(ctx: click.Context, parts: tuple[str, ...], expected_file: str | None,
+               todo_file: str | None, out_file: str | None, details: bool,
+               as_json: bool) -> None:
+    """Merge the partition reports of `scan --partition I/N --out PART` (paths or store
+    URLs) into the report one `scan` of the whole run gives.
+
+    Exit 0 when no checkpoint is invalid, 3 when any is or a partition of the plan is
+    missing from PARTS (its files were never scanned), 2 when the parts come from different
+    plans (the listing changed between machines: plan once with `scan-plan`) or a part is
+    given twice or is not a partition report; 130 when interrupted.
+
+    \b
+    Examples:
+      virnucpro-store scan-merge parts/part-*.json --expected run7.fasta --todo todo.txt
+    """
+    from .partitions import missing_partitions, write_text
+    from .runs import ScanReport
+
+    quiet = ctx.obj["quiet"]
+    if (expected_file is None) != (todo_file is None):
+        raise click.UsageError("--expected and --todo go together: the ids to requeue are "
+                               "the expected ones no valid file holds")
+    expected = read_ids(expected_file) if expected_file is not None else None
+    reports = [_read_json_doc(part, "PARTS", ScanReport.from_json) for part in parts]
+    try:
+        missing = missing_partitions(reports)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        count = reports[0].partition["count"] if reports[0].partition else "?"
+        _fail(f"missing: {len(missing)} of the plan's {count} partition(s) are not among "
+              f"the parts given: {shown}; nothing was merged"
+              + (f" and {todo_file} was not written" if todo_file else ""),
+              EXIT_CHECKPOINT, "missing", missing_partitions=missing)
+    if expected is not None and any(r.level in NO_ID_LEVELS for r in reports):
+        raise click.UsageError("--expected needs parts scanned at --level keys: no "
+                               "sequence id was read")
+    try:
+        report = ScanReport.merge(reports)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    store = _NamedStore(str((reports[0].partition or {}).get("url", "")))
+    if out_file is not None:
+        write_text(out_file, report.to_json())
+    _report_scan(store, report, expected=expected, expected_file=expected_file,
+                 todo_file=todo_file, as_json=as_json, quiet=quiet, details=details)
     sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
 
 

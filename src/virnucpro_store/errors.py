@@ -14,11 +14,28 @@
     ├── DeviceUnavailable          (also RuntimeError)     map_location cannot place the tensors
     ├── PreconditionFailed                                 a conditional write lost (version moved)
     ├── NotSupported               (also NotImplementedError) the backend cannot do this
-    └── StorageFailure                                     I/O, network or permission failure
+    └── StorageFailure             (also OSError)          I/O, network or permission failure
+        ├── AccessDenied           (also PermissionError)  permission or credentials refused
         └── ObjectChanged                                  replaced while being read
+
+As Python's own I/O errors do, a :class:`StorageFailure` carries ``errno`` and ``strerror``
+where its cause had them (a local ``OSError``), or where the medium said something with a
+POSIX name: a full disk or quota is ``errno.ENOSPC`` / ``errno.EDQUOT``, access refused is
+``errno.EACCES``. So ``except OSError`` around storage I/O catches it, as it would fsspec's::
+
+    >>> import errno
+    >>> exc = StorageFailure("file:///x: save failed: no space left on device",
+    ...                      errno=errno.ENOSPC)
+    >>> isinstance(exc, OSError), exc.errno == errno.ENOSPC, str(exc)
+    (True, True, 'file:///x: save failed: no space left on device')
+    >>> isinstance(AccessDenied("s3://b/k: permission refused"), PermissionError)
+    True
 """
 
 from __future__ import annotations
+
+import os
+from errno import EACCES
 
 CATEGORIES = ("missing", "corrupted", "incompatible", "unsafe")
 
@@ -107,8 +124,48 @@ class NotSupported(StoreError, NotImplementedError):
     """The backend cannot do what was asked (e.g. conditional writes) on its medium."""
 
 
-class StorageFailure(StoreError):
-    """The storage medium failed: I/O error, network error, permission refused, disk full."""
+class StorageFailure(StoreError, OSError):
+    """The storage medium failed: I/O error, network error, permission refused, disk full.
+
+    An ``OSError``: ``errno`` and ``strerror`` are those of the cause where it had them (a
+    local ``OSError``), or the POSIX name of what the medium said (``errno.ENOSPC`` for a full
+    disk or quota, ``errno.EACCES`` for access refused); None where there is none (a network
+    failure, a server error). ``str()`` is the message, with the URL, as for every StoreError.
+    """
+
+    def __init__(self, message: str = "", *, key: str | None = None, url: str | None = None,
+                 errno: int | None = None, strerror: str | None = None) -> None:
+        super().__init__(message, key=key, url=url)
+        self.errno = errno
+        self.strerror = strerror if strerror is not None or errno is None else \
+            os.strerror(errno)
+
+    def __str__(self) -> str:
+        # OSError's own __str__ would print "[Errno 28] ..." instead of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class AccessDenied(StorageFailure, PermissionError):
+    """The medium refused access: a local permission (``EACCES``/``EPERM``), or an object
+    store's "access denied" / missing or rejected credentials. Also a ``PermissionError``."""
+
+    def __init__(self, message: str = "", *, key: str | None = None, url: str | None = None,
+                 errno: int | None = None, strerror: str | None = None) -> None:
+        super().__init__(message, key=key, url=url, errno=EACCES if errno is None else errno,
+                         strerror=strerror)
+
+
+def storage_failure_from(exc: OSError, message: str, *, key: str | None = None,
+                         url: str | None = None) -> StorageFailure:
+    """The :class:`StorageFailure` for a raw ``OSError``: its ``errno`` and ``strerror`` kept,
+    an :class:`AccessDenied` where it was a ``PermissionError``.
+
+    >>> e = storage_failure_from(PermissionError(13, "Permission denied"), "file:///x: refused")
+    >>> type(e).__name__, e.errno, e.strerror
+    ('AccessDenied', 13, 'Permission denied')
+    """
+    cls = AccessDenied if isinstance(exc, PermissionError) else StorageFailure
+    return cls(message, key=key, url=url, errno=exc.errno, strerror=exc.strerror)
 
 
 class ObjectChanged(StorageFailure):

@@ -106,6 +106,27 @@ def is_staging_file_name(name: str) -> bool:
     return bool(_STAGING_RE.match(name.rsplit("/", 1)[-1]))
 
 
+def staging_target_matches(staging_name: str, name: str) -> bool:
+    """Whether the staging object ``staging_name`` (a path or a file name) was made for a key
+    whose file name is ``name``: its embedded name is ``name``, or a prefix of it cut to fit
+    255 bytes (see :func:`staging_file_name`). Folders are the caller's to compare.
+
+    >>> staging_target_matches("run/.b.pt.vnps-staging-0a1b", "b.pt")
+    True
+    >>> staging_target_matches("run/.b.pt.vnps-staging-0a1b", "b.pt.old")
+    False
+    """
+    staged = staging_name.rsplit("/", 1)[-1]
+    if not is_staging_file_name(staged):
+        return False
+    head, _, tail = staged[1:].rpartition(STAGING_MARKER)
+    if name == head:
+        return True
+    # a cut name: the staging name was made as long as allowed (a cut lands on a character
+    # boundary, up to 3 bytes short of the limit)
+    return name.startswith(head) and len(staged.encode("utf-8")) >= MAX_COMPONENT_BYTES - 3
+
+
 def is_staging_name(name: str) -> bool:
     """Alias of :func:`is_staging_file_name` (kept for callers of the old name)."""
     return is_staging_file_name(name)

@@ -168,7 +168,7 @@ class ArrayMeta(_Shaped):
     ArrayMeta(dtype='float32', shape=(3, 4))
     """
 
-    __slots__ = ("dtype", "shape", "fortran", "nbytes", "axes")
+    __slots__ = ("dtype", "shape", "fortran", "nbytes", "axes", "raw", "npdtype", "order")
 
     def __init__(self, dtype: str = "", shape: tuple[int, ...] = ()) -> None:
         self.dtype = dtype
@@ -178,6 +178,13 @@ class ArrayMeta(_Shaped):
         #: numpy 2.x ``_frombuffer(..., 'K', axis_order)``: the data is C-ordered in the shape
         #: ``shape`` has before this transpose (``shape[i]`` is that shape's ``axes[i]``)
         self.axes: tuple[int, ...] | None = None
+        #: the checked data and numpy dtype stand-in, kept for the record loader
+        #: (validation/materialize.py), which builds the real array from them
+        self.raw: Any = None
+        self.npdtype: Any = None
+        #: ``_frombuffer``'s order ("C"/"F") for an array numpy wrote at protocol 5; None for
+        #: one rebuilt by ``ndarray.__setstate__``
+        self.order: str | None = None
 
     def __repr__(self) -> str:
         return f"ArrayMeta(dtype={self.dtype!r}, shape={self.shape!r})"
@@ -191,6 +198,31 @@ class ArrayMeta(_Shaped):
 
     def __setstate__(self, state: Any) -> None:  # the pickle BUILD opcode: numpy's state
         _build(self, state)
+
+
+class TorchSize(tuple):  # type: ignore[type-arg]
+    """A ``torch.Size(...)`` of the pickle: a tuple of ints (the record loader makes it a
+    ``torch.Size`` again)."""
+
+    __slots__ = ()
+
+
+class NumpyInt(int):
+    """A numpy integer scalar of the pickle, as the Python int it equals; ``npdtype`` and
+    ``raw`` (its checked bytes) let the record loader make the numpy scalar again."""
+
+
+class NumpyBool(int):
+    """A numpy bool scalar of the pickle, as the int (0 or 1) it equals (see
+    :class:`NumpyInt`; ``bool`` cannot be subclassed)."""
+
+
+class NumpyFloat(float):
+    """A numpy floating scalar of the pickle (see :class:`NumpyInt`)."""
+
+
+class NumpyComplex(complex):
+    """A numpy complex scalar of the pickle (see :class:`NumpyInt`)."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
     from .runs import ScanReport
     from .store import CheckpointStore
 
-__all__ = ["BY", "IDS_MODES", "ScanPartition", "plan_scan", "scan_partition"]
+__all__ = ["BY", "IDS_MODES", "ScanPartition", "plan_from_json", "plan_scan", "plan_to_json",
+           "missing_partitions", "read_text", "scan_partition", "write_text"]
 
 #: how :func:`plan_scan` splits: by natural folders, or by counts of one sorted listing
 BY = ("prefix", "count")
@@ -120,12 +122,10 @@ class ScanPartition:
             return infos
         infos = []
         for folder in self.folders:
-            for info in store.list_info(self._narrowest(folder)):
-                if self.start_after is not None and info.key <= self.start_after:
-                    continue
-                if self.end is not None and info.key > self.end:
-                    break
-                infos.append(info)
+            # a range is listed from its start on where the medium can (S3, GCS): P
+            # partitions of a folder do not list its N keys each
+            infos.extend(store.list_info(self._narrowest(folder), start_after=self.start_after,
+                                         end=self.end))
         return infos
 
 
@@ -150,21 +150,54 @@ def _ranges(folder: str, keys: list[str], size: int) -> list[dict[str, Any]]:
     return pieces
 
 
+def _even_ranges(folder: str, keys: list[str], count: int) -> list[dict[str, Any]]:
+    """Exactly ``count`` key ranges over the sorted ``keys``, sizes differing by at most one
+    (the empty ones last); the ranges tile the key space, the last is open."""
+    if not keys:  # nothing listed: the first partition lists the folder, the others nothing
+        return [{"folders": (folder,)}] + [{"keys": ()} for _ in range(count - 1)]
+    pieces, stop = [], 0
+    for index in range(count):
+        start, stop = stop, stop + len(keys) // count + (index < len(keys) % count)
+        pieces.append({"folders": (folder,),
+                       "start_after": keys[start - 1] if start else None,
+                       "end": keys[stop - 1] if index < count - 1 else None})
+    return pieces
+
+
 def plan_scan(store: CheckpointStore, prefix: str = "", *, target_files: int = 5000,
-              by: str = "prefix") -> list[ScanPartition]:
+              by: str = "prefix", partitions: int | None = None) -> list[ScanPartition]:
     """Split a scan of the folder ``prefix`` into partitions of about ``target_files`` files,
     from one listing. ``by="prefix"`` follows natural folders (``shard_{rank}/``: small ones
     packed together, large ones cut into key ranges; files directly under ``prefix`` form
     partitions of their own); ``by="count"`` cuts the sorted listing into ranges. Files added
-    after the plan fall in the open-ended last range of their folder, or outside the plan."""
+    after the plan fall in the open-ended last range of their folder, or outside the plan.
+
+    ``partitions=N`` (instead of ``target_files``; ``by="count"``): exactly N key ranges of
+    sizes differing by at most one, what N machines each listing the prefix (a SLURM array,
+    a Snakemake scatter) plan alike: the same listing gives the same plan and ``plan_id``.
+
+    >>> import virnucpro_store as vs
+    >>> store = vs.open_store("memory://plan-doc")
+    >>> for n in range(5):
+    ...     _ = store.save_bytes(b"x", f"run/f{n}.pt", validate=None)
+    >>> [(p.start_after, p.end) for p in store.plan_scan("run", by="count", partitions=2)]
+    [(None, 'run/f2.pt'), ('run/f2.pt', None)]
+    """
     if not isinstance(target_files, int) or isinstance(target_files, bool) or target_files < 1:
         raise ValueError(f"target_files must be an int >= 1, not {target_files!r}")
     if by not in BY:
         raise ValueError(f"by must be one of {BY}, not {by!r}")
+    if partitions is not None:
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise ValueError(f"partitions must be an int >= 1, not {partitions!r}")
+        if by != "count":
+            raise ValueError('partitions=N cuts one listing into N ranges: it needs by="count"')
     folder = _as_folder(prefix)
-    keys = [info.key for info in store.list_info(folder)]
+    keys = list(store.list(folder))  # keys only: the driver holds no ObjectInfo per file
     pieces: list[dict[str, Any]] = []
-    if by == "count":
+    if partitions is not None:
+        pieces = _even_ranges(folder, keys, partitions)
+    elif by == "count":
         pieces = _ranges(folder, keys, target_files)
     else:
         top: list[str] = []
@@ -229,19 +262,87 @@ def scan_partition(store: CheckpointStore, part: ScanPartition, *, schema: Any =
     return report
 
 
-def write_ids(url: str, ids_by_key: dict[str, list[str]]) -> None:
-    """Write ``{key: [ids]}`` as JSON to a local path or store URL (atomically)."""
+def write_text(url: str, text: str, **storage_options: Any) -> None:
+    """Write ``text`` (UTF-8) to a local path or store URL, atomically: a reader sees the
+    whole file or none (a partition's report, a plan, ids)."""
     from .store import open_store
 
     folder, _, name = url.rstrip("/").rpartition("/")
-    open_store(folder or ".").save_bytes(
-        json.dumps({"ids_by_key": ids_by_key}).encode(), name, validate=None)
+    open_store(folder or ".", **storage_options).save_bytes(text.encode(), name,
+                                                            validate=None)
+
+
+def read_text(url: str, **storage_options: Any) -> str:
+    """What :func:`write_text` wrote; raises ``CheckpointMissing`` if it is not there."""
+    from .store import open_store
+
+    folder, _, name = url.rstrip("/").rpartition("/")
+    return open_store(folder or ".", **storage_options).read_bytes(name).decode()
+
+
+def write_ids(url: str, ids_by_key: dict[str, list[str]]) -> None:
+    """Write ``{key: [ids]}`` as JSON to a local path or store URL (atomically)."""
+    write_text(url, json.dumps({"ids_by_key": ids_by_key}))
 
 
 def read_ids(url: str) -> dict[str, list[str]]:
     """What :func:`write_ids` wrote."""
-    from .store import open_store
-
-    folder, _, name = url.rstrip("/").rpartition("/")
-    data = json.loads(open_store(folder or ".").read_bytes(name))
+    data = json.loads(read_text(url))
     return {key: list(values) for key, values in data["ids_by_key"].items()}
+
+
+def missing_partitions(reports: list[ScanReport]) -> list[int]:
+    """The indices of the plan that none of a scan's partition ``reports`` covers (sorted);
+    raises ``ValueError`` for reports that are not partitions of one plan (different
+    ``plan_id`` or count: a listing that changed between machines, or parts of two scans)
+    or that cover one partition twice.
+
+    >>> from virnucpro_store.runs import ScanReport
+    >>> part = ScanPartition(prefix="", index=1, count=3, folders=("",), plan_id="p")
+    >>> missing_partitions([ScanReport(prefix="", level="keys", partition=part.to_dict())])
+    [0, 2]
+    """
+    plans: dict[tuple[str, int], list[int]] = {}
+    for report in reports:
+        if not report.partition:
+            raise ValueError("a report of a whole scan, not of a partition")
+        part = ScanPartition.from_dict(report.partition)
+        plans.setdefault((part.plan_id, part.count), []).append(part.index)
+    if len(plans) > 1:
+        shown = ", ".join(f"plan {pid or '?'} of {n} ({len(ix)} part(s))"
+                          for (pid, n), ix in plans.items())
+        raise ValueError(f"the parts come from different plans: {shown}; the listing "
+                         "changed between the machines, or parts of two scans are mixed "
+                         "(plan once with `virnucpro-store scan-plan` and pass --plan)")
+    ((_, count), indices), = plans.items()
+    twice = sorted(i for i, n in Counter(indices).items() if n > 1)
+    if twice:
+        raise ValueError(f"partition(s) {twice} given more than once")
+    return sorted(set(range(count)) - set(indices))
+
+
+PLAN_FORMAT = "vnps-scan-plan/1"
+
+
+def plan_to_json(parts: list[ScanPartition], url: str = "") -> str:
+    """A whole plan as one JSON document (``virnucpro-store scan-plan`` writes it), so every
+    machine of a scatter scans a partition of the same listing.
+
+    >>> part = ScanPartition(prefix="", index=0, count=1, folders=("",), plan_id="p")
+    >>> plan_from_json(plan_to_json([part], "memory://x")) == [part]
+    True
+    """
+    return json.dumps({"format": PLAN_FORMAT, "url": url,
+                       "partitions": [p.to_dict() for p in parts]}, sort_keys=True)
+
+
+def plan_from_json(text: str | bytes) -> list[ScanPartition]:
+    """The partitions of :func:`plan_to_json`'s document, checked to be one whole plan."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+        raise ValueError(f"not a {PLAN_FORMAT} document")
+    parts = [ScanPartition.from_dict(p) for p in data["partitions"]]
+    if not parts or [p.index for p in parts] != list(range(parts[0].count)) or any(
+            (p.count, p.plan_id) != (parts[0].count, parts[0].plan_id) for p in parts):
+        raise ValueError("the plan's partitions are not one whole plan (0..N-1, one plan_id)")
+    return parts

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from importlib import metadata
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import BackendUnavailable, InvalidKey, UnknownSchemeError
 
@@ -50,7 +50,7 @@ _BACKENDS: dict[str, BackendSpec] = {
     "gs": BackendSpec("virnucpro_store.backends.gcs:GCSBackend", extra="gcs"),
     "az": BackendSpec("virnucpro_store.backends.azure:AzureBackend", extra="azure"),
 }
-_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "local": "file"}
+_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "local": "file"}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986, after lower()
 # scheme -> the specs its entry points declare (more than one distinct target: ambiguous)
 _entry_points: dict[str, list[BackendSpec]] | None = None
@@ -127,7 +127,7 @@ class ParsedURL:
     @property
     def url(self) -> str:
         if self.scheme == "file":
-            return "file://" + self.location
+            return "file://" + quote(self.location, safe="/")
         return f"{self.scheme}://{self.location}"
 
 

@@ -41,6 +41,7 @@ import json
 import logging
 import re
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -56,6 +57,10 @@ from .errors import (
     CheckpointError,
     CheckpointIncompatible,
     CheckpointMissing,
+    InvalidKey,
+    ObjectChanged,
+    StorageFailure,
+    StoreError,
 )
 from .keys import normalize_key, normalize_prefix
 from .source import ByteSource, Source
@@ -86,6 +91,13 @@ _REPORT_FIELDS = {f.name for f in dataclasses.fields(ValidationReport)}
 ZIPCRC = "zipcrc-sha256"
 FULL = "sha256"
 
+#: the category of a file listed by a scan and deleted before it was read: reported in
+#: ``ScanReport.vanished``, not counted as invalid
+VANISHED = "vanished"
+#: the category of a file that could not be read (a symlink in a local root, permission
+#: refused, an I/O error); it is invalid, and the rest of the run is still checked
+UNREADABLE = "unreadable"
+
 _CHUNK = 8 << 20
 
 log = logging.getLogger(__name__)
@@ -110,10 +122,23 @@ class AsyncWriter:
     ``submit`` snapshots the object (tensors and numpy arrays are copied to CPU memory), then
     queues its save and returns a future of the published file's
     :class:`~virnucpro_store.ObjectInfo`. At most ``max_pending`` saves are queued or in flight:
-    ``submit`` blocks until one finishes, so memory holds about ``max_pending + 1`` objects.
-    Two submits to one key publish in submit order. A failed save is raised, as the
-    ``StoreError`` itself, by the next ``submit``, ``flush`` or ``close`` (once), and stays in
-    its own future. Use it as a context manager: leaving the block flushes and closes.
+    ``submit`` blocks until one finishes. Two submits to one key publish in submit order.
+
+    Memory bound, for any sequence of object sizes: the snapshots alive at once are at most
+    ``max_pending`` (the one being copied included), and the reusable CPU buffers their
+    large tensors are copied into -- in flight and kept free together -- never exceed
+    ``max_pending * M`` bytes, where ``M`` is the largest total of pooled tensor bytes (tensors
+    of 1 MiB or more) of one object submitted so far. A buffer that does not fit is freed, and
+    a free buffer of another size is dropped before a new one would break the bound; after
+    :meth:`flush` at most ``max_pending * M`` bytes stay kept (``buffered_bytes``), and
+    :meth:`close` frees them. Small tensors and numpy arrays are copied fresh each time.
+
+    ``Future.cancel()`` on a save still queued releases its slot at once; it is never
+    published, and a later save of the same key still waits for the earlier ones.
+
+    A failed save is raised, as the ``StoreError`` itself, by the next ``submit``, ``flush``
+    or ``close`` (once), and stays in its own future. Use it as a context manager: leaving
+    the block flushes and closes.
 
     >>> import torch, virnucpro_store as vs
     >>> store = vs.open_store("memory://writer-doc")
@@ -143,6 +168,9 @@ class AsyncWriter:
         self._last: dict[str, concurrent.futures.Future[ObjectInfo]] = {}
         self._closed = False
         self._buffers = _BufferPool(max_pending)
+        #: the save each queued save of the same key waits for (its predecessor)
+        self._before: dict[concurrent.futures.Future[ObjectInfo],
+                           concurrent.futures.Future[ObjectInfo]] = {}
 
     def submit(self, obj: Any, key: str, **save_kwargs: Any) -> concurrent.futures.Future[
             ObjectInfo]:
@@ -171,11 +199,16 @@ class AsyncWriter:
                 previous = self._last.get(key)
                 future = self._pool.submit(self._save, holder, taken, key, kwargs, previous)
                 self._last[key] = future
+                if previous is not None:
+                    self._before[future] = previous
         except BaseException:
+            self._buffers.give_back(taken)
             with self._cv:
                 self._inflight -= 1
                 self._cv.notify_all()
             raise
+        # in this order: a cancelled save's buffers are back before its slot frees
+        future.add_done_callback(lambda f: self._drop_if_cancelled(f, holder, taken))
         future.add_done_callback(lambda f: self._done(key, f))
         return future
 
@@ -183,23 +216,48 @@ class AsyncWriter:
               previous: concurrent.futures.Future[ObjectInfo] | None) -> ObjectInfo:
         obj = holder.pop()
         try:
-            if previous is not None:
-                # FIFO pool: ``previous`` was taken by a worker before this one: this wait ends
+            while previous is not None:
+                # FIFO pool: ``previous`` was taken by a worker before this one (or was
+                # cancelled, then its own predecessor is waited for): this wait ends
                 concurrent.futures.wait([previous])
+                with self._cv:
+                    previous = self._before.get(previous) if previous.cancelled() else None
             return self.store.save(obj, key, **kwargs)
         finally:
             del obj
             self._buffers.give_back(taken)
 
+    def _drop_if_cancelled(self, future: concurrent.futures.Future[ObjectInfo],
+                           holder: list[Any], taken: list[Any]) -> None:
+        """A cancelled save never ran: its snapshot is dropped and its buffers reused."""
+        if future.cancelled():
+            holder.clear()
+            self._buffers.give_back(taken)
+
     def _done(self, key: str, future: concurrent.futures.Future[ObjectInfo]) -> None:
         # Runs after the future is resolved: the failure is recorded before the slot frees,
         # so a submit woken by this slot sees it.
+        cancelled = future.cancelled()
         with self._cv:
-            if self._last.get(key) is future:
-                del self._last[key]
-            exc = future.exception()
-            if exc is not None:
-                self._failures.append(exc)
+            previous = self._before.get(future)
+            if cancelled:
+                # a save of ``key`` submitted later must still wait for the earlier ones
+                if self._last.get(key) is future:
+                    if previous is not None and not previous.done():
+                        self._last[key] = previous
+                    else:
+                        del self._last[key]
+            else:
+                self._before.pop(future, None)
+                if self._last.get(key) is future:
+                    del self._last[key]
+                exc = future.exception()
+                if exc is not None:
+                    self._failures.append(exc)
+            # a finished predecessor is no longer needed by anyone
+            for waiter in [f for f, p in self._before.items() if p.done() and
+                           not p.cancelled()]:
+                del self._before[waiter]
             self._inflight -= 1
             self._cv.notify_all()
 
@@ -219,6 +277,16 @@ class AsyncWriter:
         """Saves queued or in flight now."""
         with self._cv:
             return self._inflight
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the reusable snapshot buffers alive now (in flight and kept free)."""
+        return self._buffers.held
+
+    @property
+    def buffer_bound(self) -> int:
+        """The most bytes those buffers may ever hold: ``max_pending * M`` (see the class)."""
+        return self._buffers.bound
 
     def flush(self) -> None:
         """Wait for every submitted save; raise the first failure not yet raised."""
@@ -287,37 +355,127 @@ class _BufferPool:
     """CPU buffers of finished snapshots, reused by the next ones. A fresh 127 MB buffer costs
     four times the copy itself in page faults (the kernel zero-fills every page on first
     touch): reusing one makes the producer's stall the copy alone. Only large tensors are
-    pooled, by dtype and size; a buffer is made only when none is free, so at most
-    ``max_pending`` exist per kind (those in flight plus those free): memory stays about
-    ``max_pending + 1`` objects."""
+    pooled, by dtype and size.
+
+    Bounded by bytes, whatever the sizes: the buffers alive (taken by snapshots in flight,
+    plus free ones) never exceed :attr:`bound` = ``max_pending * M`` bytes, ``M`` the largest
+    pooled bytes of one snapshot so far (:meth:`reserve`). A buffer given back that does not
+    fit is dropped; before a new buffer is made, free ones are dropped (oldest first) until it
+    fits. The snapshots in flight alone hold at most ``max_pending * M``, so room can always be
+    made."""
 
     #: tensors smaller than this come from malloc's arenas, already warm: not pooled
     MIN_BYTES = 1 << 20
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
+        # free buffers, by (dtype, numel), oldest first; and the order they were freed in
         self._free: dict[tuple[Any, int], list[Any]] = {}
+        self._order: list[Any] = []
+        self._free_bytes = 0
+        self._taken_bytes = 0  # buffers held by snapshots not yet given back
+        self._largest = 0  # M: the largest pooled bytes of one snapshot
         self._lock = threading.Lock()
 
+    @property
+    def bound(self) -> int:
+        """``max_pending * M`` bytes: the most the buffers ever hold."""
+        return self.max_pending * self._largest
+
+    @property
+    def held(self) -> int:
+        """Bytes of the buffers alive now (taken and free)."""
+        with self._lock:
+            return self._taken_bytes + self._free_bytes
+
+    @staticmethod
+    def _nbytes(buf: Any) -> int:
+        return int(buf.numel()) * int(buf.element_size())
+
+    def reserve(self, pooled_bytes: int) -> None:
+        """Declare the pooled bytes of the snapshot about to be taken (updates ``M``)."""
+        with self._lock:
+            self._largest = max(self._largest, pooled_bytes)
+
     def take(self, dtype: Any, numel: int, itemsize: int) -> Any | None:
-        """A free flat buffer of ``numel`` elements of ``dtype``, or None (make a new one)."""
+        """A free flat buffer of ``numel`` elements of ``dtype``, or None (make a new one with
+        :meth:`make`)."""
         if numel * itemsize < self.MIN_BYTES:
             return None
         with self._lock:
             free = self._free.get((dtype, numel))
-            return free.pop() if free else None
+            if not free:
+                return None
+            buf = free.pop(0)
+            self._forget(buf)
+            self._taken_bytes += self._nbytes(buf)
+            return buf
+
+    def make(self, dtype: Any, numel: int) -> Any:
+        """A new flat buffer, counted as taken; free buffers are dropped first until it fits
+        the bound."""
+        import torch
+
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        with self._lock:
+            while self._order and self._taken_bytes + self._free_bytes + size > self.bound:
+                old = self._order[0]
+                self._free[(old.dtype, old.numel())].remove(old)
+                self._forget(old)
+            self._taken_bytes += size
+        return torch.empty(numel, dtype=dtype)
+
+    def _forget(self, buf: Any) -> None:
+        """Take ``buf`` off the free list's order and bytes (the lock is held)."""
+        for i, other in enumerate(self._order):
+            if other is buf:
+                del self._order[i]
+                break
+        self._free_bytes -= self._nbytes(buf)
+        key = (buf.dtype, buf.numel())
+        if not self._free.get(key):
+            self._free.pop(key, None)
 
     def give_back(self, buffers: list[Any]) -> None:
         with self._lock:
             for buf in buffers:
-                free = self._free.setdefault((buf.dtype, buf.numel()), [])
-                if len(free) < self.max_pending:
-                    free.append(buf)
+                size = self._nbytes(buf)
+                self._taken_bytes -= size
+                if self._taken_bytes + self._free_bytes + size <= self.bound:
+                    self._free.setdefault((buf.dtype, buf.numel()), []).append(buf)
+                    self._order.append(buf)
+                    self._free_bytes += size
             buffers.clear()
 
     def clear(self) -> None:
         with self._lock:
             self._free.clear()
+            self._order.clear()
+            self._free_bytes = 0
+
+
+def _pooled_bytes(obj: Any, min_bytes: int) -> int:
+    """Bytes of the distinct strided tensors of at least ``min_bytes`` in ``obj`` (what a
+    snapshot copies into pooled buffers)."""
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, torch.Tensor):
+            size = value.numel() * value.element_size()
+            if value.layout == torch.strided and size >= min_bytes:
+                total += size
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+    return total
 
 
 def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
@@ -350,7 +508,7 @@ def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
         if buffers is not None and taken is not None and t.layout == torch.strided:
             flat = buffers.take(t.dtype, t.numel(), t.element_size())
             if flat is None and t.numel() * t.element_size() >= buffers.MIN_BYTES:
-                flat = torch.empty(t.numel(), dtype=t.dtype)
+                flat = buffers.make(t.dtype, t.numel())
             if flat is not None:
                 taken.append(flat)
         if flat is not None:
@@ -397,6 +555,8 @@ def snapshot(obj: Any, *, buffers: _BufferPool | None = None,
         memo[id(value)] = (value, out)  # keeps ``value`` alive, so its id is not reused
         return out
 
+    if buffers is not None and taken is not None:
+        buffers.reserve(_pooled_bytes(obj, buffers.MIN_BYTES))
     try:
         return walk(obj)
     finally:
@@ -418,10 +578,17 @@ class ManifestEntry:
     checksum: str
     schema: str | None
     n_ids: int | None
+    #: checksums standard tools check (docs/checksums.md): those the medium keeps
+    #: (:attr:`ObjectInfo.checksums`), else ``sha256`` (hex, as ``sha256sum`` prints it) of the
+    #: whole file; empty in manifests written before they were recorded
+    checksums: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "size": self.size, "checksum": self.checksum,
-                "schema": self.schema, "n_ids": self.n_ids}
+        out: dict[str, Any] = {"key": self.key, "size": self.size, "checksum": self.checksum,
+                               "schema": self.schema, "n_ids": self.n_ids}
+        if self.checksums:
+            out["checksums"] = dict(self.checksums)
+        return out
 
 
 @dataclass(frozen=True)
@@ -476,8 +643,14 @@ class Manifest:
             return CheckpointCorrupted(f"{where}: not a valid run manifest: {why}", key=key,
                                        url=url)
 
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise bad(f"{len(data)} bytes, more than {MAX_MANIFEST_BYTES}")
         try:
+            # json's C parser counts its depth against the interpreter's recursion limit
+            # and raises RecursionError past it (no stack overflow): deep nesting is refused
             doc = json.loads(data)
+        except RecursionError:
+            raise bad(f"nested deeper than {sys.getrecursionlimit()} levels") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise bad(f"{type(exc).__name__}: {exc}") from None
         if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
@@ -497,17 +670,29 @@ class Manifest:
             try:
                 entry = ManifestEntry(key=item["key"], size=item["size"],
                                       checksum=item["checksum"], schema=item.get("schema"),
-                                      n_ids=item.get("n_ids"))
+                                      n_ids=item.get("n_ids"),
+                                      checksums=item.get("checksums", {}))
                 ok = (isinstance(entry.key, str) and normalize_key(entry.key) == entry.key
                       and _is_count(entry.size) and isinstance(entry.checksum, str)
                       and entry.checksum.partition(":")[0] in (ZIPCRC, FULL)
                       and (entry.schema is None or isinstance(entry.schema, str))
-                      and (entry.n_ids is None or _is_count(entry.n_ids)))
+                      and (entry.n_ids is None or _is_count(entry.n_ids))
+                      and isinstance(entry.checksums, dict)
+                      and all(isinstance(n, str) and isinstance(v, str)
+                              for n, v in entry.checksums.items()))
             except Exception:  # noqa: BLE001 -- any malformed entry is the same verdict
                 ok = False
             if not ok or entry.key in entries:
                 raise bad(f"malformed or repeated file entry {str(item)[:200]}")
             entries[entry.key] = entry
+        # the manifest's own counts must agree with its list: a list cut short (or grown)
+        # after the commit is not the committed run
+        n_files, n_ids = doc.get("n_files"), doc.get("n_ids")
+        if not _is_count(n_files) or n_files != len(entries):
+            raise bad(f"'n_files' is {n_files!r} but 'files' lists {len(entries)} entries")
+        listed_ids = sum(e.n_ids or 0 for e in entries.values())
+        if not _is_count(n_ids) or n_ids != listed_ids:
+            raise bad(f"'n_ids' is {n_ids!r} but the entries of 'files' hold {listed_ids}")
         prefix = doc.get("prefix")
         replaces = doc.get("replaces")
         if not (isinstance(replaces, dict)
@@ -534,7 +719,11 @@ class ScanReport:
     (VirNucPro's ``manifest.json``/``.lock``, ``*.done`` sidecars, ``*.tmp`` leftovers, other
     names). The run manifest itself never appears; ``committed`` says whether the prefix
     holds one. ``extra`` (verify only): checkpoints present but not in the manifest.
-    ``ok``: no invalid file (``extra`` files do not make a run bad).
+    ``vanished`` (scan only): files listed and deleted before they were read; they are not
+    invalid (and hold no ids). A file that cannot be read (a symlink in a local root,
+    permission refused) is invalid with category ``"unreadable"``; the rest is still checked.
+    ``pattern_matched_nothing``: a ``pattern`` matched no file of a non-empty prefix.
+    ``ok``: no invalid file (``extra`` and ``vanished`` files do not make a run bad).
     """
 
     prefix: str
@@ -562,6 +751,19 @@ class ScanReport:
     #: "return" (ids held here), "store" (written to ``ids_file``) or "none"
     ids_mode: str = "return"
     ids_file: str | None = None
+    #: keys listed by the scan and deleted before they were read (not invalid: gone)
+    vanished: list[str] = field(default_factory=list)
+    #: the ``pattern`` given to scan (None: the default checkpoint names)
+    pattern: str | None = None
+    #: objects listed under the prefix (before any pattern was applied)
+    n_listed: int = 0
+
+    @property
+    def pattern_matched_nothing(self) -> bool:
+        """A ``pattern`` was given, the prefix holds files, and the pattern matched none of
+        them (most likely a wrong pattern, not an empty run)."""
+        return self.pattern is not None and self.n_listed > 0 and not (
+            self.valid or self.invalid or self.vanished)
 
     @property
     def ok(self) -> bool:
@@ -580,6 +782,8 @@ class ScanReport:
             "invalid": {k: r.to_dict() for k, r in sorted(self.invalid.items())},
             "skipped": dict(sorted(self.skipped.items())), "extra": self.extra,
             "committed": self.committed,
+            "vanished": self.vanished, "pattern": self.pattern,
+            "pattern_matched_nothing": self.pattern_matched_nothing,
             "manifest": self.manifest.key if self.manifest else None,
             "seconds": round(self.seconds, 6),
             "n_unscanned": len(self.unscanned), "unscanned": self.unscanned,
@@ -597,6 +801,7 @@ class ScanReport:
             "extra": self.extra, "committed": self.committed, "seconds": self.seconds,
             "unscanned": self.unscanned, "partition": self.partition,
             "ids_mode": self.ids_mode, "ids_file": self.ids_file,
+            "vanished": self.vanished, "pattern": self.pattern, "n_listed": self.n_listed,
         }, sort_keys=True)
 
     @classmethod
@@ -615,7 +820,8 @@ class ScanReport:
                    ids_by_key={k: list(v) for k, v in data["ids_by_key"].items()},
                    seconds=data["seconds"], unscanned=list(data["unscanned"]),
                    partition=data["partition"], ids_mode=data["ids_mode"],
-                   ids_file=data["ids_file"])
+                   ids_file=data["ids_file"], vanished=list(data.get("vanished", [])),
+                   pattern=data.get("pattern"), n_listed=int(data.get("n_listed", 0)))
 
     @classmethod
     def merge(cls, reports: Iterable[ScanReport]) -> ScanReport:
@@ -635,7 +841,7 @@ class ScanReport:
                                                            first.deep):
                 raise ValueError("reports of different scans (prefix, level or deep differ)")
         merged = cls(prefix=first.prefix, level=first.level, deep=first.deep,
-                     schema=first.schema)
+                     schema=first.schema, pattern=first.pattern)
         owners: dict[str, str] = {}
         for report in reports:
             merged.valid.extend(report.valid)
@@ -644,6 +850,8 @@ class ScanReport:
             merged.extra.extend(report.extra)
             merged.committed = merged.committed or report.committed
             merged.unscanned.extend(report.unscanned)
+            merged.vanished.extend(report.vanished)
+            merged.n_listed += report.n_listed
             merged.seconds += report.seconds
             by_key = (read_ids(report.ids_file) if report.ids_mode == "store"
                       and report.ids_file else report.ids_by_key)
@@ -658,6 +866,7 @@ class ScanReport:
         merged.ids |= set(owners)
         merged.valid.sort()
         merged.extra.sort()
+        merged.vanished.sort()
         merged.invalid = dict(sorted(merged.invalid.items()))
         merged.skipped = dict(sorted(merged.skipped.items()))
         merged.ids_by_key = dict(sorted(merged.ids_by_key.items()))
@@ -674,6 +883,8 @@ class _Examined:
     ids: list[str] | None = None
     schema: str | None = None
     checksum: str | None = None
+    #: the standard checksums recorded at commit (:attr:`ManifestEntry.checksums`)
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 def _folder(prefix: str) -> str:
@@ -682,8 +893,11 @@ def _folder(prefix: str) -> str:
     return clean if not clean or clean.endswith("/") else clean + "/"
 
 
-def _skip_reason(name: str, pattern: str | None) -> str | None:
-    """Why the file ``name`` (last key component) is not a checkpoint; None if it is one."""
+def _skip_reason(rel: str, pattern: str | None) -> str | None:
+    """Why the file at ``rel`` (its key relative to the scanned prefix) is not a checkpoint;
+    None if it is one. A ``pattern`` with a ``/`` matches ``rel`` component by component
+    (``*`` never crosses a ``/``); one without matches the file name alone."""
+    name = rel.rsplit("/", 1)[-1]
     # never checkpoints, whatever the pattern: VirNucPro's own bookkeeping and leftovers
     if name in ("manifest.json", "manifest.lock"):
         return "VirNucPro checkpoint manifest"
@@ -692,13 +906,13 @@ def _skip_reason(name: str, pattern: str | None) -> str | None:
     if name.endswith(".tmp"):
         return "temporary file (.tmp) of an unfinished save"
     if pattern is not None:
-        return None if fnmatch.fnmatchcase(name, pattern) else f"does not match {pattern!r}"
+        return None if matches_pattern(rel, pattern) else f"does not match {pattern!r}"
     if any(fnmatch.fnmatchcase(name, p) for p in CHECKPOINT_PATTERNS):
         return None
     return f"not a checkpoint name ({', '.join(CHECKPOINT_PATTERNS)})"
 
 
-def classify(keys: Iterable[str], pattern: str | None = None
+def classify(keys: Iterable[str], pattern: str | None = None, folder: str = ""
              ) -> tuple[list[str], dict[str, str]]:
     """Sort the keys of a run folder as :func:`scan` does: (checkpoint keys, {other key: why
     it is not one}); run manifests (:data:`MANIFEST_NAME`) are in neither.
@@ -707,17 +921,40 @@ def classify(keys: Iterable[str], pattern: str | None = None
     (['r/a.pt'], {'r/a.pt.done': 'completion sidecar (.done)', \
 'r/sequences.txt': 'not a checkpoint name (*.pt, *.pth)'})
     """
-    return _classify(keys, pattern)
+    return _classify(keys, pattern, folder)
 
 
-def _classify(keys: Iterable[str], pattern: str | None) -> tuple[list[str], dict[str, str]]:
-    """(checkpoint keys, {other key: why skipped}); run manifests are in neither."""
+def matches_pattern(rel: str, pattern: str) -> bool:
+    """Whether the key ``rel`` (relative to the scanned prefix) matches a scan ``pattern``:
+    with a ``/``, the whole relative path, one ``fnmatch`` per component (same number of
+    components; ``*`` stays within one); without, the file name alone.
+
+    >>> matches_pattern("shard_1/batch_7.pt", "shard_*/batch_*.pt")
+    True
+    >>> matches_pattern("shard_1/x/batch_7.pt", "shard_*/batch_*.pt")
+    False
+    >>> matches_pattern("shard_1/batch_7.pt", "batch_*.pt")
+    True
+    """
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+    want = pattern.strip("/").split("/")
+    have = rel.split("/")
+    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w)
+                                          for h, w in zip(have, want))
+
+
+def _classify(keys: Iterable[str], pattern: str | None,
+              folder: str = "") -> tuple[list[str], dict[str, str]]:
+    """(checkpoint keys, {other key: why skipped}); run manifests are in neither. ``folder``:
+    the scanned prefix, which a ``pattern`` with a ``/`` is relative to."""
     checkpoints, skipped = [], {}
     for key in keys:
         name = key.rsplit("/", 1)[-1]
         if name == MANIFEST_NAME:
             continue
-        reason = _skip_reason(name, pattern)
+        rel = key[len(folder):] if key.startswith(folder) else key
+        reason = _skip_reason(rel, pattern)
         if reason is None:
             checkpoints.append(key)
         else:
@@ -781,26 +1018,85 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
     url = store.backend.url_for(key)
     started = time.perf_counter()
 
-    def missing() -> _Examined:
-        message = "no such checkpoint" if expect is None else \
-            "listed in the run manifest but no longer there"
+    def failed(category: str, message: str, code: str) -> _Examined:
         return _Examined(key, ValidationReport(
-            ok=False, level=None, category="missing", message=message, size=None, url=url,
-            requested_level=level, deep=deep, seconds=time.perf_counter() - started))
+            ok=False, level=None, category=category, message=message, size=None, url=url,
+            requested_level=level, deep=deep, seconds=time.perf_counter() - started,
+            code=code))
+
+    def missing(exc: CheckpointMissing) -> _Examined:
+        if expect is not None:
+            return failed("missing", "listed in the run manifest but no longer there",
+                          "run.missing")
+        if listed is not None:  # listed by this scan, gone when it was read
+            return failed(VANISHED, f"deleted during the scan ({exc})", "run.vanished")
+        return failed("missing", "no such checkpoint", "run.missing")
+
+    def unreadable(exc: StoreError) -> _Examined:
+        return failed(UNREADABLE, f"cannot be read: {exc}",
+                      "run.symlink" if isinstance(exc, InvalidKey) else "run.unreadable")
 
     try:
         raw = store.backend.open_listed(listed) if listed is not None else \
             store.backend.open_source(key)
-    except CheckpointMissing:
-        return missing()
+    except CheckpointMissing as exc:
+        return missing(exc)
+    except (InvalidKey, StorageFailure) as exc:
+        if not _this_files_fault(exc):
+            raise
+        return unreadable(exc)
     try:
-        return _examine_source(key, raw, schema=schema, level=level, deep=deep,
-                               want_checksum=want_checksum, expect=expect, url=url,
-                               started=started)
-    except CheckpointMissing:  # deleted while it was read
-        return missing()
+        found = _examine_source(key, raw, schema=schema, level=level, deep=deep,
+                                want_checksum=want_checksum, expect=expect, url=url,
+                                started=started)
+        if found.report.ok and (expect is not None or want_checksum):
+            _standard_checksums(store, key, raw if deep else _Memo(raw), found, expect,
+                                deep=deep)
+        return found
+    except CheckpointMissing as exc:  # deleted while it was read
+        return missing(exc)
+    except (InvalidKey, StorageFailure) as exc:
+        if not _this_files_fault(exc):
+            raise
+        return unreadable(exc)
     finally:
         raw.close()
+
+
+def _this_files_fault(exc: StoreError) -> bool:
+    """Whether a failure to read one file is that file's own (reported for it, the rest of
+    the run still checked): a key the backend refuses to follow (a symlink in a local root),
+    or a local OS error on it (permission refused, an I/O error). A replaced object
+    (``ObjectChanged``: read again) and a failure of the medium itself (network, credentials,
+    a bucket gone) are not: those stop the whole scan."""
+    if isinstance(exc, ObjectChanged):
+        return False
+    return isinstance(exc, InvalidKey) or isinstance(exc.__cause__, OSError)
+
+
+def _standard_checksums(store: CheckpointStore, key: str, source: ByteSource,
+                        found: _Examined, expect: ManifestEntry | None, *, deep: bool) -> None:
+    """Commit (``expect`` None): record in ``found.checksums`` the checksums the medium
+    keeps, else the file's ``sha256`` (a full read). Verify: compare the medium's, which cost
+    a HEAD, and -- with ``deep``, which reads the file anyway -- the ``sha256``; a mismatch
+    fails ``found.report``. Manifests without them are not compared."""
+    wanted = expect.checksums if expect is not None else None
+    if wanted is not None and not (set(wanted) - {FULL} or (FULL in wanted and deep)):
+        return  # nothing to compare without a full read (verify_run(deep=True) does it)
+    medium = store.backend.stat(key).checksums if wanted is None or set(wanted) - {FULL} \
+        else {}
+    if wanted is None:  # commit
+        found.checksums = dict(medium) or \
+            {FULL: _checksum(source, FULL).partition(":")[2]}
+        return
+    now = {name: medium[name] for name in wanted if name in medium}
+    if FULL in wanted and deep:
+        now[FULL] = _checksum(source, FULL).partition(":")[2]
+    differ = sorted(name for name, value in now.items() if value != wanted[name])
+    if differ:
+        found.report = _fail(found.report, "corrupted",
+                             f"not the committed file: its {', '.join(differ)} differs from "
+                             f"the run manifest's", "run.not_committed")
 
 
 def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep: bool,
@@ -886,6 +1182,9 @@ def _examine_all(store: CheckpointStore, keys: list[str], jobs: int,
 def _collect(report: ScanReport, results: Iterable[_Examined]) -> ScanReport:
     seen: set[str] = set()
     for found in sorted(results, key=lambda f: f.key):
+        if not found.report.ok and found.report.category == VANISHED:
+            report.vanished.append(found.key)
+            continue
         if not found.report.ok:
             report.invalid[found.key] = found.report
             continue
@@ -916,7 +1215,7 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     infos = {info.key: info for info in (store.list_info(folder) if listing is None
                                          else listing)}
     listed = list(infos)
-    keys, skipped = _classify(listed, pattern)
+    keys, skipped = _classify(listed, pattern, folder)
     if progress is not None:
         progress(len(keys), None)
 
@@ -930,7 +1229,8 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
     report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
                         schema=schema if isinstance(schema, str) else getattr(schema, "name",
                                                                               None),
-                        committed=folder + MANIFEST_NAME in listed)
+                        committed=folder + MANIFEST_NAME in listed, pattern=pattern,
+                        n_listed=len(listed))
     _collect(report, results.values())
     report.seconds = time.perf_counter() - started
     return report
@@ -1036,7 +1336,8 @@ def commit_run(store: CheckpointStore, prefix: str, *, keys: Iterable[str] | Non
         rel = k[len(folder):]
         entries[rel] = ManifestEntry(key=rel, size=found.report.size, checksum=found.checksum,
                                      schema=found.schema,
-                                     n_ids=None if found.ids is None else len(found.ids))
+                                     n_ids=None if found.ids is None else len(found.ids),
+                                     checksums=found.checksums)
     replaces = _keep_previous(store, folder, reason) if replace else None
     manifest = Manifest(prefix=folder, key=key, level=level,
                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

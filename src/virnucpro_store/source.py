@@ -65,6 +65,15 @@ class Source(Closeable):
     #: instead of reading the object back; None everywhere else
     sent: Any = None
 
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` exactly with the bytes from ``offset`` (the record loader reads tensor
+        data straight into a storage's memory with it); a short read is an ``EOFError``.
+        Subclasses that can read without an intermediate copy override it."""
+        data = self.read(offset, len(view))  # type: ignore[attr-defined]
+        if len(data) != len(view):
+            raise EOFError(f"short read: {len(data)} of {len(view)} bytes at offset {offset}")
+        view[:] = data
+
 
 class BytesSource(Source):
     """A source over bytes already in memory."""
@@ -79,6 +88,11 @@ class BytesSource(Source):
         if offset < 0 or length < 0:
             raise ValueError("negative offset or length")
         return bytes(self._data[offset:offset + length])
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        if offset < 0 or offset + len(view) > self.size:
+            raise EOFError(f"short read: {len(view)} bytes at offset {offset} of {self.size}")
+        view[:] = self._data[offset:offset + len(view)]
 
 
 class FileSource(Source):
@@ -102,6 +116,15 @@ class FileSource(Source):
             offset += len(chunk)
             length -= len(chunk)
         return b"".join(chunks)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        view = view.cast("B") if view.format != "B" else view
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:done + (1 << 30)]], offset + done)
+            if n <= 0:
+                raise EOFError(f"short read: {done} of {len(view)} bytes at offset {offset}")
+            done += n
 
     def snapshot_path(self) -> str | None:
         """A path to the very file this source has open, even if its name has since been
@@ -155,6 +178,15 @@ class CountingSource(Source):
         self.requests += 1
         self.bytes_read += len(data)
         return data
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        inner = self.inner
+        if isinstance(inner, Source):
+            inner.read_into(offset, view)
+        else:  # a ByteSource from outside the package: read() and copy
+            Source.read_into(inner, offset, view)  # type: ignore[arg-type]
+        self.requests += 1
+        self.bytes_read += len(view)
 
 
 class SeekableReader(io.RawIOBase):

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from . import registry
-from .backends.base import Backend, Leftover, ObjectInfo
+from .backends.base import Backend, Leftover, ObjectInfo, PathTarget
 from .errors import (
     CheckpointError,
     CheckpointMissing,
+    DeviceUnavailable,
     ObjectChanged,
     SerializationError,
     StoreError,
@@ -22,7 +23,8 @@ from .errors import (
 from .keys import normalize_key, normalize_prefix
 from .schemas import AUTO, Schema, get_schema
 from .source import SliceSource
-from .validation import ValidationReport, safe_torch_load, validate_source
+from .validation import ValidationReport, validate_source
+from .validation.levels import load_source
 from .validation.report import check_level
 
 if TYPE_CHECKING:
@@ -247,8 +249,19 @@ class CheckpointStore:
     # -- reading -----------------------------------------------------------------------------
 
     def load(self, key: str, *, map_location: Any = "cpu", schema: SchemaArg = None,
-             validate: str | None = "zip") -> Any:
-        """Load ``key`` with ``torch.load(weights_only=True)`` after validating it.
+             validate: str | None = "zip", verify: bool = True, mmap: bool = False) -> Any:
+        """Load ``key``: the result equals ``torch.load(weights_only=True)``'s of the same bytes.
+
+        ``data.pkl`` is read once, by the validator's model, and the objects are built from
+        what it checked (``validation/materialize.py``): torch's rebuild functions make the
+        tensors, numpy's own ``__setstate__`` the arrays; nothing else can be built. ``verify``
+        (default True): every tensor record is checked against its CRC-32 as it is read, so a
+        damaged byte raises ``CheckpointCorrupted`` (code ``zip.crc_mismatch``) instead of
+        coming back as data; ``verify=False`` skips that for callers that verified already.
+        ``validate``: the level checked before anything is built -- ``"load"`` at least (the
+        model is the reader), ``"keys"`` adds the ``version`` and ``schema`` rules; ``None``
+        and the lower levels mean ``"load"``. ``mmap=True`` (local stores only): storages are
+        views of one private, copy-on-write mapping of the file, as ``torch.load(mmap=True)``.
 
         A bad file raises the :class:`~virnucpro_store.errors.CheckpointError` subclass of its
         category (``CheckpointCorrupted``, ``UnsafeCheckpoint``, ...), never a raw torch error.
@@ -256,33 +269,48 @@ class CheckpointStore:
         replaced meanwhile, local and memory stores load the validated version from the
         handle they hold; S3 (whose old version can no longer be read) starts again on the
         new version, as :meth:`validate` does.
+
+        >>> import torch
+        >>> store = open_store("memory://doc-load")
+        >>> _ = store.save({"ids": ["a"], "data": torch.ones(1, 3328)}, "m.pt", schema="merged")
+        >>> store.load("m.pt")["data"].shape
+        torch.Size([1, 3328])
         """
         key = normalize_key(key)
         schema_obj = _checked_schema(schema)
         if validate is not None:
             check_level(validate)
         return self._restarting(lambda: self._load_version(
-            key, map_location=map_location, schema=schema_obj, validate=validate))
+            key, map_location=map_location, schema=schema_obj, validate=validate,
+            verify=verify, mmap=mmap))
 
     def _load_version(self, key: str, *, map_location: Any, schema: SchemaArg,
-                      validate: str | None) -> Any:
-        """One validate-then-load of one version, opened once: the validator reads ranges of
-        the very version ``torch.load`` then reads (S3: GETs pinned to one ETag; local: one
-        open file), so what is loaded is what was validated. ObjectChanged if the object is
-        replaced while it is read."""
+                      validate: str | None, verify: bool = True, mmap: bool = False) -> Any:
+        """One check-then-build of one version, opened once: the model reads ranges of the
+        very version whose records are then read into storages (S3: GETs pinned to one ETag;
+        local: one open file), so what is loaded is what was checked. ObjectChanged if the
+        object is replaced while it is read."""
         url = self.backend.url_for(key)
         version = None
         try:
             with self.backend.open_for_load(key) as target:
                 version = target.version
-                if validate is not None:
-                    report = validate_source(target.source, schema=schema, level=validate,
-                                             deep=False, url=url)
-                    if not report.ok:  # refused with the deep verdict's category, below
-                        raise report.error(key=key)
-                return safe_torch_load(target.torch_input(), map_location=map_location,
-                                       url=url, key=key)
+                mmap_path = None
+                if mmap:
+                    if not isinstance(target, PathTarget):
+                        raise ValueError(f"{url}: mmap=True needs a local file; this store "
+                                         f"keeps its objects elsewhere")
+                    mmap_path = target.path
+                return load_source(target.source, schema=schema, level=validate or "load",
+                                   map_location=map_location, verify=verify,
+                                   mmap_path=mmap_path, url=url, key=key)
+        except DeviceUnavailable:
+            raise
         except CheckpointError as exc:
+            if exc.code == "zip.crc_mismatch":
+                # a deep validation checks CRCs first, at the zip level, after the cheap zip
+                # checks load() passed: its verdict is this one (category and code)
+                raise
             raise self._verdict_error(key, exc, schema=schema, version=version,
                                       level="keys" if validate == "keys" else "load") from exc
 
@@ -413,11 +441,18 @@ class CheckpointStore:
         """Published keys under ``prefix``, sorted. Staging objects never appear."""
         return self.backend.list(normalize_prefix(prefix))
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
         """:meth:`list` with each key's :class:`ObjectInfo` (size, modification time, etag),
         sorted by key; taken from the listing itself where the medium's listing carries them
-        (S3, local folders, memory), so there is no request per key."""
-        return self.backend.list_info(normalize_prefix(prefix))
+        (S3, local folders, memory), so there is no request per key. ``start_after``/``end``:
+        only the keys ``start_after < key <= end`` (either bound open where None), listed
+        from ``start_after`` on where the medium can (S3 ``StartAfter``, GCS
+        ``startOffset``; Azure and local folders list the prefix and cut the range)."""
+        if start_after is None and end is None:
+            return self.backend.list_info(normalize_prefix(prefix))
+        return self.backend.list_info(normalize_prefix(prefix), start_after=start_after,
+                                      end=end)
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -499,13 +534,15 @@ class CheckpointStore:
                     pattern=pattern, progress=progress)
 
     def plan_scan(self, prefix: str = "", *, target_files: int = 5000,
-                  by: str = "prefix") -> list[ScanPartition]:
+                  by: str = "prefix", partitions: int | None = None) -> list[ScanPartition]:
         """Split a scan of ``prefix`` into JSON-serializable partitions of about
         ``target_files`` files (``by="prefix"``: natural folders; ``"count"``: ranges of one
-        listing); see :mod:`virnucpro_store.partitions`."""
+        listing; ``partitions=N`` with ``by="count"``: exactly N ranges); see
+        :mod:`virnucpro_store.partitions`."""
         from .partitions import plan_scan
 
-        return plan_scan(self, prefix, target_files=target_files, by=by)
+        return plan_scan(self, prefix, target_files=target_files, by=by,
+                         partitions=partitions)
 
     def scan_partition(self, part: ScanPartition, *, schema: SchemaArg = None,
                        level: str = "keys", deep: bool = False, jobs: int = 8,

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from . import registry
 from .errors import InvalidKey
@@ -150,7 +151,9 @@ def prefix_inside(outer: CheckpointStore, inner: CheckpointStore) -> str | None:
                                                               _root_identity(inner))
     if outer_scheme != inner_scheme or not inner_root.startswith(outer_root):
         return None
-    return inner_root[len(outer_root):]
+    tail = inner_root[len(outer_root):]
+    # a local root's URL is percent-encoded (file_url); the prefix is a key, not a URL
+    return unquote(tail) if outer_scheme == "file" else tail
 
 
 def expand(urls: list[str], options: dict[str, Any], *, pattern: str | None = None

@@ -17,7 +17,7 @@ import io
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, TypeVar
 
@@ -28,6 +28,7 @@ from ..source import ByteSource, Closeable, SourceReader
 log = logging.getLogger(__name__)
 
 _E = TypeVar("_E")
+_K = TypeVar("_K")
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,25 @@ class ObjectInfo:
     modified: datetime | None
     etag: str | None
     url: str
+    #: whole-object checksums the medium itself keeps, named and spelled as its own tools
+    #: print them (docs/checksums.md): S3 ``ChecksumCRC32``/``ChecksumCRC32C``/
+    #: ``ChecksumCRC64NVME``/``ChecksumSHA1``/``ChecksumSHA256`` (base64; from a HEAD, not a
+    #: listing), GCS ``crc32c``/``md5Hash`` (base64), Azure ``Content-MD5`` (base64); empty
+    #: where the medium keeps none (local files; S3 multipart or Azure block-list uploads).
+    #: Not part of equality: a listing and a HEAD may know different ones.
+    checksums: dict[str, str] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "key": self.key,
             "url": self.url,
             "size": self.size,
             "modified": self.modified.isoformat() if self.modified else None,
             "etag": self.etag,
         }
+        if self.checksums:
+            out["checksums"] = dict(self.checksums)
+        return out
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,23 @@ def published(entries: Iterable[tuple[str, _E]],
             continue
         found.append((name, entry))
     return sorted(found, key=lambda item: item[0])
+
+
+def in_range(keys: Iterable[_K], start_after: str | None, end: str | None,
+             key: Callable[[_K], str] = str) -> Iterator[_K]:
+    """The items of a sorted listing whose key lies in ``start_after < key <= end`` (either
+    bound open where None); stops at the first key past ``end``.
+
+    >>> list(in_range(["a", "b", "c", "d"], "a", "c"))
+    ['b', 'c']
+    """
+    for item in keys:
+        name = key(item)
+        if start_after is not None and name <= start_after:
+            continue
+        if end is not None and name > end:
+            return
+        yield item
 
 
 class LoadTarget(Closeable, ABC):
@@ -246,11 +274,15 @@ class Backend(ABC):
         Staging objects are recognised by :func:`~virnucpro_store.keys.is_staging_file_name`
         on the last component only."""
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """:meth:`list` with each key's size, time and etag, sorted by key. The default stats
-        each key (skipping one deleted meanwhile); backends whose listing already carries
-        them (S3, a folder walk) override it with no request per key."""
-        for key in self.list(prefix):
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
+        """:meth:`list` with each key's size, time and etag, sorted by key; with
+        ``start_after``/``end``, only the keys ``start_after < key <= end`` (either bound
+        open where None). The default stats each key (skipping one deleted meanwhile);
+        backends whose listing already carries them (S3, a folder walk) override it with no
+        request per key, and those whose medium lists from a key on (S3's ``StartAfter``,
+        GCS's ``startOffset``) list only the range."""
+        for key in in_range(self.list(prefix), start_after, end):
             try:
                 yield self.stat(key)
             except CheckpointMissing:

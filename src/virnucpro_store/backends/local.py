@@ -51,9 +51,10 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import (
     AlreadyExists,
@@ -61,6 +62,7 @@ from ..errors import (
     InvalidKey,
     PreconditionFailed,
     StorageFailure,
+    storage_failure_from,
 )
 from ..keys import is_staging_file_name, staging_file_name
 from ..source import ByteSource, FileSource
@@ -71,6 +73,7 @@ from .base import (
     ObjectInfo,
     PathTarget,
     Staging,
+    in_range,
     published,
     refuse_storage_options,
 )
@@ -147,6 +150,17 @@ def claim_file_name(name: str) -> str:
     return staging_file_name(name, token="claim" + digest, suffix="")
 
 
+def file_url(path: str) -> str:
+    """The ``file://`` URL of an absolute ``path``, percent-encoded so that parsing it
+    (:func:`~virnucpro_store.registry.parse_url` decodes) gives ``path`` back.
+
+    >>> file_url("/data/run 7/batch%41.pt")
+    'file:///data/run%207/batch%2541.pt'
+    """
+    # the file system's bytes (a name that is not UTF-8 keeps its raw bytes, escaped)
+    return "file://" + quote(os.fsencode(path), safe="/")
+
+
 def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> StorageFailure:
     reasons = {
         errno.EACCES: "permission refused",
@@ -158,7 +172,9 @@ def _failure(exc: OSError, what: str, url: str, key: str | None = None) -> Stora
         errno.ENOTDIR: "a file is in the way of a folder",
     }
     reason = reasons.get(exc.errno or 0) or exc.strerror or str(exc)
-    return StorageFailure(f"{url}: {what} failed: {reason}", key=key, url=url)
+    # errno and strerror go along: `except OSError as e: e.errno == errno.ENOSPC` works as
+    # on the raw error; refused access is also a PermissionError, as it was
+    return storage_failure_from(exc, f"{url}: {what} failed: {reason}", key=key, url=url)
 
 
 def _fsync_dir(path: str) -> None:
@@ -240,6 +256,8 @@ class LocalStaging(Staging):
             self.path = os.path.join(folder, staging_file_name(name))
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC,
                          0o666)
+        except StorageFailure:  # check_no_symlink's own, already translated (an OSError too)
+            raise
         except OSError as exc:
             raise _failure(exc, "save", url, key) from exc
         self.file = _StagingFile(fd, url, key)
@@ -377,7 +395,7 @@ class LocalBackend(Backend):
                  **storage_options: object) -> None:
         refuse_storage_options("local", storage_options)
         self.root = os.path.abspath(location)
-        self.url = "file://" + self.root
+        self.url = file_url(self.root)
         #: reads follow symlinks below the root (writes never do); see the module's docstring
         self.follow_symlinks = bool(follow_symlinks)
         #: the create-only method found per filesystem (``st_dev``), at its first use
@@ -408,7 +426,12 @@ class LocalBackend(Backend):
         return self._create_only[dev]
 
     def canonical_root(self) -> str:
-        return "file://" + os.path.realpath(self.root).rstrip("/") + "/"
+        return file_url(os.path.realpath(self.root).rstrip("/") + "/")
+
+    def url_for(self, key: str) -> str:
+        """``file://`` + the file's path, percent-encoded: ``file://`` URLs are decoded when
+        parsed, so ``run/batch%41.pt`` must print as ``batch%2541.pt`` to name itself."""
+        return file_url(self.path_for(key))
 
     def path_for(self, key: str) -> str:
         # keys are normalized (no '..', not absolute), so the join stays under the root
@@ -495,14 +518,15 @@ class LocalBackend(Backend):
             raise CheckpointMissing(f"{url} is not a file", key=key, url=url)
         return self._info(key, st)
 
-    def _walk(self, under: str = "", follow: bool | None = None
+    def _walk(self, under: str = "", follow: bool | None = None,
+              skip: Callable[[str], bool] | None = None
               ) -> Iterator[tuple[str, str, os.stat_result]]:
         """(relative posix name, absolute path, lstat) of every regular file under the root's
         folder ``under`` ("a/b"; "" for the root), symlinked folders not entered (``under``
         itself included: a component that is a symlink lists nothing), symlinks and special
         files skipped -- or, with ``follow_symlinks`` (``follow`` overrides it), (name, path,
         stat) with links followed: each folder entered once (no cycle), dangling links
-        skipped."""
+        skipped. Subfolders for which ``skip("a/b/c/")`` is true are not entered."""
         follow = self.follow_symlinks if follow is None else follow
         top = self.root
         for part in under.split("/") if under else ():
@@ -527,6 +551,9 @@ class LocalBackend(Backend):
         for folder, dirs, files in os.walk(top, followlinks=follow):
             dirs.sort()
             rel_folder = os.path.relpath(folder, self.root)
+            if skip is not None:
+                base = "" if rel_folder == "." else rel_folder.replace(os.sep, "/") + "/"
+                dirs[:] = [d for d in dirs if not skip(f"{base}{d}/")]
             for name in dirs + files:
                 path = os.path.join(folder, name)
                 try:
@@ -561,18 +588,35 @@ class LocalBackend(Backend):
                 elif not stat.S_ISDIR(st.st_mode):
                     log.warning("%s: skipping '%s': not a regular file", self.url, rel)
 
-    def _listed(self, prefix: str) -> list[tuple[str, os.stat_result]]:
-        """(key, lstat) of every published key under ``prefix``, sorted by key."""
+    def _listed(self, prefix: str, start_after: str | None = None, end: str | None = None,
+                *, stats: bool = True) -> list[tuple[str, Any]]:
+        """(key, lstat) of every published key under ``prefix``, sorted by key (the lstat
+        None unless ``stats``: a listing of keys alone holds ~100 bytes a key, not ~800);
+        with a range, subfolders wholly outside ``start_after < key <= end`` are not
+        walked."""
         # walk only the folder the prefix names ("run/shard_3/b" walks run/shard_3)
         under = prefix.rpartition("/")[0]
-        return published(((rel, st) for rel, _, st in self._walk(under)
+
+        def outside(folder: str) -> bool:  # every key under folder/ sorts before or after
+            return ((start_after is not None and start_after > folder
+                     and not start_after.startswith(folder))
+                    or (end is not None and end < folder))
+
+        skip = outside if start_after is not None or end is not None else None
+        return published(((rel, st if stats else None)
+                          for rel, _, st in self._walk(under, skip=skip)
                           if rel.startswith(prefix)), self.url_for)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        return iter([key for key, _ in self._listed(prefix)])
+        return iter([key for key, _ in self._listed(prefix, stats=False)])
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter([self._info(key, st) for key, st in self._listed(prefix)])
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
+        # a folder walk has no start key: folders outside the range are not entered, and
+        # the range is cut from the walk
+        return iter([self._info(key, st) for key, st in in_range(
+            self._listed(prefix, start_after, end), start_after, end,
+            key=lambda item: item[0])])
 
     def delete(self, key: str) -> None:
         url = self.url_for(key)

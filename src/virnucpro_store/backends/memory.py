@@ -24,6 +24,7 @@ from .base import (
     LoadTarget,
     ObjectInfo,
     Staging,
+    in_range,
     refuse_storage_options,
 )
 
@@ -148,8 +149,10 @@ class MemoryBackend(Backend):
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter([key for key, _ in self._listed(prefix)])
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter([self._info(key, blob) for key, blob in self._listed(prefix)])
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
+        return iter([self._info(key, blob) for key, blob in in_range(
+            self._listed(prefix), start_after, end, key=lambda item: item[0])])
 
     def delete(self, key: str) -> None:
         with self.space.lock:

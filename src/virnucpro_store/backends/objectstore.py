@@ -41,7 +41,7 @@ from typing import Any
 from ..errors import StorageFailure, StoreError
 from ..keys import staging_file_name
 from ..source import ByteSource
-from .base import Backend, FileTarget, LoadTarget, ObjectInfo, Staging, published
+from .base import Backend, FileTarget, LoadTarget, ObjectInfo, Staging, in_range, published
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,23 @@ class ObjectStoreBackend(Backend):
     def list(self, prefix: str = "") -> Iterator[str]:
         return iter([name for name, _ in self._listed(prefix)])
 
-    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def _listing_range(self, prefix: str, start_after: str | None,
+                       end: str | None) -> Iterable[tuple[str, Any]]:
+        """:meth:`_listing` of the keys after ``start_after`` (up to ``end``): media whose
+        listing starts at a key and is sorted (S3, GCS) override it to list only the range
+        (they may return a few keys outside it: :meth:`list_info` cuts them). The default
+        (Azure: no start key in its listing) lists everything under ``prefix``."""
+        return self._listing(prefix)
+
+    def list_info(self, prefix: str = "", *, start_after: str | None = None,
+                  end: str | None = None) -> Iterator[ObjectInfo]:
         """Sizes, times and versions from the listing itself: no request per key."""
-        return iter([self._entry_info(name, entry) for name, entry in self._listed(prefix)])
+        if start_after is None and end is None:
+            listed = self._listed(prefix)
+        else:
+            listed = published(self._listing_range(prefix, start_after, end), self.url_for)
+        return iter([self._entry_info(name, entry) for name, entry in in_range(
+            listed, start_after, end, key=lambda item: item[0])])
 
     @property
     def request_counts(self) -> Counter[str]:

@@ -21,6 +21,7 @@ import collections
 import concurrent.futures
 import contextlib
 import enum
+import errno
 import io
 import logging
 import os
@@ -28,7 +29,14 @@ from abc import abstractmethod
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from ..errors import AlreadyExists, CheckpointMissing, ObjectChanged, StorageFailure, StoreError
+from ..errors import (
+    AccessDenied,
+    AlreadyExists,
+    CheckpointMissing,
+    ObjectChanged,
+    StorageFailure,
+    StoreError,
+)
 from ..source import SeekableReader, Source
 from .objectstore import RetryPolicy
 
@@ -55,6 +63,8 @@ class ErrorKind(str, enum.Enum):
     CHANGED = "changed"
     DENIED = "denied"
     CREDENTIALS = "credentials"
+    #: the medium is out of space (HTTP 507, MinIO's XMinioStorageFull): errno.ENOSPC
+    NO_SPACE = "no-space"
     TRANSIENT = "transient"
     OTHER = "other"
 
@@ -107,12 +117,27 @@ class ObjectStoreClient:
         self.log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
         return wait
 
+    def applied_before_lost_answer(self, kind: ErrorKind, attempt: int,
+                                   gone_ok: bool) -> bool:
+        """Whether a "missing" answer is a request's own earlier success: a request that
+        removes its object (``gone_ok``: a delete), retried after a transient failure
+        (``attempt > 0``), may find the object gone because its first attempt was applied
+        and only the answer was lost. That delete succeeded. (The first attempt's "missing"
+        still means there was nothing to delete.)"""
+        if gone_ok and ErrorKind(kind) is ErrorKind.MISSING and attempt > 0:
+            self.log.debug("a retried removal found its object gone: the earlier attempt "
+                           "was applied")
+            return True
+        return False
+
     def store_error(self, kind: ErrorKind, what: str, op: str, key: str | None,
                     precondition: str, attempts: int,
                     messages: Mapping[ErrorKind, str]) -> StoreError:
         """The store error for a failed request (``attempts`` retries were made): a missing
         object, a failed precondition (``AlreadyExists``, or ``ObjectChanged`` for a read
-        with ``precondition="changed"``), else a ``StorageFailure`` worded by ``messages``."""
+        with ``precondition="changed"``), else a ``StorageFailure`` worded by ``messages``:
+        an :class:`AccessDenied` (a ``PermissionError``) for refused access or credentials, one
+        with ``errno.ENOSPC`` for a medium out of space."""
         kind, url = ErrorKind(kind), self.url_for(key)
         if kind is ErrorKind.MISSING:
             return CheckpointMissing(f"{url}: no such object", key=key, url=url)
@@ -124,7 +149,10 @@ class ObjectStoreClient:
         message = messages.get(kind) or (
             f"{op} failed after {attempts + 1} attempts: {what}"
             if kind is ErrorKind.TRANSIENT else f"{op} failed: {what}")
-        return StorageFailure(f"{url}: {message}", key=key, url=url)
+        if kind in (ErrorKind.DENIED, ErrorKind.CREDENTIALS):
+            return AccessDenied(f"{url}: {message}", key=key, url=url)
+        return StorageFailure(f"{url}: {message}", key=key, url=url,
+                              errno=errno.ENOSPC if kind is ErrorKind.NO_SPACE else None)
 
 
 class FsspecLoopClient(ObjectStoreClient):

@@ -39,6 +39,20 @@ def flip_payload_byte(data: bytes, record_suffix: str = "/data/0", position: int
     return bytes(damaged)
 
 
+def flip_padding_byte(data: bytes, record_suffix: str = "/data/0") -> bytes:
+    """Flip one bit inside the local header's extra field of a record (torch's alignment
+    padding, which no reader interprets): not damage to any data."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(record_suffix))
+    header = data[info.header_offset: info.header_offset + 30]
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    if extra_len <= 4:
+        raise ValueError(f"record {info.filename!r} has no padding in its local header")
+    damaged = bytearray(data)
+    damaged[info.header_offset + 30 + name_len + extra_len - 1] ^= 0x01  # a padding byte
+    return bytes(damaged)
+
+
 def replace_record(data: bytes, suffix: str, payload: bytes) -> bytes:
     """Rewrite the archive with the record ending in ``suffix`` replaced by ``payload``."""
     out = io.BytesIO()

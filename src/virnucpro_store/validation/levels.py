@@ -26,18 +26,19 @@ Example:
 
 from __future__ import annotations
 
-import io
 import time
+from dataclasses import replace
 from typing import Any
 
 from .. import schemas as _schemas
-from ..errors import CheckpointError, StoreError
+from ..errors import DeviceUnavailable, ObjectChanged, StoreError
 from ..lazy import ArrayMeta, StorageRef, TensorMeta, shape_text
-from ..source import ByteSource, CountingSource, FileSource, SourceReader
+from ..source import ByteSource, BytesSource, CountingSource, FileSource
 from .gcpause import gc_paused
+from .materialize import DeviceError, StorageReader, materialize
 from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
-from .safepickle import read_model
+from .safepickle import Model, read_model
 from .sentbytes import MappedFile, verify_sent
 from .standins import _checked_numel
 from .walk import iter_tensors
@@ -89,6 +90,9 @@ class _Run:
         self.index: ZipIndex | None = None
         self.structure: Any = None
         self.tensors: list[tuple[str, TensorMeta | ArrayMeta]] = []
+        self.model: Model | None = None
+        #: the deep load is still to run (build_deep)
+        self.build_pending = False
 
     def size(self) -> None:
         if self.source.size == 0:
@@ -142,6 +146,7 @@ class _Run:
             if exc.category != "unsafe" and "data.pkl" not in exc.message:
                 exc.message = f"{record.name}: {exc.message}"
             raise
+        self.model = model
         self.structure, made = model.structure, model.made
         self.details["loader"] = "torch" if model.library is None else "virnucpro_store"
         if model.library is not None:
@@ -156,21 +161,25 @@ class _Run:
             # and the model above checked the structure; a torch.load adds nothing (OWN SAVE)
             self.details["torch_load"] = "not run (own torch.save)"
         elif self.deep:
-            from .torch_load import safe_torch_load
+            self.build_pending = True  # after the last level (build_deep): see there
 
-            inner = self.source.inner
-            path = inner.snapshot_path() if isinstance(inner, FileSource) else None
-            # A local file is memory-mapped: torch parses data.pkl and maps the storages
-            # instead of copying gigabytes of payload that the CRC pass has just read.
-            target = path if path is not None else io.BufferedReader(
-                SourceReader(self.source), buffer_size=1 << 20)
-            try:
-                safe_torch_load(target, mmap=path is not None)
-            except CheckpointError as exc:
-                raise Problem(exc.category, f"torch.load(weights_only=True) failed: "
-                                            f"{str(exc).removeprefix('checkpoint: ')}",
-                                            code="load.torch_refused") from None
-            self.details["torch_load"] = "ok"
+    def build_deep(self) -> None:
+        """The deep load: the record loader builds the real objects from the model (no second
+        parse of data.pkl); torch's own rebuild functions judge every tensor. Run after the
+        last level, as ``load()`` builds after its checks. The CRC pass read every record
+        already: a local file is mapped instead of copied again, an object-store file was
+        fetched once (_evaluate_run)."""
+        assert self.index is not None and self.model is not None
+        inner = self.source.inner
+        path = inner.snapshot_path() if isinstance(inner, FileSource) else None
+        try:
+            build(self.source, self.index, self.model, map_location="cpu", verify=False,
+                  mmap_path=path, in_place=False)  # the report keeps the lazy structure
+        except Problem as exc:
+            if exc.code is None:
+                exc.code = "load.torch_refused"
+            raise
+        self.details["torch_load"] = "ok"
 
     def keys(self, schema: _schemas.Schema | None, auto: bool) -> None:
         problem = _schemas.check_version(self.structure)
@@ -351,11 +360,37 @@ def _describe_value(value: Any) -> dict[str, Any]:
 def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level: str,
               deep: bool,
               url: str | None, own_save: bool = False) -> tuple[ValidationReport, Any]:
+    report, run = _evaluate_run(source, schema=schema, level=level, deep=deep, url=url,
+                                own_save=own_save)
+    return report, run.structure
+
+
+def _fetch_once(source: ByteSource, deep: bool, own_save: bool) -> bool:
+    """Whether a deep check should fetch ``source`` whole, once, before it starts: an object
+    on a remote store (read twice otherwise: the CRC pass, then the load), unless a staged
+    upload's own record of what it sent vouches for it, or the bytes are the save's own."""
+    return (deep and not own_save and source.size > 0 and getattr(source, "sent", None) is None
+            and not isinstance(source, (FileSource, BytesSource)))
+
+
+def _evaluate_run(source: ByteSource, *, schema: str | _schemas.Schema | None, level: str,
+                  deep: bool, url: str | None, own_save: bool = False
+                  ) -> tuple[ValidationReport, _Run]:
     check_level(level)
     auto = schema == _schemas.AUTO
     schema_obj = None if auto else _schemas.get_schema(schema)
     counting = CountingSource(source)
-    run = _Run(counting, deep, own_save)
+    if _fetch_once(source, deep, own_save):
+        # one download (parallel ranged reads pinned to the version) into one buffer; every
+        # level, the CRC pass and the load then read memory
+        whole = bytearray(source.size)
+        try:
+            counting.read_into(0, memoryview(whole))
+        except EOFError as exc:
+            raise ObjectChanged(f"{url or 'object'}: {exc}", url=url) from None
+        run = _Run(CountingSource(BytesSource(whole, etag=counting.etag)), deep, own_save)
+    else:
+        run = _Run(counting, deep, own_save)
     started = time.perf_counter()
     passed: str | None = None
     current = LEVELS[0]
@@ -368,8 +403,13 @@ def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level
                 else:
                     getattr(run, current)()
                 passed = current
+            if run.build_pending:
+                current = "load"
+                run.build_deep()
     except Problem as exc:
         problem = exc
+        if current == "load" and passed in ("load", "keys"):  # the deep build failed
+            passed = "zip"
     except (RecursionError, MemoryError) as exc:
         problem = Problem("unsafe", f"the {current} level ran out of resources "
                                     f"({type(exc).__name__}): hostile or damaged file")
@@ -398,7 +438,74 @@ def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level
         requests=counting.requests,
         seconds=time.perf_counter() - started,
     )
-    return report, run.structure
+    return report, run
+
+
+def build(source: ByteSource, index: ZipIndex, model: Model, *, map_location: Any = "cpu",
+          verify: bool = True, mmap_path: str | None = None, in_place: bool = True) -> Any:
+    """The real object of a checked ``model`` of ``source`` (the record loader,
+    :mod:`.materialize`): storages read once (``verify``: each checked against its CRC-32 as
+    it passes), or mapped from ``mmap_path``. :class:`Problem` for a refused file,
+    :class:`~.materialize.DeviceError` when ``map_location`` cannot place a storage."""
+    mapped = None
+    if mmap_path is not None:
+        import torch
+
+        mapped = torch.UntypedStorage.from_file(mmap_path, shared=False, nbytes=index.size)
+    reader = StorageReader(source, index, verify=verify, mapped=mapped)
+    try:
+        with gc_paused():
+            return materialize(model.structure, model.made, reader, map_location,
+                               in_place=in_place)
+    except (Problem, DeviceError, StoreError, OSError):
+        raise
+    except RecursionError:
+        raise incompatible("the loaded structure nests too deeply to build (recursion "
+                           "limit)", code="pickle.too_deep") from None
+    except Exception as exc:  # torch's own rebuild refused what the model accepted
+        raise corrupted(f"torch refused to build the checked structure: "
+                        f"{type(exc).__name__}: {str(exc)[:300]}",
+                        code="load.torch_refused") from None
+
+
+def load_source(source: ByteSource, *, schema: str | _schemas.Schema | None = None,
+                level: str = "load", map_location: Any = "cpu", verify: bool = True,
+                mmap_path: str | None = None, url: str | None = None,
+                key: str | None = None) -> Any:
+    """Check ``source`` up to ``level`` (at least ``"load"``: the model is the only reading of
+    ``data.pkl``) and build the real object from the model (:func:`build`). Raises the
+    :class:`~virnucpro_store.errors.CheckpointError` of the verdict; ``DeviceUnavailable``
+    when the file is fine but ``map_location`` cannot place it.
+
+    >>> import io, torch
+    >>> from virnucpro_store.source import BytesSource
+    >>> buf = io.BytesIO(); torch.save({"ids": ["a"], "data": torch.ones(1, 3328)}, buf)
+    >>> load_source(BytesSource(buf.getvalue()), schema="merged")["data"].sum().item()
+    3328.0
+    """
+    check_level(level)
+    if LEVELS.index(level) < LEVELS.index("load"):
+        level = "load"
+    report, run = _evaluate_run(source, schema=schema, level=level, deep=False, url=url)
+    if not report.ok:
+        raise report.error(key=key)
+    assert run.index is not None and run.model is not None
+    try:
+        return build(run.source, run.index, run.model, map_location=map_location,
+                     verify=verify, mmap_path=mmap_path)
+    except Problem as exc:
+        failed = replace(report, ok=False, category=exc.category, message=exc.message,
+                         level="size" if (exc.code or "").startswith("zip.") else "zip",
+                         code=exc.code or f"load.{exc.category}")
+        raise failed.error(key=key) from None
+    except DeviceError as exc:
+        where = url or key or "checkpoint"
+        asked = ("map_location=None (the devices recorded in the file)" if map_location is None
+                 else f"map_location={map_location!r}")
+        raise DeviceUnavailable(
+            f"{where}: the file is fine, but torch cannot place its tensors with {asked}: "
+            f"{exc}; load it with map_location='cpu' (or a device this machine has)",
+            key=key, url=url) from exc
 
 
 def validate_source(source: ByteSource, *, schema: str | _schemas.Schema | None = None,

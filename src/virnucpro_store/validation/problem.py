@@ -43,7 +43,9 @@ CODES: dict[str, str] = {
     "tensor.storage_missing": "a tensor's storage record is not in the archive",
     "tensor.storage_size": "a storage record shorter or longer than its tensor needs",
     "tensor.out_of_bounds": "a tensor view that does not fit its storage",
-    "load.torch_refused": "the full torch.load(weights_only=True) failed (deep)",
+    "load.torch_refused": "torch refused to build a tensor the model accepted (load, deep)",
+    "load.unsupported_type": "the loaded structure holds a value the record loader has no "
+                             "rule to build",
     "keys.version": "a version this code does not read",
     "keys.no_schema": "no built-in schema matches the file's keys",
     "keys.schema": "a schema's required key or shape rule does not hold",

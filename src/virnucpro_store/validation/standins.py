@@ -15,7 +15,7 @@ import struct
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..lazy import (
@@ -24,10 +24,15 @@ from ..lazy import (
     NUMPY_DTYPES,
     TORCH_DTYPES,
     ArrayMeta,
+    NumpyBool,
+    NumpyComplex,
+    NumpyFloat,
+    NumpyInt,
     StorageRef,
     TensorMeta,
     TorchDevice,
     TorchDType,
+    TorchSize,
     _Frozen,
     make_tensor_meta,
     shape_text,
@@ -103,6 +108,9 @@ class _StorageType(_Frozen):
     untyped: bool = False
     #: torch.cuda.<X>Storage: a class of its own to torch (a dict key apart from torch.<X>)
     cuda: bool = False
+    #: the global's name (``torch.cuda.FloatStorage``), for the record loader: a bare class
+    #: in the result is that very class
+    qualname: str = field(default="", compare=False)
 
     def __call__(self, *args: Any) -> Any:
         if self.untyped:  # torch.UntypedStorage(...) makes a storage that is not a record
@@ -547,7 +555,7 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> An
 
 
 def _torch_size(values: Any = ()) -> tuple[int, ...]:
-    return _int_tuple(values, "torch.Size")
+    return TorchSize(_int_tuple(values, "torch.Size"))
 
 
 #: the device types torch.device accepts (torch 2.13's list, in its error message)
@@ -630,7 +638,14 @@ def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
     raw = raw[:dtype.itemsize]
     order = ">" if dtype.byteorder == ">" else "<"
     values = struct.unpack(order + dtype.struct, raw)
-    return complex(*values) if len(values) == 2 else values[0]
+    value = complex(*values) if len(values) == 2 else values[0]
+    # the number it equals, with what the record loader needs to make the numpy scalar
+    made = _SCALAR_KINDS[type(value)](value)
+    made.npdtype, made.raw = dtype, raw
+    return made
+
+
+_SCALAR_KINDS = {int: NumpyInt, float: NumpyFloat, complex: NumpyComplex, bool: NumpyBool}
 
 
 def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
@@ -724,6 +739,7 @@ def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any,
     made.fortran = order == "F"
     made.axes = axes
     made.nbytes = expected
+    made.raw, made.npdtype, made.order = buf, dtype, order  # for the record loader
     return made
 
 
@@ -876,8 +892,10 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
         add(name, _tensor_class(name))
     for name, dtype in _STORAGE_TYPES.items():
         for module in ("torch", "torch.cuda"):
-            table[f"{module}.{name}"] = _StorageType(dtype, cuda=module == "torch.cuda")
-    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True)
+            table[f"{module}.{name}"] = _StorageType(dtype, cuda=module == "torch.cuda",
+                                                     qualname=f"{module}.{name}")
+    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True,
+                                                         qualname="torch.UntypedStorage")
     for name in TORCH_DTYPES:
         table[f"torch.{name}"] = TorchDType(name)
     add("builtins.set", _set)
@@ -987,6 +1005,7 @@ def _build_array(array: ArrayMeta, state: Any) -> None:
     array.shape = shape
     array.fortran = bool(fortran)
     array.nbytes = expected
+    array.raw, array.npdtype, array.order = raw, dtype, None  # for the record loader
 
 
 
@@ -1003,3 +1022,12 @@ BUILD_HOOKS.update({StorageRef: _build_storage, TensorMeta: _build_tensor_in_pla
                     ArrayMeta: _build_array, TorchDType: _refuse_build,
                     TorchDevice: _refuse_build,
                     _StorageType: _refuse_build})
+
+
+# --------------------------------------------------------------------------- for the loader
+
+#: the stand-in classes a lazy structure may hold besides those of :mod:`..lazy`, by public
+#: name: the record loader (``materialize.py``) turns each into the real object
+NumpyDTypeStandIn = _NpDType
+GlobalStandIn = _StandIn
+StorageTypeStandIn = _StorageType

@@ -804,6 +804,12 @@ def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
     return pos + LFH_SIZE + nlen + elen
 
 
+def local_data_start(buf: bytes | memoryview, pos: int, record: ZipRecord) -> int:
+    """Check the local header of ``record`` at ``buf[pos:]`` as every reader of this package
+    does; return the offset in ``buf`` where its data begins (the record loader's entry)."""
+    return _parse_local_header(buf, pos, record)
+
+
 class _Stream:
     """Sequential reads of a source in bounded chunks."""
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from datetime import datetime, timezone
 from typing import Any
@@ -18,9 +19,16 @@ from ..objectstore import (
     strip_etag,
     utc,
 )
-from .client import UPLOAD_PART_SIZE, AzureClient, copy_status, published_copy
+from .client import UPLOAD_PART_SIZE, AzureClient, copy_status, published_copy, split_account
 from .read import AzureSource
 from .upload import AzureStaging, Copier, remove_uncommitted
+
+
+def content_md5(props: Any) -> dict[str, str]:
+    """``{"Content-MD5": base64}`` where the blob has one (a blob written in one Put Blob; a
+    block-list commit leaves none), as ``az storage blob show`` prints it."""
+    md5 = getattr(getattr(props, "content_settings", None), "content_md5", None)
+    return {"Content-MD5": base64.b64encode(bytes(md5)).decode("ascii")} if md5 else {}
 
 
 class AzureBackend(ObjectStoreBackend):
@@ -43,7 +51,11 @@ class AzureBackend(ObjectStoreBackend):
                                      max_concurrency, request_timeout)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
         self.storage_options: dict[str, Any] = {**options.as_dict(), **storage_options}
-        self.container, self.root, self.url = split_location("az", location, "container")
+        # adlfs's az://CONTAINER@ACCOUNT.blob.core.windows.net/... names the account
+        bare, storage_options = split_account(location, storage_options)
+        self.container, self.root, self.url = split_location("az", bare, "container")
+        if bare != location:  # keep the account in the store's URL: it reopens the same place
+            self.url = f"az://{location.partition('/')[0]}/{self.root}".rstrip("/")
         if int(part_size) < 1:
             raise ValueError("part_size must be a positive number of bytes")
         self.part_size = int(part_size)
@@ -72,7 +84,8 @@ class AzureBackend(ObjectStoreBackend):
     def stat(self, key: str) -> ObjectInfo:
         props = self._properties(key)
         return ObjectInfo(key=key, size=int(props.size), modified=utc(props.last_modified),
-                          etag=strip_etag(props.etag), url=self.url_for(key))
+                          etag=strip_etag(props.etag), url=self.url_for(key),
+                          checksums=content_md5(props))
 
     def open_source(self, key: str) -> AzureSource:
         props = self._properties(key)
@@ -95,6 +108,8 @@ class AzureBackend(ObjectStoreBackend):
 
         return self.client.call("list_blobs", run, key=prefix or None)
 
+    # no _listing_range: Azure's List Blobs has no start key (only a marker it hands out),
+    # so a range lists the whole prefix and cuts it (ObjectStoreBackend.list_info)
     def _listing(self, prefix: str) -> list[tuple[str, Any]]:
         entries = [(b.name[len(self.root):], b) for b in self._list_blobs(prefix)
                    if published_copy(b)]
@@ -102,12 +117,14 @@ class AzureBackend(ObjectStoreBackend):
 
     def _entry_info(self, name: str, entry: Any) -> ObjectInfo:
         return ObjectInfo(key=name, size=int(entry.size), modified=utc(entry.last_modified),
-                          etag=strip_etag(entry.etag), url=self.url_for(name))
+                          etag=strip_etag(entry.etag), url=self.url_for(name),
+                          checksums=content_md5(entry))
 
     def delete(self, key: str) -> None:
         self._properties(key)
         blob = self.client.blob(self.client.path(key))
-        self.client.call("delete_blob", blob.delete_blob, key=key)
+        # gone_ok: a retry answered 404 after a lost answer is this delete's own success
+        self.client.call("delete_blob", blob.delete_blob, key=key, gone_ok=True)
 
     def leftovers(self, older_than: float) -> list[Leftover]:
         """Staging blobs (committed: a save that died after its upload; uncommitted blocks

@@ -57,6 +57,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "InvalidAuthenticationInfo": _K.CREDENTIALS, "401": _K.CREDENTIALS,
     "ServerBusy": _K.TRANSIENT, "InternalError": _K.TRANSIENT, "OperationTimedOut": _K.TRANSIENT,
     "500": _K.TRANSIENT, "502": _K.TRANSIENT, "503": _K.TRANSIENT, "504": _K.TRANSIENT,
+    "507": _K.NO_SPACE,
 }
 
 
@@ -77,6 +78,45 @@ def classify(exc: BaseException) -> tuple[ErrorKind, str]:
                         TimeoutError)):
         return ErrorKind.TRANSIENT, f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     return ErrorKind.OTHER, f"{type(exc).__name__}: {exc}"
+
+
+def split_account(location: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """adlfs's URL forms name the account in the URL: ``container@account.blob.core.windows.net``
+    (``az://``) or ``container@account.dfs.core.windows.net`` (``abfs[s]://``, the Data Lake
+    endpoint of the same account). Returns the location without the account
+    (``container/prefix``) and the storage options with the account filled in: ``account_name``
+    (unless given, and then it must agree) and, unless the options already say where to send
+    requests, ``account_host`` -- the account's Blob endpoint, which this backend speaks.
+
+    >>> split_account("features@labacct.dfs.core.windows.net/run7", {})
+    ('features/run7', {'account_name': 'labacct', 'account_host': 'labacct.blob.core.windows.net'})
+    >>> split_account("features/run7", {"account_name": "x"})
+    ('features/run7', {'account_name': 'x'})
+    """
+    head, sep, tail = location.partition("/")
+    container, at, host = head.partition("@")
+    if not at:
+        return location, options
+    account = host.split(".", 1)[0]
+    if not container or not account:
+        raise StorageFailure(f"az://{location}: expected az://CONTAINER@ACCOUNT.blob.core."
+                             f"windows.net/PREFIX (or abfs://CONTAINER@ACCOUNT.dfs...)")
+    given = options.get("account_name")
+    if given and given != account:
+        raise StorageFailure(f"az://{location}: the URL names the account {account!r} but "
+                             f"account_name={given!r}")
+    if not given and f"AccountName={account};" in (
+            os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "") + ";").replace(" ", ""):
+        return f"{container}{sep}{tail}", options  # the environment's connection string fits
+    options = {**options, "account_name": account}
+    if not any(options.get(o) for o in ("connection_string", "account_url", "endpoint_url",
+                                        "account_host")):
+        # the Data Lake (dfs) and Blob endpoints are two doors into one account
+        suffix = host.split(".", 1)[1] if "." in host else "blob.core.windows.net"
+        if suffix.startswith("dfs."):
+            suffix = "blob." + suffix[len("dfs."):]
+        options["account_host"] = f"{account}.{suffix}"
+    return f"{container}{sep}{tail}", options
 
 
 def _resolve_credentials(options: dict[str, Any], request_timeout: float
@@ -172,10 +212,13 @@ class AzureClient(ObjectStoreClient):
         return self.container_client.get_blob_client(name)
 
     def call(self, op: str, fn: Callable[[], T], *, key: str | None = None,
-             precondition: Literal["exists", "changed"] = "exists") -> T:
+             precondition: Literal["exists", "changed"] = "exists",
+             gone_ok: bool = False) -> T:
         """Run one SDK call, retrying transient failures with capped backoff; errors come out
         as :class:`StoreError` naming ``key``. A failed precondition means ``AlreadyExists``
-        (create-only) or, with ``precondition="changed"``, ``ObjectChanged`` (a pinned read)."""
+        (create-only) or, with ``precondition="changed"``, ``ObjectChanged`` (a pinned read).
+        ``gone_ok`` (a delete): a retry answered "not found" is the first attempt's success
+        (:meth:`~.objectstore_io.ObjectStoreClient.applied_before_lost_answer`): None."""
         attempt = 0
         while True:
             self.request_counts[op] += 1
@@ -185,6 +228,8 @@ class AzureClient(ObjectStoreClient):
                 raise
             except (AzureError, ConnectionError, TimeoutError) as exc:
                 kind, what = classify(exc)
+                if self.applied_before_lost_answer(kind, attempt, gone_ok):
+                    return None  # type: ignore[return-value]  # a delete returns nothing
                 wait = self.retry_wait(kind, attempt, op, key, what)
                 if wait is not None:
                     attempt += 1

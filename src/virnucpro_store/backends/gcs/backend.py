@@ -83,23 +83,36 @@ class GCSBackend(ObjectStoreBackend):
                          info.etag, download_chunk=self.download_chunk,
                          max_concurrency=self.max_concurrency)
 
-    def _objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        """(name relative to the root, listing entry) of every object under ``prefix``."""
+    def _objects(self, prefix: str = "", *, start_after: str | None = None,
+                 end: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(name relative to the root, listing entry) of every object under ``prefix``; from
+        ``start_after`` on (``startOffset``, which includes that name itself), and no page
+        past the one that reaches beyond ``end`` (the listing is in name order)."""
         out: list[tuple[str, dict[str, Any]]] = []
         params: dict[str, Any] = {
             "prefix": self.root + prefix,
-            "fields": "items(name,size,updated,timeCreated,generation),nextPageToken"}
+            "fields": "items(name,size,updated,timeCreated,generation,crc32c,md5Hash),"
+                      "nextPageToken"}
+        if start_after is not None:
+            params["startOffset"] = self.root + start_after
         while True:
             page = self.client.run(self.client.get_json("list", self.client.bucket_url("/o"),
                                                         key=prefix or None, **params))
-            for entry in page.get("items", []) or []:
+            items = page.get("items", []) or []
+            for entry in items:
                 name = entry["name"][len(self.root):]
                 if name and not name.endswith("/"):
                     out.append((name, entry))
             token = page.get("nextPageToken")
             if not token:
                 return out
+            if end is not None and items and items[-1]["name"] > self.root + end:
+                return out
             params["pageToken"] = token
+
+    def _listing_range(self, prefix: str, start_after: str | None,
+                       end: str | None) -> list[tuple[str, dict[str, Any]]]:
+        return self._objects(prefix, start_after=start_after, end=end)
 
     def _listing(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         return self._objects(prefix)
@@ -108,8 +121,9 @@ class GCSBackend(ObjectStoreBackend):
         return object_info(entry, name, self.url_for(name))
 
     def delete(self, key: str) -> None:
+        # gone_ok: a retry answered 404 after a lost answer is this delete's own success
         self.client.run(self.client.request("delete", "DELETE", self.client.object_url(
-            self.client.path(key)), key=key))
+            self.client.path(key)), key=key, gone_ok=True))
 
     def leftovers(self, older_than: float) -> list[Leftover]:
         """Staging objects (matched on the file name: a user's object named otherwise is

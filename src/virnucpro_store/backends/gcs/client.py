@@ -37,7 +37,7 @@ _K = ErrorKind
 #: HTTP status -> what it means to this library (404 is refined: object or bucket)
 ERROR_KINDS: dict[int, ErrorKind] = {
     401: _K.CREDENTIALS, 403: _K.DENIED, 404: _K.MISSING, 412: _K.PRECONDITION,
-    408: _K.TRANSIENT, 429: _K.TRANSIENT,
+    408: _K.TRANSIENT, 429: _K.TRANSIENT, 507: _K.NO_SPACE,
 }
 
 
@@ -133,12 +133,16 @@ class GCSClient(FsspecLoopClient):
                       json_body: Any = None, ok: tuple[int, ...] = (200, 201, 204, 206),
                       precondition: str = "exists",
                       send: Callable[[int], Awaitable[tuple[int, Any, bytes]]] | None = None,
+                      gone_ok: bool = False,
                       ) -> tuple[int, Any, bytes]:
         """Send one request, retrying transient failures; (status, headers, body) of an
         answer whose status is in ``ok``, else a :class:`StoreError` naming ``key``. A
         failed precondition means ``AlreadyExists``, or ``ObjectChanged`` with
         ``precondition="changed"``. ``send(attempt)``, when given, makes each attempt
-        instead (a resumable chunk asks what the service kept before it is sent again)."""
+        instead (a resumable chunk asks what the service kept before it is sent again).
+        ``gone_ok`` (a delete): a retry answered 404 is the first attempt's success
+        (:meth:`~.objectstore_io.ObjectStoreClient.applied_before_lost_answer`); the answer
+        is then ``(404, {}, b"")``."""
         attempt = 0
         while True:
             self.request_counts[op] += 1
@@ -160,6 +164,9 @@ class GCSClient(FsspecLoopClient):
                 kind, what = _K.CREDENTIALS, f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # noqa: BLE001 -- translated here, at the edge
                 kind, what = _K.OTHER, f"{type(exc).__name__}: {exc}"
+            if self.applied_before_lost_answer(kind, attempt, gone_ok) \
+                    and not await self._bucket_missing(op):
+                return 404, {}, b""
             wait = self.retry_wait(kind, attempt, op, key, what)
             if wait is not None:
                 attempt += 1
@@ -210,4 +217,8 @@ def object_info(resource: dict[str, Any], key: str, url: str) -> ObjectInfo:
     return ObjectInfo(key=key, size=int(resource.get("size", 0)),
                       modified=_parse_time(resource.get("updated")),
                       etag=str(resource["generation"]) if resource.get("generation") else None,
-                      url=url)
+                      url=url,
+                      # base64, as `gcloud storage objects describe` prints them; a composed
+                      # object has no md5Hash
+                      checksums={name: str(resource[name]) for name in ("crc32c", "md5Hash")
+                                 if resource.get(name)})

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ...errors import AlreadyExists, CheckpointMissing, PreconditionFailed, StorageFailure
-from ...keys import is_staging_file_name, staging_file_name
+from ...keys import is_staging_file_name, staging_file_name, staging_target_matches
 from ..base import Leftover, ObjectInfo
 from ..objectstore import (
     ObjectStoreBackend,
@@ -21,7 +21,7 @@ from ..objectstore import (
     strip_etag,
     utc,
 )
-from .client import S3Client, default_retries
+from .client import NoSuchUpload, S3Client, default_retries
 from .read import DOWNLOAD_CHUNK, S3Source
 from .upload import UPLOAD_PART_SIZE, S3Staging, S3Uploader
 
@@ -31,6 +31,28 @@ log = logging.getLogger("virnucpro_store.backends.s3")
 LOCK_STALE_AFTER = 30.0
 #: give up waiting for a fallback lock after this many seconds
 LOCK_TIMEOUT = 120.0
+
+
+#: the checksums S3 keeps (x-amz-checksum-*), by the name its API and CLI print
+S3_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumCRC64NVME", "ChecksumSHA1",
+                "ChecksumSHA256")
+
+
+def whole_object_checksums(head: dict[str, Any]) -> dict[str, str]:
+    """The whole-object checksums of a HeadObject answer (base64, as ``aws s3api head-object
+    --checksum-mode ENABLED`` prints them). A composite checksum of a multipart upload (a
+    checksum of the parts' checksums, ``...-N``) is left out: no tool computes it from the
+    file alone.
+
+    >>> whole_object_checksums({"ChecksumCRC32": "Gdfnhg==", "ChecksumType": "FULL_OBJECT"})
+    {'ChecksumCRC32': 'Gdfnhg=='}
+    >>> whole_object_checksums({"ChecksumCRC32": "AAAAAA==-3", "ChecksumType": "COMPOSITE"})
+    {}
+    """
+    if head.get("ChecksumType") == "COMPOSITE":
+        return {}
+    return {name: str(head[name]) for name in S3_CHECKSUMS
+            if head.get(name) and "-" not in str(head[name])}
 
 
 class S3Backend(ObjectStoreBackend):
@@ -92,13 +114,16 @@ class S3Backend(ObjectStoreBackend):
                          download_chunk=self.download_chunk)
 
     def _head(self, key: str) -> dict[str, Any]:
-        return self._call("head_object", key, Key=self.client.path(key))
+        # ChecksumMode: the answer carries the object's stored checksums (x-amz-checksum-*)
+        extra = {"ChecksumMode": "ENABLED"} if self.client.sends_checksums else {}
+        return self._call("head_object", key, Key=self.client.path(key), **extra)
 
     def stat(self, key: str) -> ObjectInfo:
         head = self._head(key)
         return ObjectInfo(key=key, size=int(head["ContentLength"]),
                           modified=utc(head.get("LastModified")),
-                          etag=strip_etag(head.get("ETag")), url=self.url_for(key))
+                          etag=strip_etag(head.get("ETag")), url=self.url_for(key),
+                          checksums=whole_object_checksums(head))
 
     def open_source(self, key: str) -> S3Source:
         head = self._head(key)
@@ -122,21 +147,33 @@ class S3Backend(ObjectStoreBackend):
                           modified=utc(entry.get("LastModified")),
                           etag=strip_etag(entry.get("ETag")), url=self.url_for(name))
 
-    def _list_objects(self, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
-        """(key relative to the root, listing entry) of every object under ``prefix``."""
+    def _listing_range(self, prefix: str, start_after: str | None,
+                       end: str | None) -> list[tuple[str, dict[str, Any]]]:
+        return self._list_objects(prefix, start_after=start_after, end=end)
+
+    def _list_objects(self, prefix: str = "", *, start_after: str | None = None,
+                      end: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(key relative to the root, listing entry) of every object under ``prefix``; from
+        the first key after ``start_after`` on (ListObjectsV2 ``StartAfter``), and no page
+        past the one that reaches beyond ``end`` (the listing is in key order)."""
         out: list[tuple[str, dict[str, Any]]] = []
         token: str | None = None
         while True:
             params: dict[str, Any] = {"Prefix": self.root + prefix}
             if token:
                 params["ContinuationToken"] = token
+            elif start_after is not None:
+                params["StartAfter"] = self.root + start_after
             page = self._call("list_objects_v2", prefix or None, **params)
-            for entry in page.get("Contents", []) or []:
+            contents = page.get("Contents", []) or []
+            for entry in contents:
                 name = entry["Key"][len(self.root):]
                 if name and not name.endswith("/"):
                     out.append((name, entry))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
+                return out
+            if end is not None and contents and contents[-1]["Key"] > self.root + end:
                 return out
 
     def delete(self, key: str) -> None:
@@ -144,25 +181,65 @@ class S3Backend(ObjectStoreBackend):
         self._call("delete_object", key, Key=self.client.path(key))
 
     def leftovers(self, older_than: float) -> list[Leftover]:
+        """The store's staging objects, and every multipart upload a save started: at a
+        staging name (the streamed upload), or at a final key (the multipart-copy publish:
+        create-only saves on a server that ignores ``If-None-Match`` on CopyObject, and
+        copies above 5 GiB). An upload at a final key is recognised by the staging object of
+        the same save, which lies next to that key for the whole publish (it is deleted only
+        once the copy is complete or aborted); a user's own upload at a key with no staging
+        object next to it is never touched.
+
+        Ages are by *last activity*: an upload's newest part (ListParts' ``LastModified``),
+        else its start (``Initiated``); a staging object's ``LastModified``, or the last
+        activity of an upload at its key if that is more recent (a publish still copying).
+        Uploads come first in the list, so ``gc`` aborts an upload before it deletes the
+        staging object that marks it as ours."""
         now = datetime.now(timezone.utc)
-        # Only the store's own staging objects and the uploads of staging objects, matched
-        # on the file name: a user's folder named like one is data. (An upload at a final key,
-        # left by a multipart-copy publish killed mid-way, is not taken for ours: a bucket
-        # lifecycle rule, AbortIncompleteMultipartUpload, reclaims it.)
-        found: list[Leftover] = []
-        for name, entry in self._list_objects():
-            if is_staging_file_name(name):
-                age = age_if_old(entry.get("LastModified"), older_than, now)
-                if age is not None:
-                    found.append(Leftover(name, age, "staging", int(entry.get("Size", 0))))
+        staging = [(name, entry) for name, entry in self._list_objects()
+                   if is_staging_file_name(name)]
+        uploads: list[Leftover] = []
+        busy_until: dict[str, datetime] = {}  # key -> last activity of an upload at it
         for upload in self._list_uploads():
             name = upload["Key"][len(self.root):]
-            if not is_staging_file_name(name):
-                continue
-            age = age_if_old(upload.get("Initiated"), older_than, now)
+            if not is_staging_file_name(name) and not any(
+                    _same_folder(staged, name) and staging_target_matches(staged, name)
+                    for staged, _ in staging):
+                continue  # not an upload this library started
+            last = self._last_activity(name, upload)
+            if last is not None:
+                busy_until[name] = max(busy_until.get(name, last), last)
+            age = age_if_old(last, older_than, now)
             if age is not None:
-                found.append(Leftover(f"{name}?uploadId={upload['UploadId']}", age, "upload"))
-        return found
+                uploads.append(Leftover(f"{name}?uploadId={upload['UploadId']}", age, "upload"))
+        found: list[Leftover] = []
+        for name, entry in staging:
+            last = utc(entry.get("LastModified"))
+            for key, busy in busy_until.items():
+                if _same_folder(name, key) and staging_target_matches(name, key):
+                    last = busy if last is None else max(last, busy)
+            age = age_if_old(last, older_than, now)
+            if age is not None:
+                found.append(Leftover(name, age, "staging", int(entry.get("Size", 0))))
+        return uploads + found
+
+    def _last_activity(self, name: str, upload: dict[str, Any]) -> datetime | None:
+        """When ``upload`` last did something: its newest part's ``LastModified`` (ListParts),
+        else its ``Initiated`` time; None when the server says neither."""
+        newest = utc(upload.get("Initiated"))
+        marker: dict[str, Any] = {}
+        try:
+            while True:
+                page = self._call("list_parts", name, Key=self.client.path(name),
+                                  UploadId=upload["UploadId"], **marker)
+                for part in page.get("Parts", []) or []:
+                    when = utc(part.get("LastModified"))
+                    if when is not None and (newest is None or when > newest):
+                        newest = when
+                if not page.get("IsTruncated") or not page.get("NextPartNumberMarker"):
+                    return newest
+                marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
+        except (NoSuchUpload, CheckpointMissing):  # completed or aborted since the listing
+            return newest
 
     def _list_uploads(self) -> list[dict[str, Any]]:
         uploads: list[dict[str, Any]] = []
@@ -277,3 +354,7 @@ class S3Backend(ObjectStoreBackend):
                 self.delete(lock)
             except CheckpointMissing:
                 pass
+
+def _same_folder(a: str, b: str) -> bool:
+    """Whether two names relative to the root lie in the same folder."""
+    return a.rpartition("/")[0] == b.rpartition("/")[0]

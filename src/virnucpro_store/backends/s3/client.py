@@ -44,6 +44,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "RequestLimitExceeded": _K.TRANSIENT, "RequestTimeout": _K.TRANSIENT,
     "InternalError": _K.TRANSIENT, "ServiceUnavailable": _K.TRANSIENT,
     "OperationAborted": _K.TRANSIENT,
+    "XMinioStorageFull": _K.NO_SPACE, "507": _K.NO_SPACE,
     "500": _K.TRANSIENT, "502": _K.TRANSIENT, "503": _K.TRANSIENT, "504": _K.TRANSIENT,
 }
 
@@ -162,6 +163,37 @@ def default_retries(profile: str | None = None) -> int:
 
 # -- the client ------------------------------------------------------------------------------------
 
+#: what s3fs does with the keyword arguments its constructor does not name: fsspec's cache
+#: controls, then aiobotocore's session (which fails on the first request for anything else)
+_FSSPEC_OPTIONS = frozenset({"skip_instance_cache", "use_listings_cache", "listings_expiry_time",
+                             "max_paths", "batch_size"})
+
+
+def check_fs_options(options: dict[str, Any], url: str) -> None:
+    """Refuse storage options s3fs would only choke on at the first request (a typo such as
+    ``-o endpoint=...`` must be a usage error, not a failed request): ``TypeError`` naming
+    them.
+
+    >>> check_fs_options({"bogus": 1}, "s3://b")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: s3://b: unknown S3 storage option(s) 'bogus' (s3fs.S3FileSystem's ...
+    """
+    import inspect
+
+    from aiobotocore.session import AioSession
+
+    known = (set(inspect.signature(s3fs.S3FileSystem.__init__).parameters)
+             | set(inspect.signature(AioSession.__init__).parameters) | _FSSPEC_OPTIONS)
+    known -= {"self", "args", "kwargs"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"{url}: unknown S3 storage option(s) {', '.join(map(repr, unknown))} "
+                        f"(s3fs.S3FileSystem's and aiobotocore's session's keywords, plus "
+                        f"retries, part_size, max_concurrency, request_timeout, "
+                        f"create_only_via)")
+
+
 class S3Client(FsspecLoopClient):
     """Requests to one bucket under one root prefix, through one (per process) s3fs instance.
 
@@ -174,6 +206,7 @@ class S3Client(FsspecLoopClient):
     def __init__(self, bucket: str, root: str, url: str, *, retry: RetryPolicy,
                  request_timeout: float, fs_options: dict[str, Any]) -> None:
         super().__init__(bucket, root, url, retry=retry, request_timeout=request_timeout)
+        check_fs_options(fs_options, url)
         config_kwargs = dict(fs_options.pop("config_kwargs", None) or {})
         # Retries live in request() alone; botocore's own would multiply them. A retry_mode
         # from the AWS settings still reaches botocore: "adaptive" keeps its client-side

@@ -1,0 +1,229 @@
+"""The record loader (``validation/materialize.py``): ``load()`` parses ``data.pkl`` once, with
+the validator's model, and builds what the model checked; it can build nothing else.
+
+- the issue-19 bypass (a LONG_BINPUT straddling a FRAME end, opcodes hidden after STOP):
+  ``test_frame_straddle.py`` (a file of its own, so that it runs, and fails, on the old code);
+- with the model's checks disabled, the loader still refuses hostile input (no unpickler with
+  torch's table on the load path: nothing outside the stand-ins exists to build);
+- for the mutants of ``tests/mutator.py`` (protocol 2) and of ``test_protocol45`` (4/5),
+  ``store.load`` never parses ``data.pkl`` a second time, and what it returns equals
+  ``torch.load(weights_only=True)`` of the same bytes (of the protocol-2 translation at 4/5).
+  A CI-sized subset; ``VNPS_FUZZ=full`` runs ``VNPS_LOAD_MUTANTS`` (default 5,000) of each.
+
+Read-once and the CRC pass are in ``test_load_verify.py``; each backend's CRC verdicts in the
+conformance suite (``test_load_verifies_every_record``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import warnings
+
+import fuzz_oracle
+import mutator
+import pytest
+import torch
+from helpers import structural_diff
+from p45translate import archive_pickle, oracle_globals, translate_archive
+from test_frame_straddle import straddling_file
+from test_protocol45 import protocol45_mutant
+
+import virnucpro_store as vs
+from virnucpro_store.validation import safepickle, standins
+from virnucpro_store.validation.materialize import Materializer
+from virnucpro_store.validation.pickleguard import library_protocol
+from virnucpro_store.validation.problem import Problem
+
+FULL = os.environ.get("VNPS_FUZZ") == "full"
+MUTANTS = int(os.environ.get("VNPS_LOAD_MUTANTS", "5000")) if FULL else 150
+
+_RAN: list[str] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event in ("os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn"):
+        _RAN.append(event)
+
+
+sys.addaudithook(_audit)
+
+
+# -- the loader is no more capable than the check --------------------------------------------
+
+
+class _AcceptAll:
+    """A pre-scan that finds nothing wrong with any stream."""
+
+    builds = True
+    form = None
+
+    def torch_problem(self):
+        return None
+
+    def patched(self, data):
+        return data
+
+
+@pytest.fixture
+def checks_disabled(monkeypatch):
+    """The model with its checks off: the pre-scan accepts everything, numpy dtypes are never
+    refused, tensor views are never bounds-checked."""
+    monkeypatch.setattr(safepickle, "scan", lambda data, resolve: _AcceptAll())
+    monkeypatch.setattr(standins, "_check_array_dtype", lambda dtype, missing: None)
+    from virnucpro_store.validation import levels
+
+    monkeypatch.setattr(levels, "_check_tensors", lambda index, tensors: None)
+
+
+def _hostile(command: str) -> bytes:
+    from virnucpro_store.testing.damage import malicious_checkpoint
+
+    return malicious_checkpoint(command)
+
+
+def test_with_the_checks_disabled_a_forbidden_global_still_cannot_load(tmp_path,
+                                                                        checks_disabled):
+    (tmp_path / "evil.pt").write_bytes(_hostile("echo pwned"))
+    store = vs.open_store(str(tmp_path))
+    _RAN.clear()
+    with pytest.raises(vs.CheckpointError):
+        store.load("evil.pt", validate=None)
+    assert not _RAN
+
+
+def test_with_the_checks_disabled_the_straddle_still_loads_the_checked_reading(
+        tmp_path, checks_disabled):
+    (tmp_path / "f.pt").write_bytes(straddling_file())
+    loaded = vs.open_store(str(tmp_path)).load("f.pt", validate=None)
+    assert isinstance(loaded["data"], torch.Tensor)
+
+
+def test_with_the_checks_disabled_an_object_array_is_still_refused(tmp_path, checks_disabled):
+    """numpy's own __setstate__ refuses object data given as bytes: the loader never unpickles
+    the elements of an object array."""
+    import numpy as np
+
+    from virnucpro_store.testing.samples import to_bytes
+
+    (tmp_path / "o.pt").write_bytes(to_bytes({"a": np.array(["x", 1], dtype=object)}))
+    _RAN.clear()
+    with pytest.raises(vs.CheckpointError):
+        vs.open_store(str(tmp_path)).load("o.pt", validate=None)
+    assert not _RAN
+
+
+@pytest.mark.parametrize("value", [os.system, object(), type("X", (), {})(), print, io.BytesIO()])
+def test_the_materializer_builds_only_its_closed_set_of_types(value):
+    build = Materializer({}, lambda storage, location: storage)
+    with pytest.raises(Problem) as info:
+        build({"a": [1, (2, value)]})
+    assert info.value.code == "load.unsupported_type"
+
+
+# -- one parse, and torch's values -----------------------------------------------------------
+
+
+class _Parses:
+    """Counts the model's parses; any other unpickler or torch loader raises."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        real = safepickle.RestrictedUnpickler.load
+
+        def counted(unpickler):
+            self.count += 1
+            return real(unpickler)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a second unpickler ran during load()")
+
+        monkeypatch.setattr(safepickle.RestrictedUnpickler, "load", counted)
+        for owner, name in ((torch, "load"), (torch.serialization, "_load"),
+                            (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                            (pickle, "_Unpickler")):
+            monkeypatch.setattr(owner, name, refuse)
+
+
+def _run(seeds, make, monkeypatch) -> list[str]:
+    oracles = []
+    extra = oracle_globals()  # numpy's _frombuffer, which a translated protocol-5 array names
+    for seed in seeds:
+        desc, data, oracle = make(seed)
+        library = _library(data)
+        want = fuzz_oracle.torch_load(oracle, extra if library else ()) \
+            if oracle is not None else None
+        oracles.append((seed, desc, data, want))
+    parses = _Parses(monkeypatch)
+    store = vs.open_store("memory://materialize-mutants")
+    bad = []
+    for seed, desc, data, want in oracles:
+        store.save_bytes(data, "m.pt", validate=None)
+        parses.count = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                got = store.load("m.pt")
+            except vs.CheckpointError:
+                continue  # refused: a verdict (the fuzzers compare verdicts with torch's)
+        if parses.count != 1:
+            bad.append(f"seed {seed}: data.pkl parsed {parses.count} times ({desc[:150]})")
+        elif want is not None and not want.ok:
+            bad.append(f"seed {seed}: load() returned a value where torch refuses: "
+                       f"{want.error[:150]} ({desc[:150]})")
+        elif want is not None:
+            diff = structural_diff(got, want.value)
+            if diff:
+                bad.append(f"seed {seed}: {diff[:200]} ({desc[:150]})")
+    return bad
+
+
+def _library(data: bytes) -> bool:
+    """Whether the mutant's data.pkl declares protocol 3-5 (False: none readable)."""
+    try:
+        return library_protocol(archive_pickle(data)[1]) is not None
+    except Exception:  # noqa: BLE001 -- no data.pkl zipfile can read
+        return False
+
+
+def _protocol2(seed: int) -> tuple[str, bytes, bytes | None]:
+    """A mutant of tests/mutator.py; torch judges it as it is, or its protocol-2 translation
+    where a mutation made it a protocol 3-5 pickle (None: untranslatable, not compared)."""
+    m = mutator.mutate(seed)
+    if not _library(m.data):
+        return m.description, m.data, m.data
+    try:
+        return m.description, m.data, translate_archive(m.data)
+    except Exception:  # noqa: BLE001 -- Untranslatable, or no archive to translate
+        return m.description, m.data, None
+
+
+def _protocol45(seed: int) -> tuple[str, bytes, bytes | None]:
+    desc, data, oracle, _ = protocol45_mutant(seed)
+    return desc, data, oracle
+
+
+@pytest.mark.parametrize("make", [_protocol2, _protocol45], ids=["protocol2", "protocol45"])
+def test_mutants_parse_once_and_load_what_torch_loads(make, monkeypatch):
+    bad = _run(range(MUTANTS), make, monkeypatch)
+    assert not bad, f"{len(bad)} of {MUTANTS}:\n" + "\n".join(bad[:15])
+
+
+def test_the_parse_count_sees_a_second_parse(monkeypatch):
+    """The instrument: a loader that unpickles again is caught."""
+    parses = _Parses(monkeypatch)
+    from virnucpro_store.testing.samples import sample_file
+
+    safepickle.read_model(_data_pkl(sample_file("merged", 2)))
+    safepickle.read_model(_data_pkl(sample_file("merged", 2)))
+    assert parses.count == 2
+    with pytest.raises(AssertionError, match="second unpickler"):
+        torch.load(io.BytesIO(sample_file("merged", 2)), weights_only=True)
+
+
+def _data_pkl(data: bytes) -> bytes:
+    from hostile import data_pkl
+
+    return data_pkl(data)
