@@ -40,6 +40,15 @@ def _bases() -> dict[str, bytes]:
                           "names": [f"n{i}" * (i % 3 + 1) for i in range(200)],
                           "pairs": [{"label": "a", "mean_representation": [1.5, 2.5]}] * 3}),
         "protocol4": _pickle(sample("esm", 40), pickle_protocol=4),
+        # records that differ (ragged_strings, ragged_tensors): ids of varying length, views
+        # of one storage (the key a GET), tensors of varying shape, views keyed by id
+        "ragged": _pickle({"ids": [f"{'x' * (i % 7)}id{i}" for i in range(300)],
+                           "views": list(torch.zeros(300, 3)),
+                           "shapes": [torch.zeros(1 + i % 4, 2 + i % 3) for i in range(70)],
+                           "split": list(torch.zeros(90, 2).split([1 + i % 3 for i in
+                                                                   range(45)])),
+                           "by_id": dict(zip((f"p{i}" for i in range(40)),
+                                             torch.ones(40, 2)))}),
     }
 
 
@@ -155,3 +164,27 @@ def test_a_get_of_an_entry_the_run_stores(monkeypatch: pytest.MonkeyPatch) -> No
         data[m.start("st") + 1: m.end("st")] = shape_entry
     data = bytes(data)
     assert _outcome(data, True, monkeypatch) == _outcome(data, False, monkeypatch)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nest_sweeps_are_the_opcode_loop(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MARK/EMPTY_LIST and TUPLE1 sweeps (hand-made nests, cut, framed, mutated) leave
+    the scan where the opcode loop leaves it."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(40):
+        depth = rng.choice([1, 2, 5, 999, 1000, 1001, 1500])
+        body = rng.choice([b"]" + b"(]" * depth + b"e" * depth,
+                           b"}" + b")" + b"\x85" * depth + b"Ns",
+                           b"]" + b"(]" * depth + b"(" + b"\x85" * depth + b"t" + b"e" * depth,
+                           b"N" + b"\x85" * depth])
+        stream = bytearray(b"\x80\x02" + body + b".")
+        for _ in range(rng.randint(0, 2)):
+            stream[rng.randrange(2, len(stream))] = rng.choice(b"(])\x85eaNt.0")
+        if rng.random() < 0.3:  # framed (protocol 4), the frame ending anywhere
+            cut = rng.randrange(2, len(stream))
+            stream = (b"\x80\x04\x95" + (cut - 2).to_bytes(8, "little") + stream[2:cut]
+                      + b"\x95" + (len(stream) - cut).to_bytes(8, "little") + stream[cut:])
+        cases.append(bytes(stream))
+    for case in cases:
+        assert _outcome(case, True, monkeypatch) == _outcome(case, False, monkeypatch)

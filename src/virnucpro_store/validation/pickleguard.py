@@ -69,7 +69,7 @@ from array import array
 from collections.abc import Callable
 from itertools import repeat
 
-from .problem import corrupted, unsafe
+from .problem import corrupted, incompatible, unsafe
 
 #: a memo index may exceed the number of entries stored so far by at most this much
 MAX_MEMO_GAP = 1 << 16
@@ -77,6 +77,14 @@ MAX_MEMO_GAP = 1 << 16
 MAX_HASHED_NODES = 1 << 20
 #: ... and be nested at most this deep (Python's own pickler stops near 1000)
 MAX_HASHED_DEPTH = 1000
+#: the most steps :func:`scan` takes (an opcode the loop reads alone, or one run of records
+#: that a template or a run sweep takes at C speed): the loop costs a few microseconds a step,
+#: so this bounds a non-deep validation's time whatever the file holds (issue 19, "Bounds";
+#: docs/fuzzing.md, "Cost bounds"). VirNucPro's feature files (merged, esm, dnabert, shard)
+#: of up to 256 MB take a few hundred steps, ids of varying length and views of one tensor
+#: included (measured: at most ~260); a file past the limit (10**6 small tuples, say) is
+#: refused with pickle.too_complex ("incompatible"), never passed unchecked
+MAX_SCAN_STEPS = 1_000_000
 #: one dict, OrderedDict, Counter or set may hold at most this many keys with one hash value
 #: (numbers and tuples of numbers hash to values the file can choose: 30,000 keys sharing one
 #: hash cost the C unpickler 8 s, quadratic; distinct real keys practically never share one)
@@ -87,6 +95,8 @@ MAX_UNKNOWN_HASH_KEYS = 4096
 
 _PUSHES = re.compile(rb"[N\x88\x89\]}\x8f]+")  # None, True, False, [], {}, set()
 _APPENDS = re.compile(rb"a+")
+_MARK_LISTS = re.compile(rb"(?:\(\])+")  # MARK, EMPTY_LIST, MARK, EMPTY_LIST, ...
+_TUPLE1S = re.compile(rb"\x85+")
 
 #: opcode -> how many bytes of fixed-size argument follow it (atoms pushed onto the stack)
 #: (and the empty list, dict and set, which push one non-tuple too)
@@ -402,6 +412,14 @@ _TENSOR_RECORD = re.compile(
     + rb"(?P<p2>" + _PUT + rb")(?P<stride>(?:" + _INT + rb"){1,3})(?P<stride_op>[\x85-\x87])"
     + rb"(?P<p3>" + _PUT + rb")\x89(?P<od>" + _GET + rb")\)R(?P<p4>" + _PUT + rb")t(?P<p5>" + _PUT
     + rb")R(?P<p6>" + _PUT + rb")")
+#: the same for a view of a storage an earlier record named: the storage key is a memo GET
+_VIEW_RECORD = re.compile(
+    rb"(?P<fn>" + _GET + rb")\(\((?P<st>" + _GET + rb")(?P<ty>" + _GET + rb")(?P<key>" + _GET
+    + rb")(?P<cpu>" + _GET + rb")(?P<numel>" + _INT + rb")t(?P<p1>" + _PUT
+    + rb")Q(?P<offset>" + _INT + rb")(?P<shape>(?:" + _INT + rb"){1,3})(?P<shape_op>[\x85-\x87])"
+    + rb"(?P<p2>" + _PUT + rb")(?P<stride>(?:" + _INT + rb"){1,3})(?P<stride_op>[\x85-\x87])"
+    + rb"(?P<p3>" + _PUT + rb")\x89(?P<od>" + _GET + rb")\)R(?P<p4>" + _PUT + rb")t(?P<p5>" + _PUT
+    + rb")R(?P<p6>" + _PUT + rb")")
 #: one entry of a list of small dicts as torch.save writes DNABERT's features once the keys and
 #: labels are memoized: {key: <memo GET>, key: [float, float, ...]}
 _FLOAT_DICT_RECORD = re.compile(
@@ -449,6 +467,15 @@ def _check_hashed(items: list, what: str) -> None:
                          code="pickle.hash_bomb")
 
 
+def _too_complex(at: int) -> Exception:
+    return incompatible(
+        f"data.pkl is too complex to validate within the cost bound: more than "
+        f"{MAX_SCAN_STEPS:,} pickle opcodes (offset {at}) that are not runs of records the "
+        f"validator takes at C speed (ids, tensors, float lists); feature files need a small "
+        f"fraction of that. Store large tables as tensors (one tensor of shape (N, k) rather "
+        f"than N small tuples or views), or split the file", code="pickle.too_complex")
+
+
 def _straddle(frame_end: int) -> Exception:
     return corrupted(f"data.pkl is not a readable pickle: an opcode straddles the end of a "
                      f"FRAME (offset {frame_end}); readers disagree on such a stream",
@@ -468,11 +495,11 @@ class Scan:
     unpickler can name it), and where PROTO says a protocol the C unpickler rejects but torch
     ignores."""
 
-    __slots__ = ("builds", "unsupported", "unresolved", "protocols", "form", "library")
+    __slots__ = ("builds", "unsupported", "unresolved", "protocols", "form", "library", "steps")
 
     def __init__(self, builds: bool, unsupported: str | None, unresolved: bool = False,
                  protocols: tuple[int, ...] = (), form: bool = False,
-                 library: int | None = None) -> None:
+                 library: int | None = None, steps: int = 0) -> None:
         self.builds = builds
         self.unsupported = unsupported
         self.unresolved = unresolved
@@ -482,6 +509,9 @@ class Scan:
         self.form = form
         #: the protocol (3-5) of a pickle the library's own loader reads; None: torch's
         self.library = library
+        #: the scan's steps (:data:`MAX_SCAN_STEPS`): one per opcode the loop took alone,
+        #: one per run a template or a run sweep took at C speed
+        self.steps = steps
 
     def torch_problem(self) -> str | None:
         return self.unsupported
@@ -672,7 +702,31 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         memo.extend(strings)
         stored += count
         stack.extend(strings)
-        return at + step * count
+        return ragged_strings(at + step * count)
+
+    def ragged_strings(at: int) -> int:
+        """Go on past a run of one length with strings of any length (ids of varying length),
+        each BINUNICODE PUT to the next memo entry, one record a step of a tight loop: what
+        the opcode loop does for them, without its dispatch; returns where they end."""
+        nonlocal stored
+        while at + 5 <= limit and data[at] == 0x58:
+            put_at = at + 5 + int.from_bytes(data[at + 1: at + 5], "little")
+            index = len(memo)
+            if put_at + 2 > limit:
+                break
+            if data[put_at] == 0x71 and data[put_at + 1] == index:
+                after = put_at + 2
+            elif data[put_at] == 0x72 and put_at + 5 <= limit and int.from_bytes(
+                    data[put_at + 1: put_at + 5], "little") == index:
+                after = put_at + 5
+            else:
+                break
+            item = _Str(at + 5, put_at - at - 5)
+            memo.append(item)
+            stack.append(item)
+            stored += 1
+            at = after
+        return at
 
     def float_dict_run(at: int) -> int:
         """A run of dicts of a label and a float list (:data:`_FLOAT_DICT_RECORD`), with keys
@@ -717,19 +771,42 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         returns where the run ends (0: none)."""
         nonlocal stored, builds
         m = _TENSOR_RECORD.match(data, at)
-        if m is None or stored != len(memo):
+        if stored != len(memo):
             return 0
-        shape, stride = _ints(m["shape"]), _ints(m["stride"])
-        if len(shape) != m["shape_op"][0] - 0x84 or len(stride) != m["stride_op"][0] - 0x84:
-            return 0  # TUPLEn of other items than the sizes: not this template
-        base = len(memo)
+        if m is None:  # a view of a storage named before: the records one at a time
+            m = _VIEW_RECORD.match(data, at)
+            if m is None:
+                return 0
+            gets = {name: _memo_index(m[name]) for name in ("fn", "st", "ty", "cpu", "od")}
+            if max(gets.values()) >= len(memo):
+                return 0
+            made = _reduce_result(get(gets["od"]))
+            result = _reduce_result(get(gets["fn"]))
+            if type(result) is _Container:
+                return 0
+            found = ragged_tensors(at, gets, made, result)
+            builds = builds or found > at
+            return found if found > at else 0
         gets = {name: _memo_index(m[name]) for name in ("fn", "st", "ty", "cpu", "od")}
-        if max(gets.values()) >= base:
+        if max(gets.values()) >= len(memo):
             return 0  # a GET of an entry the run itself stores differs from record to record
         fn, od = get(gets["fn"]), get(gets["od"])
         result, made = _reduce_result(fn), _reduce_result(od)
         if type(result) is _Container:
             return 0  # a container per record, filled later: not modelled here
+        found = tensor_template(at, m, gets, made, result)
+        if found == at:
+            return 0
+        return ragged_tensors(found, gets, made, result)
+
+    def tensor_template(at: int, m: re.Match, gets: dict[str, int], made: object,
+                        result: object) -> int:
+        """The records that repeat the one ``m`` matched at ``at`` byte for byte but for the
+        storage key and the PUTs: taken at C speed; returns where they end (``at``: none)."""
+        nonlocal stored, builds
+        shape, stride = _ints(m["shape"]), _ints(m["stride"])
+        if len(shape) != m["shape_op"][0] - 0x84 or len(stride) != m["stride_op"][0] - 0x84:
+            return at  # TUPLEn of other items than the sizes: not this template
         # the memo values of one record; the tuples' facts do not depend on which string or
         # container they hold (a string or container makes a tuple's hash not the file's)
         storage = _tuple_of([get(gets["st"]), get(gets["ty"]), _Str(0, 0), get(gets["cpu"]),
@@ -745,7 +822,7 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         consts = [(i, data[at + i]) for i in range(size) if i not in free]
         count = records(at, size, consts, puts)
         if not count:
-            return 0
+            return at
         block: list[object] = [None] * (7 * count)
         block[0::7] = [_Str(start, key_end - key_start)
                        for start in range(at + key_start, at + key_start + size * count, size)]
@@ -763,7 +840,64 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         builds = True
         return at + size * count
 
+    def ragged_tensors(at: int, gets: dict[str, int], made: object, result: object) -> int:
+        """Go on past a run of one template with tensor records that differ in their storage
+        key, offset, size, shape and stride (views of one storage, tensors of varying shape):
+        one regex match a record, with the same memo GETs and PUTs to the next entries as
+        the run's; returns where they end."""
+        nonlocal stored
+        storage_head: list[object] = [get(gets["st"]), get(gets["ty"]), None, get(gets["cpu"])]
+        new_made = type(made) is _Container
+        last = b""  # the previous full record's bytes but for its key and PUTs
+        while True:
+            m = _TENSOR_RECORD.match(data, at)
+            view = m is None
+            if view:  # the storage key a GET: no PUT of it, so one memo entry fewer
+                m = _VIEW_RECORD.match(data, at)
+            if m is None or m.end() > limit:
+                return at
+            if not view:  # two alike in a row: maybe a run the template takes at C speed
+                form = b"%d" % (m.end() - at) + data[m.start("cpu"): m.start("p1")] + data[
+                    m.end("p1"): m.start("p2")] + data[m.end("p2"): m.start("p3")]
+                if form == last and all(_memo_index(m[name]) == index
+                                        for name, index in gets.items()):
+                    found = tensor_template(at, m, gets, made, result)
+                    if found == at:
+                        return at
+                    at, last = found, b""
+                    continue
+                last = form
+            base = len(memo) - view
+            if any(_memo_index(m[name]) != index for name, index in gets.items()) or any(
+                    _memo_index(m[f"p{i}"]) != base + i for i in range(view, 7)):
+                return at
+            shape, stride = _ints(m["shape"]), _ints(m["stride"])
+            if len(shape) != m["shape_op"][0] - 0x84 or \
+                    len(stride) != m["stride_op"][0] - 0x84:
+                return at
+            if view:
+                key = _memo_index(m["key"])
+                if key >= len(memo):
+                    return at
+                storage_head[2] = get(key)
+            else:
+                storage_head[2] = _Str(m.start("key") + 5, m.end("key") - m.start("key") - 5)
+                memo.append(storage_head[2])
+            sizes, strides = _tuple_of(shape), _tuple_of(stride)
+            made_here = _Container(made.kind) if new_made else made  # type: ignore[attr-defined]
+            memo.extend((_tuple_of([*storage_head, *_ints(m["numel"])]), sizes, strides,
+                         made_here,
+                         _tuple_of([_K_OBJ, *_ints(m["offset"]), sizes, strides, 0, made]),
+                         result))
+            stored += 7 - view
+            stack.append(result)
+            at = m.end()
+
+    budget = MAX_SCAN_STEPS
     while True:
+        budget -= 1
+        if not budget:
+            raise _too_complex(pos)
         if framed and pos >= limit:
             if pos > limit:
                 raise _straddle(limit)
@@ -894,6 +1028,14 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         elif op == 0x94:  # MEMOIZE: the C unpickler numbers it by the entries stored so far
             put(stored, at)
         elif op == 0x28:  # MARK
+            count = (min(_MARK_LISTS.match(data, at).end(), limit) - at) // 2 if (
+                _ACCELERATE and data[pos: pos + 1] == b"]") else 0
+            if count:  # MARK, EMPTY_LIST, MARK, EMPTY_LIST, ...: a nest of lists at once
+                marks.extend(range(len(stack), len(stack) + count))
+                stack.extend(repeat(_K_LIST, count))
+                fence = marks[-1]
+                pos = at + 2 * count
+                continue
             marks.append(len(stack))
             fence = len(stack)
         elif op == 0x65 or op == 0x6C or op == 0x31:  # APPENDS, LIST, POP_MARK
@@ -937,13 +1079,22 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
         elif op == 0x74:  # TUPLE
             stack.append(_tuple_of(pop_mark(op, at, 1)))
         elif op == 0x85 and len(stack) > fence and type(stack[-1]) is _Tup:
-            # TUPLE1 of a tuple (a 10**6-deep nest is a hash bomb's shape): no list, no loop
+            # TUPLE1 of a tuple (a 10**6-deep nest is a hash bomb's shape): no list; a run of
+            # them at once (the hash stops mattering at MAX_HASHED_DEPTH)
+            count = (min(_TUPLE1S.match(data, at).end(), limit) - at) if _ACCELERATE else 1
             inner = stack[-1]
-            h = inner.hash
-            depth = inner.depth + 1
-            stack[-1] = _Tup(inner.nodes + 1, depth,
-                             None if h is None or depth >= MAX_HASHED_DEPTH or inner.nodes >=
-                             MAX_HASHED_NODES else _UNK if h is _UNK else hash((h,)))
+            h, nodes, depth = inner.hash, inner.nodes, inner.depth
+            for done in range(count):
+                depth += 1
+                h = (None if h is None or depth >= MAX_HASHED_DEPTH or nodes >= MAX_HASHED_NODES
+                     else _UNK if h is _UNK else hash((h,)))
+                nodes += 1
+                if h is None:  # so it stays: the rest of the run adds depth and nodes alone
+                    depth += count - 1 - done
+                    nodes += count - 1 - done
+                    break
+            stack[-1] = _Tup(nodes, depth, h)
+            pos = at + count
         elif op in (0x85, 0x86, 0x87):  # TUPLE1..3
             n = op - 0x84
             if len(stack) - fence < n:
@@ -1095,7 +1246,8 @@ def scan(data: bytes, check_global: Callable[[str, str], object] | None = None) 
                 unsupported = (f"data.pkl declares protocol {library} but names protocol "
                                f"{data[protocols[0] + 1]} at offset {protocols[0]} (not "
                                f"modelled)")
-            return Scan(builds, unsupported, unresolved, tuple(protocols), form, library)
+            return Scan(builds, unsupported, unresolved, tuple(protocols), form, library,
+                        MAX_SCAN_STEPS - budget)
         else:
             raise corrupted(f"data.pkl is not a readable pickle: invalid load key "
                             f"{bytes([op])!r} at offset {at}", code="pickle.unreadable")

@@ -33,6 +33,8 @@ CODES: dict[str, str] = {
     "pickle.memo_bomb": "a memo index far past the entries stored (memory bomb)",
     "pickle.hash_bomb": "a dict key or set element too deep or too large to hash",
     "pickle.hash_flood": "too many keys sharing one hash value (quadratic build)",
+    "pickle.too_complex": "more pickle opcodes outside record runs than the validator's "
+                          "cost bound admits (a table of tiny objects, not a feature file)",
     "pickle.too_deep": "nesting past the recursion limit, or past the walk's node limit",
     "pickle.forbidden_global": "a global outside the allow-list: nothing of it runs",
     "pickle.unsupported_global": "a torch global (quantized, sparse, ...) not modelled",
