@@ -436,14 +436,19 @@ class Materializer:
         return made
 
     def _global(self, obj: Any) -> Any:
-        found = _GLOBALS.get(obj.qualname)
-        if found is None:
-            raise incompatible(f"the loaded object holds the global {obj.qualname!r} itself "
-                               f"(not modelled)", code="load.unsupported_type")
+        # A global the pickle names and leaves as a value (``{"kind": torch.device}``): torch
+        # returns the object itself. Every stand-in comes from the allow-list table, so its
+        # qualname is one of a fixed set of names, never one the file chose.
+        found = _GLOBALS.get(obj.qualname, obj.qualname)
         module, _, name = found.rpartition(".")
         import importlib
 
-        return getattr(importlib.import_module(module), name)
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            raise incompatible(f"the loaded object holds the global {obj.qualname!r} itself, "
+                               f"which this torch or numpy does not have",
+                               code="load.unsupported_type") from None
 
     # -- numpy
     def _np_dtype(self, obj: Any) -> Any:
