@@ -34,6 +34,7 @@ Example (one process; with a process group every rank makes the same calls):
 from __future__ import annotations
 
 import dataclasses
+import enum
 import io
 import json
 import os
@@ -333,7 +334,18 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     allowed[("pathlib", "WindowsPath")] = pathlib.PureWindowsPath
     allowed[("pathlib", "PureWindowsPath")] = pathlib.PureWindowsPath
     allowed[("collections", "OrderedDict")] = dict
+    # Python pickles an Enum member as getattr(EnumClass, "NAME"): allowed for the members of
+    # the allowed Enum classes only (DCP's _MEM_FORMAT_ENCODING), never as a general getattr
+    allowed[("builtins", "getattr")] = _enum_member
     return allowed
+
+
+def _enum_member(cls: Any, name: Any) -> Any:
+    if (isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str)
+            and cls is getattr(dcp_metadata, cls.__name__, None) and name in cls.__members__):
+        return cls[name]
+    raise pickle.UnpicklingError(f"forbidden global builtins.getattr in .metadata (on "
+                                 f"{cls!r}, not a member of an allowed enum)")
 
 
 def _layout(name: Any) -> torch.layout:
