@@ -683,26 +683,27 @@ def test_load_never_returns_a_version_it_did_not_validate(s3_server, monkeypatch
     store.backend.request_counts.clear()
     new = _merged(90, "new") if replacement == "valid" else {"ids": ["x"], "other": 1}
     seen = _replace_on(monkeypatch, s3mod.S3Backend, "open_source", lambda: None, calls=set())
-    original = s3mod.S3Source.download
-    downloads: list[int] = []
+    # ranged reads (the object is below the whole-read size), the object replaced after the
+    # first one: every later GET is pinned to the validated ETag, so it is refused
+    monkeypatch.setattr(s3mod.S3Source, "whole_read_below", 0)
+    original = s3mod.S3Source._get_into
+    gets: list[int] = []
 
-    def download(self):
-        downloads.append(1)
-        if len(downloads) == 1:
-            writer.save(new, "m.pt", validate=None)
-        return original(self)
+    async def get_into(self, start, view):
+        gets.append(1)
+        await original(self, start, view)
+        if len(gets) == 1:
+            await asyncio.to_thread(writer.save, new, "m.pt", validate=None)
 
-    monkeypatch.setattr(s3mod.S3Source, "download", download)
+    monkeypatch.setattr(s3mod.S3Source, "_get_into", get_into)
     if replacement == "valid":
-        assert store.load("m.pt", schema="merged", validate="keys")["ids"] == new["ids"]
-        assert len(downloads) == 2
+        loaded = store.load("m.pt", schema="merged", validate="keys")
+        assert loaded["ids"] == new["ids"] and torch.equal(loaded["data"], new["data"])
     else:  # off-schema: loading it unvalidated would hand back {"ids": ["x"], "other": 1}
         with pytest.raises(vs.CheckpointIncompatible):
             store.load("m.pt", schema="merged", validate="keys")
-        assert len(downloads) == 1  # refused before any download of the new version
-    # open + validate old, download refused; open + validate new, then download it (valid)
-    # or re-validate it deep for the verdict's category (off-schema)
-    assert len(seen) == _counting_heads(store) == (2 if replacement == "valid" else 3)
+    # the old version opened and refused mid-read, then the new one opened and judged
+    assert len(seen) >= 2
 
 
 def test_load_opens_the_object_once(s3_server):

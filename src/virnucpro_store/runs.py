@@ -1012,9 +1012,11 @@ def _fail(report: ValidationReport, category: str, message: str,
 
 def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, deep: bool,
                   want_checksum: bool, expect: ManifestEntry | None,
-                  listed: ObjectInfo | None = None) -> _Examined:
+                  listed: ObjectInfo | None = None, was_listed: bool = False) -> _Examined:
     """One read of one version of ``key``: validate, read ids, checksum (and compare).
-    ``listed``: the version a listing described, read without looking it up again."""
+    ``listed``: the version a listing described, read without looking it up again;
+    ``was_listed``: this scan listed the key (a restart after a replacement reads it afresh,
+    but a file gone by then still vanished during the scan)."""
     url = store.backend.url_for(key)
     started = time.perf_counter()
 
@@ -1028,7 +1030,7 @@ def _examine_once(store: CheckpointStore, key: str, *, schema: Any, level: str, 
         if expect is not None:
             return failed("missing", "listed in the run manifest but no longer there",
                           "run.missing")
-        if listed is not None:  # listed by this scan, gone when it was read
+        if listed is not None or was_listed:  # listed by this scan, gone when it was read
             return failed(VANISHED, f"deleted during the scan ({exc})", "run.vanished")
         return failed("missing", "no such checkpoint", "run.missing")
 
@@ -1223,7 +1225,8 @@ def scan(store: CheckpointStore, prefix: str = "", *, schema: Any = None, level:
         # the listed version on the first attempt (no request to look it up); a restart,
         # after the object was replaced, opens the key afresh
         return _examine_once(store, key, schema=schema, level=level, deep=deep,
-                             want_checksum=False, expect=None, listed=infos.pop(key, None))
+                             want_checksum=False, expect=None, listed=infos.pop(key, None),
+                             was_listed=True)
 
     results = _examine_all(store, keys, jobs, examine, _each(progress))
     report = ScanReport(prefix=folder, level=level, deep=deep, skipped=skipped,
