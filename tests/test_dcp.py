@@ -131,7 +131,9 @@ def _rank_main(rank: int, world: int, init_file: str, root: str, options: dict,
 
 
 def _run_ranks(root: str, tmp_path, options: dict | None = None) -> list[dict]:
-    ctx = multiprocessing.get_context("fork")
+    # spawned, not forked: by now the test process runs other tests' threads (s3fs's event
+    # loop, servers' clients), and a forked child can inherit one of their locks held
+    ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     init_file = str(tmp_path / "pg-init")
     procs = [ctx.Process(target=_rank_main, args=(r, RANKS, init_file, root, options or {}, queue))
@@ -139,7 +141,7 @@ def _run_ranks(root: str, tmp_path, options: dict | None = None) -> list[dict]:
     for proc in procs:
         proc.start()
     try:
-        results = [queue.get(timeout=120) for _ in procs]
+        results = [queue.get(timeout=300) for _ in procs]
     finally:
         for proc in procs:
             proc.join(timeout=30)
