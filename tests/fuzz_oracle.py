@@ -50,7 +50,7 @@ import virnucpro_store as vs  # noqa: E402
 from virnucpro_store.errors import CheckpointError, StoreError  # noqa: E402
 from virnucpro_store.lazy import ArrayMeta, TensorMeta  # noqa: E402
 from virnucpro_store.source import BytesSource  # noqa: E402
-from virnucpro_store.validation import levels  # noqa: E402
+from virnucpro_store.validation import Check, Evidence, evaluate  # noqa: E402
 from virnucpro_store.validation.torch_load import numpy_safe_globals  # noqa: E402
 
 DISAGREEMENTS_DIR = "/tmp/fuzz-disagreements"
@@ -822,7 +822,9 @@ def _store() -> Any:
 
 
 def _report(data: bytes, **kw: Any) -> tuple[Any, Any]:
-    return levels._evaluate(BytesSource(data), schema=None, url=None, **kw)
+    source = BytesSource(data)
+    outcome = evaluate(source, Check.make(evidence=Evidence.of(source), **kw))
+    return outcome.report, outcome.structure
 
 
 def _verdict(report: Any) -> str:

@@ -26,11 +26,18 @@ from helpers import assert_describes
 
 from virnucpro_store.schemas import check_version
 from virnucpro_store.source import BytesSource
-from virnucpro_store.validation.levels import _evaluate, validate_source
+from virnucpro_store.validation import Check, Level, evaluate
+from virnucpro_store.validation.levels import validate_source
 from virnucpro_store.validation.pickleguard import MAX_KEYS_PER_HASH
 from virnucpro_store.validation.standins import _ALLOWED, _TORCH_KNOWN_UNSUPPORTED
 
 # --------------------------------------------------------------------------- crafting
+
+
+def _load_level(data: bytes):
+    """The validator's report at the load level and the lazy structure its model read."""
+    outcome = evaluate(BytesSource(data), Check(level=Level.LOAD))
+    return outcome.report, outcome.structure
 
 
 def _template() -> tuple[str, dict[str, bytes]]:
@@ -414,7 +421,7 @@ def _file(name: str) -> bytes:
 def test_validator_agrees_with_torch(name):
     data = _file(name)
     loaded, real = _torch(data)
-    report, lazy = _evaluate(BytesSource(data), schema=None, level="load", deep=False, url=None)
+    report, lazy = _load_level(data)
     if report.ok:
         assert loaded, f"validator ok, torch refuses: {real!r}"
         assert_describes(lazy, real)
@@ -585,7 +592,7 @@ def _agree(data: bytes, name: str, *, numpy: bool = False) -> tuple[Any, Any]:
             loaded, real = _torch(data)
     else:
         loaded, real = _torch(data)
-    report, lazy = _evaluate(BytesSource(data), schema=None, level="load", deep=False, url=None)
+    report, lazy = _load_level(data)
     if report.ok:
         assert loaded, f"{name}: validator ok, torch refuses: {real!r}"
         assert_describes(lazy, real)
@@ -779,8 +786,7 @@ def test_frombuffer_with_an_axis_order_is_what_numpy_writes():
     arr = np.arange(24, dtype="f4").reshape(2, 3, 4).transpose(2, 0, 1)
     buf = io.BytesIO()
     torch.save({"a": arr}, buf, pickle_protocol=5)
-    report, lazy = _evaluate(BytesSource(buf.getvalue()), schema=None, level="load",
-                             deep=False, url=None)
+    report, lazy = _load_level(buf.getvalue())
     assert report.ok, report.message
     assert lazy["a"].shape == arr.shape and lazy["a"].dtype == "float32"
     assert validate_source(BytesSource(buf.getvalue()), level="keys", deep=True).ok

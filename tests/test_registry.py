@@ -202,7 +202,7 @@ def test_the_demo_and_samples_work_without_pytest(tmp_path):
     done = _run("import sys\n"
                 "sys.modules['pytest'] = None  # as if not installed\n"
                 "import io, contextlib\n"
-                "from virnucpro_store.testing.demo import run_demo\n"
+                "from virnucpro_store.cli_demo import run_demo\n"
                 "from rich.console import Console\n"
                 "console = Console(file=io.StringIO(), width=200)\n"
                 "assert run_demo('memory://no-pytest', entries=2, console=console)\n"

@@ -156,9 +156,7 @@ def handle_errors(func: Callable) -> Callable:
         except click.UsageError as exc:
             # click prints the usage text and exits 2; under --json, stdout gets the object
             if ctx.obj.get("json"):
-                click.echo(json.dumps({"ok": False, "error": "usage",
-                                       "message": exc.format_message(),
-                                       "exit_code": EXIT_USAGE}))
+                render.emit_json(render.error_row(exc.format_message(), EXIT_USAGE, "usage"))
             raise
         except KeyboardInterrupt:
             done = ctx.obj.get("done")
@@ -190,17 +188,14 @@ def _fail(message: str, code: int, kind: str = "error", **fields: Any) -> NoRetu
     "message": ..., "exit_code": code}`` on stdout) and exit with ``code``."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None and ctx.obj and ctx.obj.get("json"):
-        click.echo(json.dumps({"ok": False, "error": kind, "message": message,
-                               "exit_code": code} | fields, default=str))
-    render.console(stderr=True).print(f"[bold red]error:[/] {render.esc(message)}",
-                                      markup=True)
+        render.emit_json(render.error_row(message, code, kind, **fields))
+    render.print_error(message)
     sys.exit(code)
 
 
 def _warn(message: str) -> None:
     """A warning on stderr, shown with -q too."""
-    render.console(stderr=True).print(f"[yellow]warning:[/] {render.esc(message)}",
-                                      markup=True)
+    render.print_warning(message)
 
 
 def _urls_or_default(urls: tuple[str, ...]) -> list[str]:
@@ -408,11 +403,10 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
                 progress.advance(task)
                 results.append((target, report))
                 if as_json:
-                    click.echo(json.dumps(render.json_line(report) | {"skipped": None},
-                                          default=str))
+                    render.emit_json(render.validate_row(report))
                 elif not (quiet and report.ok):
                     # stdout; rich's live progress (on stderr) redraws below it
-                    console.print(render.report_line(report, target.url, width), markup=True)
+                    render.print_verdict(console, report, target.url, width)
                 if (quarantine_store is not None and not report.ok
                         and report.category not in ("missing", None)):
                     _move(target, quarantine_store)
@@ -423,10 +417,7 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
         pool.shutdown(wait=True, cancel_futures=True)
     if as_json:
         for url, reason in sorted(apart.items()):
-            click.echo(json.dumps({"url": url, "ok": None, "level": None, "category": None,
-                                   "code": None, "message": f"not a checkpoint: {reason}",
-                                   "size": None, "schema": None, "details": None,
-                                   "skipped": reason}))
+            render.emit_json(render.apart_row(url, reason))
     elif apart and not quiet:
         render.print_apart(console, apart, details=details)
     if not quiet and (not as_json or len(results) > 1):
@@ -435,8 +426,7 @@ def validate(ctx: click.Context, urls: tuple[str, ...], schema: str | None, leve
         message = ("nothing matched: no checkpoint to validate"
                    + (f" (--pattern {pattern!r})" if pattern else ""))
         if as_json:  # a JSON reader gets a verdict, not an empty stream
-            click.echo(json.dumps({"ok": False, "error": "nothing_matched", "message": message,
-                                   "exit_code": EXIT_CHECKPOINT}))
+            render.emit_json(render.error_row(message, EXIT_CHECKPOINT, "nothing_matched"))
         _warn(message)
     sys.exit(EXIT_OK if results and all(r.ok for _, r in results) else EXIT_CHECKPOINT)
 
@@ -539,10 +529,9 @@ def ls_command(ctx: click.Context, url: str | None, check: bool, level: str,
             except errors.InvalidKey as exc:  # e.g. a symlink: report it, list the rest
                 bad = True
                 if as_json:
-                    click.echo(json.dumps({"key": key, "ok": False, "category": None,
-                                           "message": f"skipped: {exc}"}))
+                    render.emit_json(render.ls_skipped_row(key, exc))
                 else:
-                    rows.append((key, "-", "-", "yellow", f"skipped: {exc}"))
+                    rows.append(render.ls_skipped_line(key, exc))
                 continue
             except errors.CheckpointMissing:
                 continue  # removed since the listing
@@ -551,19 +540,12 @@ def ls_command(ctx: click.Context, url: str | None, check: bool, level: str,
                 report = store.validate(key, level=level)
             bad |= report is not None and not report.ok
             if as_json:
-                row = info.to_dict()
-                if check:
-                    row |= {"checkpoint": report is not None, "apart": apart.get(key)}
-                if report is not None:
-                    row |= {"ok": report.ok, "category": report.category,
-                            "code": report.code, "message": report.message}
-                click.echo(json.dumps(row, default=str))
+                render.emit_json(render.ls_json_row(info, report, check=check,
+                                                    apart=apart.get(key)))
             elif not (quiet and check and (report is None or report.ok)):
                 rows.append(render.ls_row(info, report, check=check, apart=apart.get(key)))
     if not as_json and rows:
-        console = render.console()
-        for line in render.ls_lines(rows, check=check, width=render.line_width(details)):
-            console.print(line, markup=True)
+        render.print_ls(rows, check=check, width=render.line_width(details))
     sys.exit(EXIT_CHECKPOINT if bad else EXIT_OK)
 
 
@@ -597,7 +579,7 @@ def info(url: str, deep: bool, as_json: bool, options: StorageOptions) -> None:
     store = _open(parent.url, options)
     description = store.inspect(key, deep=deep)
     if as_json:
-        click.echo(json.dumps(description, default=str, indent=2))
+        render.emit_json(description, indent=2)
     else:
         render.print_description(description)
     sys.exit(EXIT_OK if description.get("ok", True) else EXIT_CHECKPOINT)
@@ -699,13 +681,9 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
                                       validate=validate)
             copied.append(key)
     if as_json:
-        click.echo(json.dumps({"ok": True, "src": store.url, "dst": dest_store.url,
-                               "copied": copied, "skipped": skipped,
-                               "n_copied": len(copied), "n_skipped": len(skipped),
-                               "bytes": total}))
+        render.emit_json(render.cp_row(store.url, dest_store.url, copied, skipped, total))
     elif not quiet:
-        render.console(stderr=True).print(
-            f"copied {len(copied)}, skipped {len(skipped)} (already there and valid)")
+        render.print_cp(copied, skipped)
 
 
 def _is_local_dir(url: str) -> bool:
@@ -779,20 +757,12 @@ def gc(ctx: click.Context, url: str | None, older_than: str, dry_run: bool,
     found = {leftover.name: leftover for leftover in store.leftovers(seconds)}  # kind and age
     names = store.gc(seconds, virnucpro_tmp=virnucpro_tmp, dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps({
-            "ok": True, "url": store.url, "dry_run": dry_run, "older_than_seconds": seconds,
-            "removed": [{"name": name,
-                         "kind": found[name].kind if name in found else
-                         ("tmp" if name.endswith(".tmp") else "staging"),
-                         "age_seconds": found[name].age_seconds if name in found else None}
-                        for name in names]}))
+        render.emit_json(render.gc_row(store.url, names, found, dry_run=dry_run,
+                                       seconds=seconds))
         return
     if ctx.obj["quiet"]:
         return
-    console = render.console()
-    for name in names:
-        console.print(render.gc_line(name, found.get(name), dry_run=dry_run))
-    console.print(f"{len(names)} leftover(s) {'found' if dry_run else 'removed'}")
+    render.print_gc(names, found, dry_run=dry_run)
 
 
 # -- pipeline runs: scan, commit, verify -----------------------------------------------------
@@ -856,11 +826,7 @@ def _report_scan(store: Any, report: Any, *, expected: list[str] | None,
         assert todo_file is not None
         _write_ids(todo_file, todo)
     if as_json:
-        row = report.to_dict()
-        if expected is not None and todo is not None:
-            row |= {"n_expected": len(expected), "n_todo": len(todo),
-                    "n_unexpected_ids": len(report.ids - set(expected))}
-        click.echo(json.dumps(row, default=str))
+        render.emit_json(render.scan_row(report, expected=expected, todo=todo))
     else:
         render.print_scan(store, report, expected=expected, todo=todo,
                           expected_file=expected_file, todo_file=todo_file, quiet=quiet,
@@ -1009,13 +975,10 @@ def _scan_partition(ctx: click.Context, url: str, partition: str | None,
     report.partition["url"] = store.url  # for scan-merge's messages (not part of the plan)
     write_text(out_file, report.to_json())
     if as_json:
-        click.echo(json.dumps(report.to_dict() | {"partition": part.to_dict(),
-                                                  "out": out_file}, default=str))
+        render.emit_json(render.partition_row(report, part, out_file))
     elif not ctx.obj["quiet"]:
-        n = len(report.valid) + len(report.invalid)
-        render.console().print(render.esc(
-            f"partition {index}/{count} of {store.url}: {n} checkpoint(s), "
-            f"{len(report.valid)} valid, {len(report.invalid)} invalid -> {out_file}"))
+        render.print_partition(report, index=index, count=count, url=store.url,
+                               out_file=out_file)
     sys.exit(EXIT_OK)
 
 
@@ -1051,11 +1014,9 @@ def scan_plan(ctx: click.Context, url: str | None, count: int, out_file: str,
     parts = store.plan_scan("", by="count", partitions=count)
     write_text(out_file, plan_to_json(parts, store.url))
     if as_json:
-        click.echo(json.dumps({"ok": True, "url": store.url, "partitions": len(parts),
-                               "plan_id": parts[0].plan_id, "out": out_file}))
+        render.emit_json(render.plan_row(store.url, parts, out_file))
     elif not ctx.obj["quiet"]:
-        render.console().print(render.esc(f"plan {parts[0].plan_id}: {len(parts)} "
-                                          f"partition(s) of {store.url} -> {out_file}"))
+        render.print_plan(store.url, parts, out_file)
 
 
 class _NamedStore:
@@ -1179,25 +1140,14 @@ def commit(ctx: click.Context, url: str | None, level: str, replace: bool,
               f"--replace", EXIT_STORAGE, "already_committed")
     scanned = manifest.report
     assert scanned is not None
-    sizes = sum(entry.size for entry in manifest.files.values())
-    previous = (manifest.replaces or {}).get("previous")
     if as_json:
-        click.echo(json.dumps({
-            "ok": True, "url": store.url, "manifest": store.url_for(manifest.key),
-            "n_files": len(manifest.files), "bytes": sizes, "n_ids": len(scanned.ids),
-            "n_duplicate_ids": len(scanned.duplicate_ids), "level": manifest.level,
-            "created": manifest.created,
-            "replaced": store.url_for(previous) if previous else None, "reason": reason}))
+        render.emit_json(render.commit_row(store, manifest, reason=reason))
         return
     if scanned.duplicate_ids:
         _warn(f"{len(scanned.duplicate_ids)} id(s) are in more than one committed file")
     if quiet:
         return
-    out = render.console()
-    out.print(f"committed {len(manifest.files)} file(s), {render.human_size(sizes)}, "
-              f"{render.id_count(scanned)}: {render.esc(store.url_for(manifest.key))}")
-    if previous:
-        out.print(f"the previous manifest is kept as {render.esc(store.url_for(previous))}")
+    render.print_commit(store, manifest)
 
 
 @cli.command()
@@ -1241,7 +1191,7 @@ def verify(ctx: click.Context, url: str | None, deep: bool, details: bool, as_js
     except errors.InvalidKey as exc:  # a file of the run no operation may read (a symlink)
         _fail(f"odd file in the run: {exc}", EXIT_CHECKPOINT, "odd_file", url=store.url)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), default=str))
+        render.emit_json(report.to_dict())
     else:
         render.print_verify(store, report, quiet=quiet, width=render.line_width(details))
     sys.exit(EXIT_OK if report.ok else EXIT_CHECKPOINT)
@@ -1264,7 +1214,7 @@ def demo(url: str, entries: int, options: StorageOptions) -> None:
       virnucpro-store demo
       virnucpro-store demo memory://dry-run
     """
-    from .testing.demo import run_demo
+    from .cli_demo import run_demo
 
     if not run_demo(url, entries=entries, console=render.console(), storage_options=options):
         sys.exit(EXIT_CHECKPOINT)

@@ -110,6 +110,11 @@ def report_line(report, url: str, width: int | None = None) -> str:
     return f"[{style}]{word}[/]{esc(head[4:])}{_url_message(url, report.message, width, len(head))}"
 
 
+def print_verdict(out, report, url: str, width: int | None = None) -> None:
+    """One verdict line (:func:`report_line`) on ``out``."""
+    out.print(report_line(report, url, width), markup=True)
+
+
 def _url_message(url: str, message: str | None, width: int | None, used: int) -> str:
     """``url: message`` escaped, fitted into ``width - used`` columns when width is given."""
     message = str(message or "")
@@ -305,3 +310,157 @@ def print_verify(store, report, *, quiet: bool = False, width: int | None = None
     out.print(f"{esc(store.url)}: {verdict}: {len(report.valid)} of {listed} committed "
               f"file(s) ok, {len(report.invalid)} invalid, {len(report.extra)} extra; "
               f"{id_count(report)}", markup=True)
+
+
+# -- output of the commands: every --json row and every line they print ----------------------
+
+def emit_json(row: dict[str, Any], *, indent: int | None = None) -> None:
+    """One JSON object on stdout, one line (``indent``: pretty, for ``info --json``)."""
+    import json
+
+    import click
+
+    click.echo(json.dumps(row, default=str, indent=indent))
+
+
+def error_row(message: str, code: int, kind: str = "error", **fields: Any) -> dict[str, Any]:
+    """The --json object of a command that failed (usage, missing, storage, interrupted)."""
+    return {"ok": False, "error": kind, "message": message, "exit_code": code} | fields
+
+
+def print_error(message: str) -> None:
+    """``error: message`` on stderr."""
+    console(stderr=True).print(f"[bold red]error:[/] {esc(message)}", markup=True)
+
+
+def print_warning(message: str) -> None:
+    """``warning: message`` on stderr (shown with -q too)."""
+    console(stderr=True).print(f"[yellow]warning:[/] {esc(message)}", markup=True)
+
+
+def validate_row(report) -> dict[str, Any]:
+    """``validate --json``: one file's verdict."""
+    return json_line(report) | {"skipped": None}
+
+
+def apart_row(url: str, reason: str) -> dict[str, Any]:
+    """``validate --json``: a file of a folder that is not a checkpoint (listed apart)."""
+    return {"url": url, "ok": None, "level": None, "category": None, "code": None,
+            "message": f"not a checkpoint: {reason}", "size": None, "schema": None,
+            "details": None, "skipped": reason}
+
+
+def ls_json_row(info, report=None, *, check: bool, apart: str | None = None
+                ) -> dict[str, Any]:
+    """``ls --json``: one key (with its verdict under --check)."""
+    row = info.to_dict()
+    if check:
+        row |= {"checkpoint": report is not None, "apart": apart}
+    if report is not None:
+        row |= {"ok": report.ok, "category": report.category, "code": report.code,
+                "message": report.message}
+    return row
+
+
+def ls_skipped_row(key: str, exc: Exception) -> dict[str, Any]:
+    """``ls --json``: a key no operation may touch (a symlink)."""
+    return {"key": key, "ok": False, "category": None, "message": f"skipped: {exc}"}
+
+
+def ls_skipped_line(key: str, exc: Exception) -> tuple[str, str, str, str | None, str]:
+    """The :func:`ls_lines` row of a key no operation may touch (a symlink)."""
+    return key, "-", "-", "yellow", f"skipped: {exc}"
+
+
+def print_ls(rows: list[tuple[str, str, str, str | None, str]], *, check: bool,
+             width: int | None) -> None:
+    out = console()
+    for line in ls_lines(rows, check=check, width=width):
+        out.print(line, markup=True)
+
+
+def cp_row(src_url: str, dst_url: str, copied: list[str], skipped: list[str],
+           total: int) -> dict[str, Any]:
+    """``cp --json``: what was copied and skipped."""
+    return {"ok": True, "src": src_url, "dst": dst_url, "copied": copied, "skipped": skipped,
+            "n_copied": len(copied), "n_skipped": len(skipped), "bytes": total}
+
+
+def print_cp(copied: list[str], skipped: list[str]) -> None:
+    console(stderr=True).print(
+        f"copied {len(copied)}, skipped {len(skipped)} (already there and valid)")
+
+
+def gc_row(url: str, names: list[str], found: dict[str, Any], *, dry_run: bool,
+           seconds: float) -> dict[str, Any]:
+    """``gc --json``: what was (or would be) removed; ``found``: the leftovers by name."""
+    return {
+        "ok": True, "url": url, "dry_run": dry_run, "older_than_seconds": seconds,
+        "removed": [{"name": name,
+                     "kind": found[name].kind if name in found else
+                     ("tmp" if name.endswith(".tmp") else "staging"),
+                     "age_seconds": found[name].age_seconds if name in found else None}
+                    for name in names]}
+
+
+def print_gc(names: list[str], found: dict[str, Any], *, dry_run: bool) -> None:
+    out = console()
+    for name in names:
+        out.print(gc_line(name, found.get(name), dry_run=dry_run))
+    out.print(f"{len(names)} leftover(s) {'found' if dry_run else 'removed'}")
+
+
+def scan_row(report, *, expected: list[str] | None, todo: list[str] | None
+             ) -> dict[str, Any]:
+    """``scan --json`` / ``scan-merge --json``: the report (and the --expected counts)."""
+    row = report.to_dict()
+    if expected is not None and todo is not None:
+        row |= {"n_expected": len(expected), "n_todo": len(todo),
+                "n_unexpected_ids": len(report.ids - set(expected))}
+    return row
+
+
+def partition_row(report, part, out_file: str) -> dict[str, Any]:
+    """``scan --partition --json``: the partition's report, the partition, where it went."""
+    return report.to_dict() | {"partition": part.to_dict(), "out": out_file}
+
+
+def print_partition(report, *, index: int, count: int, url: str, out_file: str) -> None:
+    n = len(report.valid) + len(report.invalid)
+    console().print(esc(
+        f"partition {index}/{count} of {url}: {n} checkpoint(s), "
+        f"{len(report.valid)} valid, {len(report.invalid)} invalid -> {out_file}"))
+
+
+def plan_row(url: str, parts: list, out_file: str) -> dict[str, Any]:
+    """``scan-plan --json``: the plan's summary."""
+    return {"ok": True, "url": url, "partitions": len(parts), "plan_id": parts[0].plan_id,
+            "out": out_file}
+
+
+def print_plan(url: str, parts: list, out_file: str) -> None:
+    console().print(esc(f"plan {parts[0].plan_id}: {len(parts)} partition(s) of {url} -> "
+                        f"{out_file}"))
+
+
+def commit_row(store, manifest, *, reason: str | None) -> dict[str, Any]:
+    """``commit --json``: the committed manifest's summary."""
+    scanned = manifest.report
+    previous = (manifest.replaces or {}).get("previous")
+    return {
+        "ok": True, "url": store.url, "manifest": store.url_for(manifest.key),
+        "n_files": len(manifest.files),
+        "bytes": sum(entry.size for entry in manifest.files.values()),
+        "n_ids": len(scanned.ids), "n_duplicate_ids": len(scanned.duplicate_ids),
+        "level": manifest.level, "created": manifest.created,
+        "replaced": store.url_for(previous) if previous else None, "reason": reason}
+
+
+def print_commit(store, manifest) -> None:
+    out = console()
+    sizes = sum(entry.size for entry in manifest.files.values())
+    out.print(f"committed {len(manifest.files)} file(s), {human_size(sizes)}, "
+              f"{id_count(manifest.report)}: {esc(store.url_for(manifest.key))}")
+    previous = (manifest.replaces or {}).get("previous")
+    if previous:
+        out.print(f"the previous manifest is kept as {esc(store.url_for(previous))}")

@@ -64,7 +64,7 @@ from .errors import (
 )
 from .keys import normalize_key, normalize_prefix
 from .source import ByteSource, Source
-from .validation.levels import _evaluate
+from .validation import Check, Evidence, evaluate
 from .validation.problem import Problem
 from .validation.report import ValidationReport, check_level
 from .validation.zipindex import CachedReader, read_index
@@ -1112,7 +1112,9 @@ def _examine_source(key: str, raw: ByteSource, *, schema: Any, level: str, deep:
             message=f"not the committed file: {raw.size} bytes, the run manifest says "
                     f"{expect.size}", code="run.not_committed"))
     source: ByteSource = raw if deep else _Memo(raw)
-    report, structure = _evaluate(source, schema=schema, level=level, deep=deep, url=url)
+    outcome = evaluate(source, Check.make(level=level, schema=schema, deep=deep, url=url,
+                                          evidence=Evidence.of(source)))
+    report, structure = outcome.report, outcome.structure
     found = _Examined(key, report)
     if not report.ok:
         return found

@@ -64,6 +64,14 @@ class Source(Closeable):
     #: record of what was sent (validation/sentbytes.py), which a deep check may verify
     #: instead of reading the object back; None everywhere else
     sent: Any = None
+    #: reads cost no request (a local file, memory): a deep check reads in place instead of
+    #: fetching the object whole, once (``validation.check.Evidence``)
+    local: bool = False
+
+    def local_path(self) -> str | None:
+        """A path to the very file this source reads, for a deep check to map; None (the
+        default) where there is no such file."""
+        return None
 
     def read_into(self, offset: int, view: memoryview) -> None:
         """Fill ``view`` exactly with the bytes from ``offset`` (the record loader reads tensor
@@ -77,6 +85,8 @@ class Source(Closeable):
 
 class BytesSource(Source):
     """A source over bytes already in memory."""
+
+    local = True
 
     def __init__(self, data: bytes | bytearray | memoryview, *, etag: str | None = None) -> None:
         self.data = data
@@ -98,6 +108,8 @@ class BytesSource(Source):
 class FileSource(Source):
     """A source over a local file, read with ``os.pread`` (no shared file position); the
     descriptor is released by :meth:`close` (or leaving a ``with`` block), never implicitly."""
+
+    local = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -131,6 +143,10 @@ class FileSource(Source):
         replaced by a newer version (Linux ``/proc/self/fd``); None where there is none."""
         path = f"/proc/self/fd/{self._fd}"
         return path if self._fd >= 0 and os.path.exists(path) else None
+
+    def local_path(self) -> str | None:
+        """:meth:`snapshot_path`: the open file itself, whatever its name holds now."""
+        return self.snapshot_path()
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -21,11 +21,11 @@ from .errors import (
     StoreError,
 )
 from .keys import normalize_key, normalize_prefix
-from .schemas import AUTO, Schema, get_schema
+from .schemas import Schema
 from .source import SliceSource
-from .validation import ValidationReport, validate_source
+from .validation import Check, Evidence, Level, SchemaChoice, ValidationReport, evaluate
+from .validation.check import missing_report
 from .validation.levels import load_source
-from .validation.report import check_level
 
 if TYPE_CHECKING:
     from .partitions import ScanPartition
@@ -162,19 +162,20 @@ class CheckpointStore:
         """Stage, validate, publish. ``own_save``: the bytes come from this process's own
         ``torch.save`` (not :meth:`save_bytes`), so a deep check needs no second torch.load."""
         key = normalize_key(key)
-        schema_obj = _checked_schema(schema)
-        if validate is not None:
-            check_level(validate)
+        choice = SchemaChoice.parse(schema)
+        level = Level.parse_optional(validate)
         url = self.backend.url_for(key)
         with self.backend.stage(key) as staging:
-            if deep and validate is not None:
+            if deep and level is not None:
                 staging.track_sent()  # an object store's deep check then downloads nothing
             write(staging.file, url, key)
             staging.finish()
-            if validate is not None:
+            if level is not None:
                 with staging.source() as source:
-                    report = validate_source(source, schema=schema_obj, level=validate,
-                                             deep=deep, url=url, own_save=own_save)
+                    # the evidence a save has: its own bytes (own_save), the upload's ledger
+                    # of what it sent, the staging file itself
+                    evidence = Evidence.of(source, own_save=own_save)
+                    report = evaluate(source, Check(level, choice, deep, evidence, url)).report
                 if not report.ok:
                     raise report.error(key=key)
             return staging.publish(overwrite=overwrite)
@@ -277,15 +278,14 @@ class CheckpointStore:
         torch.Size([1, 3328])
         """
         key = normalize_key(key)
-        schema_obj = _checked_schema(schema)
-        if validate is not None:
-            check_level(validate)
+        choice = SchemaChoice.parse(schema)
+        level = Level.parse_optional(validate)
         return self._restarting(lambda: self._load_version(
-            key, map_location=map_location, schema=schema_obj, validate=validate,
+            key, map_location=map_location, schema=choice, validate=level,
             verify=verify, mmap=mmap))
 
-    def _load_version(self, key: str, *, map_location: Any, schema: SchemaArg,
-                      validate: str | None, verify: bool = True, mmap: bool = False) -> Any:
+    def _load_version(self, key: str, *, map_location: Any, schema: SchemaChoice,
+                      validate: Level | None, verify: bool = True, mmap: bool = False) -> Any:
         """One check-then-build of one version, opened once: the model reads ranges of the
         very version whose records are then read into storages (S3: GETs pinned to one ETag;
         local: one open file), so what is loaded is what was checked. ObjectChanged if the
@@ -301,7 +301,7 @@ class CheckpointStore:
                         raise ValueError(f"{url}: mmap=True needs a local file; this store "
                                          f"keeps its objects elsewhere")
                     mmap_path = target.path
-                return load_source(target.source, schema=schema, level=validate or "load",
+                return load_source(target.source, schema=schema, level=validate or Level.LOAD,
                                    map_location=map_location, verify=verify,
                                    mmap_path=mmap_path, url=url, key=key)
         except DeviceUnavailable:
@@ -311,11 +311,12 @@ class CheckpointStore:
                 # a deep validation checks CRCs first, at the zip level, after the cheap zip
                 # checks load() passed: its verdict is this one (category and code)
                 raise
-            raise self._verdict_error(key, exc, schema=schema, version=version,
-                                      level="keys" if validate == "keys" else "load") from exc
+            raise self._verdict_error(
+                key, exc, schema=schema, version=version,
+                level=Level.KEYS if validate == Level.KEYS else Level.LOAD) from exc
 
-    def _verdict_error(self, key: str, exc: CheckpointError, *, schema: SchemaArg,
-                       level: str, version: str | None) -> CheckpointError:
+    def _verdict_error(self, key: str, exc: CheckpointError, *, schema: SchemaChoice,
+                       level: Level, version: str | None) -> CheckpointError:
         """One verdict per file: the category of a failed ``torch.load`` is the validator's
         (deep, so it includes the same safe torch.load) on the same bytes, never a guess from
         torch's message. Only if the validator finds nothing does torch's own error stand."""
@@ -342,28 +343,23 @@ class CheckpointStore:
         :class:`~virnucpro_store.errors.ObjectChanged`): the verdict is about one whole version.
         """
         key = normalize_key(key)
-        check_level(level)
-        schema_obj = _checked_schema(schema)
+        asked = Level.parse(level)
+        choice = SchemaChoice.parse(schema)
         return self._restarting(lambda: self._validate_version(
-            key, schema=schema_obj, level=level, deep=deep)[0])
+            key, schema=choice, level=asked, deep=deep)[0])
 
-    def _validate_version(self, key: str, *, schema: SchemaArg, level: str,
+    def _validate_version(self, key: str, *, schema: SchemaChoice, level: Level,
                           deep: bool) -> tuple[ValidationReport, str | None]:
         """One validation of one version: (report, the version's etag where the backend pins
         reads to one); ObjectChanged if the object is replaced while it is read."""
-        url = self.backend.url_for(key)
+        check = Check(level, schema, deep, url=self.backend.url_for(key))
         started = time.perf_counter()
         try:
             with self.backend.open_source(key) as source:
-                report = validate_source(source, schema=schema, level=level, deep=deep,
-                                         url=url)
+                report = evaluate(source, check.given(Evidence.of(source))).report
                 return report, source.etag
         except CheckpointMissing:  # not there, or deleted while it was read
-            return ValidationReport(ok=False, level=None, category="missing",
-                                    message="no such checkpoint", size=None, url=url,
-                                    requested_level=level, deep=deep,
-                                    schema=getattr(schema, "name", schema),
-                                    seconds=time.perf_counter() - started), None
+            return missing_report(check, seconds=time.perf_counter() - started), None
 
     def validate_slice(self, key: str, offset: int, length: int, *, schema: SchemaArg = None,
                        level: str = "load", deep: bool = False) -> ValidationReport:
@@ -373,9 +369,9 @@ class CheckpointStore:
         validate_checkpoint`). A window past the end of the object is reported truncated.
         """
         key = normalize_key(key)
-        check_level(level)
-        schema_obj = _checked_schema(schema)
-        url = f"{self.backend.url_for(key)}#{offset}+{length}"
+        check = Check.make(level=level, schema=schema, deep=deep,
+                           url=f"{self.backend.url_for(key)}#{offset}+{length}")
+        url = check.url
 
         def one_version() -> ValidationReport:
             with self.backend.open_source(key) as source:
@@ -384,10 +380,9 @@ class CheckpointStore:
                     return ValidationReport(
                         ok=False, level="size", category="corrupted", code="size.truncated",
                         message=f"truncated: {window.size} of {length} bytes present",
-                        size=window.size, url=url, requested_level=level, deep=deep,
-                        schema=getattr(schema_obj, "name", schema_obj))
-                return validate_source(window, schema=schema_obj, level=level, deep=deep,
-                                       url=url)
+                        size=window.size, url=url, requested_level=check.level.value,
+                        deep=deep, schema=check.schema.label)
+                return evaluate(window, check.given(Evidence.of(window))).report
 
         return self._restarting(one_version)
 
@@ -410,7 +405,7 @@ class CheckpointStore:
 
         def one_version() -> dict[str, Any]:
             with self.backend.open_source(key) as source:
-                facts = inspect_source(source, deep=deep)
+                facts = inspect_source(source, deep=deep, evidence=Evidence.of(source))
             facts.pop("structure", None)
             facts.setdefault("url", self.backend.url_for(key))
             return facts
@@ -599,11 +594,6 @@ class CheckpointStore:
         from .runs import verify_run
 
         return verify_run(self, prefix, deep=deep, progress=progress)
-
-
-def _checked_schema(schema: SchemaArg) -> SchemaArg:
-    """Fail fast (before any I/O) on an unknown schema name; "auto" picks one from the keys."""
-    return schema if schema == AUTO else get_schema(schema)
 
 
 def open_store(url: str | os.PathLike[str], *, follow_symlinks: bool = False,

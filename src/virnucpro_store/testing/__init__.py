@@ -13,8 +13,8 @@
               return f"toy://{tmp_path.name}"
 
 * :mod:`.samples` -- valid feature files of each VirNucPro format; :mod:`.damage` -- ways to
-  break them; :func:`.compare.assert_same` -- deep equality of loaded checkpoints;
-  :mod:`.demo` -- the tour behind ``virnucpro-store demo``.
+  break them; :func:`.compare.assert_same` -- deep equality of loaded checkpoints. (The tour
+  behind ``virnucpro-store demo``, which uses samples and damage, is ``virnucpro_store.cli_demo``.)
 
 pytest is needed only for :class:`ConformanceTests`, imported on first access, so the demo and
 the samples work without it; ``import virnucpro_store`` never imports this package.

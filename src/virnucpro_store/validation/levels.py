@@ -9,7 +9,12 @@
   restricted reader into a lazy structure; every tensor's storage record exists and has
   ``numel x itemsize`` bytes, and every tensor view fits its storage. ``deep=True`` also loads
   the file with :func:`safe_torch_load`.
-- **keys**: the ``version`` is one this code reads, and the schema's keys and rules hold.
+- **keys**: the ``version`` is one this code reads, and the schema's keys and rules hold
+  (:func:`~.check.keys_verdict`).
+
+:func:`evaluate` is the one entry (a :class:`~.check.Check` in, an :class:`~.check.Outcome`
+out). Each level is a tuple of rules in :data:`LADDER`; a new rule is one function of the
+:class:`State` there plus its code in :data:`~.problem.CODES`.
 
 Example:
     >>> import io, torch
@@ -27,17 +32,19 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from .. import schemas as _schemas
 from ..errors import DeviceUnavailable, ObjectChanged, StoreError
 from ..lazy import ArrayMeta, StorageRef, TensorMeta, shape_text
-from ..source import ByteSource, BytesSource, CountingSource, FileSource
+from ..source import ByteSource, BytesSource, CountingSource
+from .check import Check, Evidence, Level, Outcome, SchemaChoice, keys_verdict
 from .gcpause import gc_paused
 from .materialize import DeviceError, StorageReader, materialize
 from .problem import Problem, corrupted, incompatible
-from .report import LEVELS, ValidationReport, check_level
+from .report import ValidationReport
 from .safepickle import Model, read_model
 from .sentbytes import MappedFile, verify_sent
 from .standins import _checked_numel
@@ -76,14 +83,21 @@ MAX_LISTED_TENSORS = 50
 MAX_LISTED_KEYS = 100
 
 
-class _Run:
-    """One pass down the ladder; holds what each level learned for the next."""
+class State:
+    """One pass down the ladder: the :class:`~.check.Check` asked, and what each rule learned
+    for the next (the index, the model, the structure, the tensors, the report's details)."""
 
-    def __init__(self, source: CountingSource, deep: bool, own_save: bool = False) -> None:
+    def __init__(self, source: CountingSource, check: Check, *, fetched: bool = False) -> None:
         self.source = source
-        self.deep = deep
+        self.check = check
+        self.deep = check.deep
+        evidence = check.evidence
         #: the bytes are what this process's own torch.save just wrote (see OWN SAVE above)
-        self.own_save = own_save
+        self.own_save = evidence.own_save
+        #: a staged upload's ledger; the very local file the source reads (not once the
+        #: object was fetched whole into memory)
+        self.sent = None if fetched else evidence.sent
+        self.local_file = None if fetched else evidence.local_file
         self.details: dict[str, Any] = {"crc": "not checked"}
         self.notes: list[str] = []
         self.reader = CachedReader(source)
@@ -91,114 +105,147 @@ class _Run:
         self.structure: Any = None
         self.tensors: list[tuple[str, TensorMeta | ArrayMeta]] = []
         self.model: Model | None = None
+        #: the schema whose rules the keys level checked
+        self.schema: _schemas.Schema | None = None
         #: the deep load is still to run (build_deep)
         self.build_pending = False
 
-    def size(self) -> None:
-        if self.source.size == 0:
-            raise corrupted("empty file (0 bytes)", code="size.empty")
 
-    def zip(self) -> None:
-        index = read_index(self.reader)
-        self.details["records"] = len(index.records)
-        self.details["zip64"] = index.zip64
-        self.details["top"] = check_torch_layout(index)
-        self.index = index
-        if self.deep:
-            # Source.sent (None on sources from outside the package, which may lack it)
-            sent = getattr(self.source.inner, "sent", None)
+# -- the rules, level by level (LADDER below lists them in order) ----------------------------
+
+def size_not_empty(st: State) -> None:
+    if st.source.size == 0:
+        raise corrupted("empty file (0 bytes)", code="size.empty")
+
+
+def zip_index(st: State) -> None:
+    """The end records and central directory parse; the torch layout holds."""
+    index = read_index(st.reader)
+    st.details["records"] = len(index.records)
+    st.details["zip64"] = index.zip64
+    st.details["top"] = check_torch_layout(index)
+    st.index = index
+
+
+def zip_crcs(st: State) -> None:
+    """(deep) Every local header, gap and record CRC-32: from the upload's own ledger or the
+    save's own mapped staging file where the evidence vouches, else by reading the object."""
+    if not st.deep:
+        return
+    index = st.index
+    assert index is not None
+    sent = st.sent
+    try:
+        # a staged upload's own record of what it sent, acknowledged part by part, is
+        # the object (validation/sentbytes.py); a save's own staging file is mapped;
+        # anything either cannot vouch for is read and judged by verify_crcs
+        if sent is None and st.own_save and st.source.size > 0 and st.local_file is not None:
             try:
-                # a staged upload's own record of what it sent, acknowledged part by part, is
-                # the object (validation/sentbytes.py); a save's own staging file is mapped;
-                # anything either cannot vouch for is read and judged by verify_crcs
-                if sent is None and self.own_save and self.source.size > 0 and \
-                        isinstance(self.source.inner, FileSource):
-                    try:
-                        with MappedFile(self.source.inner.path, self.source.size) as mapped:
-                            vouched = verify_sent(index, mapped)
-                        self.source.requests += 1
-                        self.source.bytes_read += self.source.size
-                    except (OSError, ValueError):  # no map here: read it
-                        vouched = False
-                else:
-                    vouched = sent is not None and verify_sent(index, sent)
-                if not vouched:
-                    verify_crcs(self.source, index)
-            except Problem:
-                self.details["crc"] = "bad"
-                raise
-            # a CRC-less archive (compute_crc32=False): the records were streamed and their
-            # headers checked, but there was nothing to compare their data with
-            self.details["crc"] = "absent" if index.crc_less else "ok"
-            if index.crc_less:
-                self.notes.append(CRC_ABSENT_NOTE)
+                with MappedFile(st.local_file, st.source.size) as mapped:
+                    vouched = verify_sent(index, mapped)
+                st.source.requests += 1
+                st.source.bytes_read += st.source.size
+            except (OSError, ValueError):  # no map here: read it
+                vouched = False
+        else:
+            vouched = sent is not None and verify_sent(index, sent)
+        if not vouched:
+            verify_crcs(st.source, index)
+    except Problem:
+        st.details["crc"] = "bad"
+        raise
+    # a CRC-less archive (compute_crc32=False): the records were streamed and their
+    # headers checked, but there was nothing to compare their data with
+    st.details["crc"] = "absent" if index.crc_less else "ok"
+    if index.crc_less:
+        st.notes.append(CRC_ABSENT_NOTE)
 
-    def load(self) -> None:
-        index = self.index
-        assert index is not None
-        self.details["format_version"] = check_control_records(self.reader, index)
-        record = index.member("data.pkl")
-        assert record is not None
-        check_head(self.reader, index)
-        try:
-            model = read_model(read_record(self.reader, index, record))
-        except Problem as exc:
-            if exc.category != "unsafe" and "data.pkl" not in exc.message:
-                exc.message = f"{record.name}: {exc.message}"
-            raise
-        self.model = model
-        self.structure, made = model.structure, model.made
-        self.details["loader"] = "torch" if model.library is None else "virnucpro_store"
-        if model.library is not None:
-            self.notes.append(LIBRARY_LOADER_NOTE.format(protocol=model.library))
-        # a pickle that built nothing holds no tensor: no walk (a 10**6-deep nest costs one)
-        self.tensors = list(iter_tensors(self.structure)) if model.builds else []
-        self.details.update(summarize(self.structure, self.tensors))
-        # and every view and storage made on the way (torch checks each as it makes it)
-        _check_tensors(index, self.tensors + [("(made while unpickling)", m) for m in made])
-        if self.deep and self.own_save:
-            # One pass: the CRC pass proved the stored bytes are those torch's writer produced
-            # and the model above checked the structure; a torch.load adds nothing (OWN SAVE)
-            self.details["torch_load"] = "not run (own torch.save)"
-        elif self.deep:
-            self.build_pending = True  # after the last level (build_deep): see there
 
-    def build_deep(self) -> None:
-        """The deep load: the record loader builds the real objects from the model (no second
-        parse of data.pkl); torch's own rebuild functions judge every tensor. Run after the
-        last level, as ``load()`` builds after its checks. The CRC pass read every record
-        already: a local file is mapped instead of copied again, an object-store file was
-        fetched once (_evaluate_run)."""
-        assert self.index is not None and self.model is not None
-        inner = self.source.inner
-        path = inner.snapshot_path() if isinstance(inner, FileSource) else None
-        try:
-            build(self.source, self.index, self.model, map_location="cpu", verify=False,
-                  mmap_path=path, in_place=False)  # the report keeps the lazy structure
-        except Problem as exc:
-            if exc.code is None:
-                exc.code = "load.torch_refused"
-            raise
-        self.details["torch_load"] = "ok"
+def load_model(st: State) -> None:
+    """The control records, then data.pkl read once and unpickled by the restricted reader
+    into the lazy structure (the model)."""
+    index = st.index
+    assert index is not None
+    st.details["format_version"] = check_control_records(st.reader, index)
+    record = index.member("data.pkl")
+    assert record is not None
+    check_head(st.reader, index)
+    try:
+        model = read_model(read_record(st.reader, index, record))
+    except Problem as exc:
+        if exc.category != "unsafe" and "data.pkl" not in exc.message:
+            exc.message = f"{record.name}: {exc.message}"
+        raise
+    st.model = model
+    st.structure = model.structure
+    st.details["loader"] = "torch" if model.library is None else "virnucpro_store"
+    if model.library is not None:
+        st.notes.append(LIBRARY_LOADER_NOTE.format(protocol=model.library))
+    # a pickle that built nothing holds no tensor: no walk (a 10**6-deep nest costs one)
+    st.tensors = list(iter_tensors(st.structure)) if model.builds else []
+    st.details.update(summarize(st.structure, st.tensors))
 
-    def keys(self, schema: _schemas.Schema | None, auto: bool) -> None:
-        problem = _schemas.check_version(self.structure)
-        if problem:
-            raise incompatible(problem, code="keys.version")
-        if auto:
-            schema = _schemas.detect_schema(self.structure)
-            if schema is None:
-                keys = self.details.get("keys")
-                raise incompatible(f"no built-in schema matches this file (top-level keys: "
-                                   f"{keys if keys is not None else 'not a dict'}); known: "
-                                   f"{', '.join(_schemas.BUILTIN_SCHEMAS)}", code="keys.no_schema")
-            self.details["schema"] = schema.name
-        if schema is None:
-            return
-        problems = schema.check(self.structure)
-        if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise incompatible(problems[0] + more, code="keys.schema")
+
+def load_tensors_fit(st: State) -> None:
+    """Every storage record exists with its size; every view fits its storage (and every view
+    and storage made on the way: torch checks each as it makes it)."""
+    assert st.index is not None and st.model is not None
+    _check_tensors(st.index, st.tensors + [("(made while unpickling)", m)
+                                           for m in st.model.made])
+
+
+def load_deep_plan(st: State) -> None:
+    """(deep) Plan the full load, run after the last level (:func:`build_deep`)."""
+    if st.deep and st.own_save:
+        # One pass: the CRC pass proved the stored bytes are those torch's writer produced
+        # and the model above checked the structure; a torch.load adds nothing (OWN SAVE)
+        st.details["torch_load"] = "not run (own torch.save)"
+    elif st.deep:
+        st.build_pending = True  # after the last level (build_deep): see there
+
+
+def keys_rules(st: State) -> None:
+    """The version is one this code reads; the chosen schema's rules hold
+    (:func:`~.check.keys_verdict`, shared with inspect, scan and the run manifest)."""
+    choice = st.check.schema
+    verdict = keys_verdict(st.structure, choice, keys=st.details.get("keys"))
+    if verdict.version is None and choice.mode in ("auto", "detect") \
+            and verdict.schema is not None:
+        st.details["schema"] = verdict.schema.name
+    st.schema = verdict.schema
+    problem = verdict.problem()
+    if problem is not None:
+        raise problem
+
+
+def build_deep(st: State) -> None:
+    """The deep load: the record loader builds the real objects from the model (no second
+    parse of data.pkl); torch's own rebuild functions judge every tensor. Run after the
+    last level, as ``load()`` builds after its checks. The CRC pass read every record
+    already: a local file is mapped instead of copied again, an object-store file was
+    fetched once (:func:`evaluate`)."""
+    assert st.index is not None and st.model is not None
+    try:
+        build(st.source, st.index, st.model, map_location="cpu", verify=False,
+              mmap_path=st.local_file, in_place=False)  # the report keeps the lazy structure
+    except Problem as exc:
+        if exc.code is None:
+            exc.code = "load.torch_refused"
+        raise
+    st.details["torch_load"] = "ok"
+
+
+#: A rule is a function of the :class:`State` that raises a :class:`~.problem.Problem` (with a
+#: code of :data:`~.problem.CODES`) for a file it refuses. The ladder runs each level's rules in
+#: order; a level passes when all of them return. ADDING A RULE: write the function above, add
+#: it to its level here, and its code to ``problem.CODES``.
+Rule = Callable[[State], None]
+LADDER: dict[Level, tuple[Rule, ...]] = {
+    Level.SIZE: (size_not_empty,),
+    Level.ZIP: (zip_index, zip_crcs),
+    Level.LOAD: (load_model, load_tensors_fit, load_deep_plan),
+    Level.KEYS: (keys_rules,),
+}
 
 
 #: look storage records up in one map built per index (False: index.record per storage, which
@@ -357,30 +404,40 @@ def _describe_value(value: Any) -> dict[str, Any]:
     return {"type": type(value).__name__, "value": _json_scalar(value)}
 
 
-def _evaluate(source: ByteSource, *, schema: str | _schemas.Schema | None, level: str,
-              deep: bool,
-              url: str | None, own_save: bool = False) -> tuple[ValidationReport, Any]:
-    report, run = _evaluate_run(source, schema=schema, level=level, deep=deep, url=url,
-                                own_save=own_save)
-    return report, run.structure
+def evaluate(source: ByteSource, check: Check | None = None) -> Outcome:
+    """The validator's one entry: run ``check`` (default: the keys level, no schema, not deep)
+    over ``source`` and return the :class:`~.check.Outcome` (the report, the lazy structure,
+    the schema checked). Never raises for a bad file: the report says what failed. Lets the
+    source's own failures (OSError, StoreError) propagate.
+
+    >>> import io, torch
+    >>> from virnucpro_store.source import BytesSource
+    >>> from virnucpro_store.validation import Check, evaluate
+    >>> buf = io.BytesIO()
+    >>> torch.save({"ids": ["a"], "data": torch.zeros(1, 3328), "version": "1.0"}, buf)
+    >>> out = evaluate(BytesSource(buf.getvalue()), Check.make(level="keys", schema="auto"))
+    >>> out.report.ok, out.report.schema, out.schema.name, sorted(out.structure)
+    (True, 'merged', 'merged', ['data', 'ids', 'version'])
+    >>> evaluate(BytesSource(buf.getvalue()[:10])).report.code
+    'zip.no_end_record'
+    """
+    report, st = _evaluate_state(source, check or Check())
+    return Outcome(report, st.structure, st.schema)
 
 
-def _fetch_once(source: ByteSource, deep: bool, own_save: bool) -> bool:
+def _fetch_once(source: ByteSource, check: Check) -> bool:
     """Whether a deep check should fetch ``source`` whole, once, before it starts: an object
     on a remote store (read twice otherwise: the CRC pass, then the load), unless a staged
     upload's own record of what it sent vouches for it, or the bytes are the save's own."""
-    return (deep and not own_save and source.size > 0 and getattr(source, "sent", None) is None
-            and not isinstance(source, (FileSource, BytesSource)))
+    evidence = check.evidence
+    return (check.deep and not evidence.own_save and source.size > 0
+            and evidence.sent is None and not evidence.local)
 
 
-def _evaluate_run(source: ByteSource, *, schema: str | _schemas.Schema | None, level: str,
-                  deep: bool, url: str | None, own_save: bool = False
-                  ) -> tuple[ValidationReport, _Run]:
-    check_level(level)
-    auto = schema == _schemas.AUTO
-    schema_obj = None if auto else _schemas.get_schema(schema)
+def _evaluate_state(source: ByteSource, check: Check) -> tuple[ValidationReport, State]:
+    level, choice, deep, url = check.level, check.schema, check.deep, check.url
     counting = CountingSource(source)
-    if _fetch_once(source, deep, own_save):
+    if _fetch_once(source, check):
         # one download (parallel ranged reads pinned to the version) into one buffer; every
         # level, the CRC pass and the load then read memory
         whole = bytearray(source.size)
@@ -388,28 +445,26 @@ def _evaluate_run(source: ByteSource, *, schema: str | _schemas.Schema | None, l
             counting.read_into(0, memoryview(whole))
         except EOFError as exc:
             raise ObjectChanged(f"{url or 'object'}: {exc}", url=url) from None
-        run = _Run(CountingSource(BytesSource(whole, etag=counting.etag)), deep, own_save)
+        st = State(CountingSource(BytesSource(whole, etag=counting.etag)), check, fetched=True)
     else:
-        run = _Run(counting, deep, own_save)
+        st = State(counting, check)
     started = time.perf_counter()
-    passed: str | None = None
-    current = LEVELS[0]
+    passed: Level | None = None
+    current = Level.SIZE
     problem: Problem | None = None
     try:
         with gc_paused():
-            for current in LEVELS[: LEVELS.index(level) + 1]:
-                if current == "keys":
-                    run.keys(schema_obj, auto)
-                else:
-                    getattr(run, current)()
+            for current in level.up_to():
+                for rule in LADDER[current]:
+                    rule(st)
                 passed = current
-            if run.build_pending:
-                current = "load"
-                run.build_deep()
+            if st.build_pending:
+                current = Level.LOAD
+                build_deep(st)
     except Problem as exc:
         problem = exc
-        if current == "load" and passed in ("load", "keys"):  # the deep build failed
-            passed = "zip"
+        if current == Level.LOAD and passed in (Level.LOAD, Level.KEYS):  # deep build failed
+            passed = Level.ZIP
     except (RecursionError, MemoryError) as exc:
         problem = Problem("unsafe", f"the {current} level ran out of resources "
                                     f"({type(exc).__name__}): hostile or damaged file")
@@ -418,27 +473,29 @@ def _evaluate_run(source: ByteSource, *, schema: str | _schemas.Schema | None, l
     except Exception as exc:  # a file odd enough to trip the checks themselves
         problem = corrupted(f"the {current} level could not check this file: "
                             f"{type(exc).__name__}: {exc}")
-    if schema_obj is not None:
-        run.details["schema"] = schema_obj.name
+    if choice.mode == "fixed":
+        st.schema = choice.schema
+        st.details["schema"] = choice.label
+    passed_name = None if passed is None else passed.value
     report = ValidationReport(
         ok=problem is None,
-        level=passed,
+        level=passed_name,
         category=problem.category if problem else None,
-        code=(problem.code or f"{current}.{problem.category}") if problem else None,
+        code=(problem.code or f"{current.value}.{problem.category}") if problem else None,
         message=problem.message if problem else "; ".join(
-            [f"valid up to the {passed} level", *run.notes]),
-        notes=list(run.notes),
+            [f"valid up to the {passed_name} level", *st.notes]),
+        notes=list(st.notes),
         size=source.size,
         url=url,
-        requested_level=level,
+        requested_level=level.value,
         deep=deep,
-        schema=run.details.get("schema") or (_schemas.AUTO if auto else None),
-        details=run.details,
+        schema=st.details.get("schema") or choice.label,
+        details=st.details,
         bytes_read=counting.bytes_read,
         requests=counting.requests,
         seconds=time.perf_counter() - started,
     )
-    return report, run
+    return report, st
 
 
 def build(source: ByteSource, index: ZipIndex, model: Model, *, map_location: Any = "cpu",
@@ -483,15 +540,14 @@ def load_source(source: ByteSource, *, schema: str | _schemas.Schema | None = No
     >>> load_source(BytesSource(buf.getvalue()), schema="merged")["data"].sum().item()
     3328.0
     """
-    check_level(level)
-    if LEVELS.index(level) < LEVELS.index("load"):
-        level = "load"
-    report, run = _evaluate_run(source, schema=schema, level=level, deep=False, url=url)
+    asked = Level.parse(level)
+    check = Check(level=max(asked, Level.LOAD), schema=SchemaChoice.parse(schema), url=url)
+    report, st = _evaluate_state(source, check)
     if not report.ok:
         raise report.error(key=key)
-    assert run.index is not None and run.model is not None
+    assert st.index is not None and st.model is not None
     try:
-        return build(run.source, run.index, run.model, map_location=map_location,
+        return build(st.source, st.index, st.model, map_location=map_location,
                      verify=verify, mmap_path=mmap_path)
     except Problem as exc:
         failed = replace(report, ok=False, category=exc.category, message=exc.message,
@@ -527,12 +583,13 @@ def validate_source(source: ByteSource, *, schema: str | _schemas.Schema | None 
     >>> r.ok, r.level, r.category, r.message
     (False, None, 'corrupted', 'empty file (0 bytes)')
     """
-    report, _ = _evaluate(source, schema=schema, level=level, deep=deep, url=url,
-                          own_save=own_save)
-    return report
+    check = Check.make(level=level, schema=schema, deep=deep, url=url,
+                       evidence=Evidence.of(source, own_save=own_save))
+    return evaluate(source, check).report
 
 
-def inspect_source(source: ByteSource, *, deep: bool = False) -> dict[str, Any]:
+def inspect_source(source: ByteSource, *, deep: bool = False,
+                   evidence: Evidence | None = None) -> dict[str, Any]:
     """What a checkpoint holds, without loading tensor data: keys, list lengths, tensor dtypes
     and shapes, version/status, size, CRC status, the schema it matches, and whether it is valid.
 
@@ -544,7 +601,9 @@ def inspect_source(source: ByteSource, *, deep: bool = False) -> dict[str, Any]:
     ('esm', {'type': 'list', 'len': 1, 'first': {'type': 'tensor', 'dtype': 'float32', \
 'shape': [2560]}})
     """
-    report, structure = _evaluate(source, schema=None, level="keys", deep=deep, url=None)
+    outcome = evaluate(source, Check(level=Level.KEYS, schema=SchemaChoice.NONE, deep=deep,
+                                     evidence=evidence or Evidence.of(source)))
+    report, structure = outcome.report, outcome.structure
     info: dict[str, Any] = {
         "ok": report.ok,
         "level": report.level,
@@ -553,13 +612,17 @@ def inspect_source(source: ByteSource, *, deep: bool = False) -> dict[str, Any]:
         "size": report.size,
         **report.details,
     }
-    detected = _schemas.detect_schema(structure) if report.level in ("load", "keys") else None
+    # the schema the keys match, and (for a valid file) whether its rules hold: the keys
+    # verdict of scan's default choice, SchemaChoice.DETECT
+    verdict = keys_verdict(structure, SchemaChoice.DETECT, version=False) \
+        if report.ok else None
+    detected = verdict.schema if verdict is not None else (
+        _schemas.detect_schema(structure) if report.level in ("load", "keys") else None)
     info["schema"] = detected.name if detected else None
-    if detected is not None and report.ok:
-        problems = detected.check(structure)
-        info["schema_ok"] = not problems
-        if problems:
-            info["schema_problems"] = problems[:10]
+    if verdict is not None and verdict.schema is not None:
+        info["schema_ok"] = not verdict.problems
+        if verdict.problems:
+            info["schema_problems"] = list(verdict.problems[:10])
     if isinstance(structure, dict):
         info["entries"] = {_key_text(k): _describe_value(v)
                            for k, v in list(structure.items())[:MAX_LISTED_KEYS]}

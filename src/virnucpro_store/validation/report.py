@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CheckpointError, error_class_for
+from .check import Level
 
-#: the four levels, cheapest first; each includes the ones before it
-LEVELS: tuple[str, ...] = ("size", "zip", "load", "keys")
+#: the four levels, cheapest first; each includes the ones before it (:class:`~.check.Level`)
+LEVELS: tuple[str, ...] = tuple(level.value for level in Level)
 
 
 def check_level(level: str) -> str:
-    if level not in LEVELS:
-        raise ValueError(f"unknown validation level {level!r}; choose one of {', '.join(LEVELS)}")
+    """``level`` itself, if it names a level (:meth:`~.check.Level.parse`); else ValueError."""
+    Level.parse(level)
     return level
 
 

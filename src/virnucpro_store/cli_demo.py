@@ -1,16 +1,18 @@
 """The newcomer's tour: save the four feature formats, break copies of them, validate everything.
 
-Run by ``virnucpro-store demo``; torch and rich are imported only when it runs.
+Run by ``virnucpro-store demo`` (the command in :mod:`.cli`); it takes its valid files and its
+damage from the test-helpers package (:mod:`.testing.samples`, :mod:`.testing.damage`). torch
+and rich are imported only when it runs.
 """
 
 from __future__ import annotations
 
 import io
 
-from ..store import CheckpointStore
-from ..targets import open_url_store
-from . import damage
-from .samples import FORMATS, sample, to_bytes
+from .store import CheckpointStore
+from .targets import open_url_store
+from .testing import damage
+from .testing.samples import FORMATS, sample, to_bytes
 
 _FAULTS = [
     # (name, schema, deep, what the damage is)
@@ -95,7 +97,7 @@ def run_demo(url: str, *, entries: int = 64, console=None,
 
 
 def _next_level(passed: str | None) -> str:
-    from ..validation.report import LEVELS
+    from .validation.report import LEVELS
 
     return LEVELS[0] if passed is None else LEVELS[min(LEVELS.index(passed) + 1, len(LEVELS) - 1)]
 
