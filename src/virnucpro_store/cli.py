@@ -768,13 +768,12 @@ def gc(ctx: click.Context, url: str | None, older_than: str, dry_run: bool,
 # -- pipeline runs: scan, commit, verify -----------------------------------------------------
 
 def _schema_option(schema: str | None) -> str | None:
-    from .schemas import AUTO, get_schema
+    from .validation import SchemaChoice
 
-    if schema is not None and schema != AUTO:
-        try:
-            get_schema(schema)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--schema") from None
+    try:
+        SchemaChoice.parse(schema)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--schema") from None
     return schema
 
 
