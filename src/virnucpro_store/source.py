@@ -105,6 +105,10 @@ class BytesSource(Source):
         view[:] = self._data[offset:offset + len(view)]
 
 
+#: whether this system names open files ``/proc/self/fd/N`` (Linux), asked once
+_PROC_FD = os.path.isdir("/proc/self/fd")
+
+
 class FileSource(Source):
     """A source over a local file, read with ``os.pread`` (no shared file position); the
     descriptor is released by :meth:`close` (or leaving a ``with`` block), never implicitly."""
@@ -145,8 +149,9 @@ class FileSource(Source):
         return path if self._fd >= 0 and os.path.exists(path) else None
 
     def local_path(self) -> str | None:
-        """:meth:`snapshot_path`: the open file itself, whatever its name holds now."""
-        return self.snapshot_path()
+        """:meth:`snapshot_path`: the open file itself, whatever its name holds now (without a
+        stat per call: whether this system has ``/proc/self/fd`` is asked once)."""
+        return f"/proc/self/fd/{self._fd}" if _PROC_FD and self._fd >= 0 else None
 
     def close(self) -> None:
         if self._fd >= 0:
