@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..source import ByteSource, BytesSource, FileSource
 from .levels import load_source
-from .standins import _NUMPY_DTYPE_CLASSES
+from .pickling.standins import NUMPY_DTYPE_CLASSES as _NUMPY_DTYPE_CLASSES
 
 
 def numpy_safe_globals() -> list[Any]:
