@@ -332,7 +332,8 @@ class PreScan:
     """One pass over one pickle (:func:`scan`): the stack, memo and marks as the scan models
     them, and what it has learned so far. :meth:`run` reads the opcodes through a dispatch
     table (opcode -> method, each taking the opcode's offset and returning where the next one
-    starts); the run accelerators of :mod:`.templates` advance the same state."""
+    starts: :data:`_DISPATCH`); the run accelerators of :mod:`.templates` advance the same
+    state."""
 
     def __init__(self, data: bytes,
                  check_global: Callable[[str, str], object] | None = None) -> None:
@@ -361,8 +362,6 @@ class PreScan:
         self.limit = self.end  # where the current frame ends (end: in no frame)
         self.framed = False
         self.result: Scan | None = None
-        self.max_steps = MAX_SCAN_STEPS
-        self.budget = MAX_SCAN_STEPS
 
     # ------------------------------------------------------------------ the model's helpers
 
@@ -453,55 +452,27 @@ class PreScan:
 
     # ------------------------------------------------------------------ the loop
 
-    def dispatch_table(self) -> dict[int, Callable[[int], int]]:
-        """opcode -> this scan's method for it (bound once per scan)."""
-        table: dict[int, Callable[[int], int]] = {}
-        for op in _PUSH_FIXED:
-            table[op] = self.op_push_run
-        for op in _COUNTED:
-            table[op] = self.op_counted
-        for op in _LINE_PUSH:
-            table[op] = self.op_line_push
-        for op in _EXT:
-            table[op] = self.op_ext
-        table.update({
-            BINGET: self.op_binget_run, APPEND: self.op_append, BINPUT: self.op_binput,
-            LONG_BINPUT: self.op_binput, MEMOIZE: self.op_memoize, MARK: self.op_mark,
-            APPENDS: self.op_appends, LIST: self.op_list, POP_MARK: self.op_pop_mark,
-            SETITEMS: self.op_setitems, DICT: self.op_dict, ADDITEMS: self.op_additems,
-            FROZENSET: self.op_frozenset, TUPLE: self.op_tuple, TUPLE1: self.op_tuple1,
-            TUPLE2: self.op_tuple_n, TUPLE3: self.op_tuple_n, EMPTY_TUPLE: self.op_empty_tuple,
-            SETITEM: self.op_setitem, BUILD: self.op_build, BINPERSID: self.op_binpersid,
-            POP: self.op_pop, REDUCE: self.op_call, NEWOBJ: self.op_call,
-            STACK_GLOBAL: self.op_call, NEWOBJ_EX: self.op_newobj_ex, DUP: self.op_dup,
-            LONG_BINGET: self.op_long_binget, GET: self.op_text_memo, PUT: self.op_text_memo,
-            GLOBAL: self.op_global, INST: self.op_inst, OBJ: self.op_obj, PROTO: self.op_proto,
-            FRAME: self.op_frame, NEXT_BUFFER: self.op_next_buffer,
-            READONLY_BUFFER: self.op_readonly_buffer, STOP: self.op_stop,
-        })
-        return table
-
     def run(self) -> Scan:
         """Read the stream to its STOP; the :class:`Scan` (or a :class:`Problem`)."""
         data, end = self.data, self.end
-        handlers = self.dispatch_table()
-        get_handler = handlers.get
+        handlers = _DISPATCH
         allowed_ops = self.allowed_ops
         accelerate = ACCELERATE
-        runs = {BINGET: templates.tensor_run, LONG_BINGET: templates.tensor_run,
-                BINUNICODE: templates.string_run, EMPTY_DICT: templates.float_dict_run}
+        runs = _RUNS
         retry_at = dict.fromkeys(_RUN_STARTS, 0)  # per template: next try from here
         retry_gap = dict.fromkeys(_RUN_STARTS, _MIN_RETRY_GAP)
-        self.max_steps = budget = MAX_SCAN_STEPS
+        max_steps = budget = MAX_SCAN_STEPS
+        # the current frame's end, kept in locals too (only FRAME and a frame's end change it)
+        limit, framed = self.limit, self.framed
         pos = 0
         while True:
             budget -= 1
             if not budget:
                 raise _too_complex(pos)
-            if pos >= self.limit and self.framed:
-                if pos > self.limit:
-                    raise _straddle(self.limit)
-                self.framed, self.limit = False, end
+            if pos >= limit and framed:
+                if pos > limit:
+                    raise _straddle(limit)
+                self.framed, self.limit = framed, limit = False, end
             if pos >= end:
                 raise corrupted("data.pkl is not a readable pickle: pickle data was truncated "
                                 "(no STOP opcode)", code="pickle.unreadable")
@@ -523,16 +494,21 @@ class PreScan:
                     continue
             if op not in allowed_ops and self.unsupported is None:
                 self.unsupported = _opcode_problem(op, pos)
-            handler = get_handler(op)
-            if handler is None:
+            try:
+                handler = handlers[op]
+            except KeyError:
                 raise corrupted(f"data.pkl is not a readable pickle: invalid load key "
-                                f"{bytes([op])!r} at offset {pos}", code="pickle.unreadable")
-            self.budget = budget
-            pos = handler(pos)
+                                f"{bytes([op])!r} at offset {pos}",
+                                code="pickle.unreadable") from None
+            pos = handler(self, pos)
             if pos > end:
                 if pos == _STOPPED:
-                    return self.result  # type: ignore[return-value]
+                    assert self.result is not None
+                    self.result.steps = max_steps - budget
+                    return self.result
                 raise _truncated()
+            if op == FRAME:
+                limit, framed = self.limit, self.framed
 
     # ------------------------------------------------------------------ the opcodes
     # Each takes the offset of its opcode and returns where the next opcode starts.
@@ -544,13 +520,16 @@ class PreScan:
         step = _PUSH_FIXED[op] + 1
         if step > 1:  # a run of one number opcode (a float list): counted by a strided
             # slice of its opcode bytes at C speed, only whole items (as the regex did)
-            count, window = 0, 256
-            while True:
-                found = templates.same_run(data, at + step * count, step, window, op)
-                count += found
-                if found < window:
-                    break
-                window *= 2
+            if data[at + step: at + step + 1] != data[at: at + 1]:
+                count = 1  # one number alone (a dict value, a tuple's item)
+            else:
+                count, window = 0, 256
+                while True:
+                    found = templates.same_run(data, at + step * count, step, window, op)
+                    count += found
+                    if found < window:
+                        break
+                    window *= 2
             count = min(count, (limit - at) // step)
             if count == 0 and self.framed:
                 raise _straddle(limit)
@@ -649,7 +628,13 @@ class PreScan:
 
     def op_memoize(self, at: int) -> int:
         """MEMOIZE: the C unpickler numbers it by the entries stored so far."""
-        self.put(self.stored, at)
+        stack, memo = self.stack, self.memo
+        if self.stored == len(memo) and len(stack) > self.fence:  # the usual: the next entry
+            item = stack[-1]
+            memo.append(item if type(item) is not Run else self.value(item, len(stack) - 1))
+            self.stored += 1
+        else:
+            self.put(self.stored, at)
         return at + 1
 
     def op_mark(self, at: int) -> int:
@@ -963,5 +948,45 @@ class PreScan:
                            f"{self.data[self.protocols[0] + 1]} at offset {self.protocols[0]} "
                            f"(not modelled)")
         self.result = Scan(self.builds, unsupported, self.unresolved, tuple(self.protocols),
-                           form, self.library, self.max_steps - self.budget)
+                           form, self.library)  # its steps: run() counts them
         return _STOPPED
+
+
+def _dispatch_table() -> dict[int, Callable[[PreScan, int], int]]:
+    """opcode -> the :class:`PreScan` method that reads it (looked up once, at import)."""
+    table: dict[int, Callable[[PreScan, int], int]] = {}
+    for op in _PUSH_FIXED:
+        table[op] = PreScan.op_push_run
+    for op in _COUNTED:
+        table[op] = PreScan.op_counted
+    for op in _LINE_PUSH:
+        table[op] = PreScan.op_line_push
+    for op in _EXT:
+        table[op] = PreScan.op_ext
+    table.update({
+        BINGET: PreScan.op_binget_run, APPEND: PreScan.op_append, BINPUT: PreScan.op_binput,
+        LONG_BINPUT: PreScan.op_binput, MEMOIZE: PreScan.op_memoize, MARK: PreScan.op_mark,
+        APPENDS: PreScan.op_appends, LIST: PreScan.op_list, POP_MARK: PreScan.op_pop_mark,
+        SETITEMS: PreScan.op_setitems, DICT: PreScan.op_dict, ADDITEMS: PreScan.op_additems,
+        FROZENSET: PreScan.op_frozenset, TUPLE: PreScan.op_tuple, TUPLE1: PreScan.op_tuple1,
+        TUPLE2: PreScan.op_tuple_n, TUPLE3: PreScan.op_tuple_n,
+        EMPTY_TUPLE: PreScan.op_empty_tuple, SETITEM: PreScan.op_setitem,
+        BUILD: PreScan.op_build, BINPERSID: PreScan.op_binpersid, POP: PreScan.op_pop,
+        REDUCE: PreScan.op_call, NEWOBJ: PreScan.op_call, STACK_GLOBAL: PreScan.op_call,
+        NEWOBJ_EX: PreScan.op_newobj_ex, DUP: PreScan.op_dup,
+        LONG_BINGET: PreScan.op_long_binget, GET: PreScan.op_text_memo,
+        PUT: PreScan.op_text_memo, GLOBAL: PreScan.op_global, INST: PreScan.op_inst,
+        OBJ: PreScan.op_obj, PROTO: PreScan.op_proto, FRAME: PreScan.op_frame,
+        NEXT_BUFFER: PreScan.op_next_buffer, READONLY_BUFFER: PreScan.op_readonly_buffer,
+        STOP: PreScan.op_stop,
+    })
+    return table
+
+
+#: the dispatch table of :meth:`PreScan.run`: opcode -> method (every opcode CPython's
+#: unpickler knows; any other byte is an invalid load key)
+_DISPATCH = _dispatch_table()
+#: the opcodes where a run of records may start -> the accelerator that takes it
+_RUNS: dict[int, Callable[[PreScan, int], int]] = {
+    BINGET: templates.tensor_run, LONG_BINGET: templates.tensor_run,
+    BINUNICODE: templates.string_run, EMPTY_DICT: templates.float_dict_run}
