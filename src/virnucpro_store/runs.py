@@ -113,7 +113,9 @@ def default_workers(store: CheckpointStore) -> int:
     declared = getattr(store.backend, "concurrent_writes", None)
     if isinstance(declared, int) and declared >= 1:
         return declared
-    return 1 if store.backend.scheme in ("file", "memory") else 4
+    from .registry import is_remote
+
+    return 4 if is_remote(store.backend.scheme) else 1
 
 
 class AsyncWriter:
