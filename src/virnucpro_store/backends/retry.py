@@ -120,9 +120,6 @@ Classify = Callable[[BaseException], "Failure | None"]
 #: what to raise for the last failure, given the retries made
 Fail = Callable[[Failure, int], BaseException]
 
-_GONE = object()
-
-
 class _Retrying:
     """The decisions of one request's retry loop, shared by :func:`run` and
     :func:`run_async` (which differ only in how they wait and call)."""
@@ -138,35 +135,33 @@ class _Retrying:
         self.attempt = 0
         self.started = time.monotonic()
 
-    def after(self, exc: BaseException) -> tuple[Failure | None, Any]:
-        """(failure, what to do): ``_GONE`` (a retried removal's own success), a wait in
-        seconds before the next attempt, or None (give up: raise). A ``StoreError`` (already
-        translated, by a nested request) and what the classifier does not know (failure
-        None) are raised as they are."""
-        if isinstance(exc, StoreError):
-            return None, None
-        failure = self.classify(exc)
+    def after(self, exc: BaseException, fail: Fail, gone: Any) -> tuple[bool, Any]:
+        """What follows a failed attempt: ``(True, gone)`` (a retried removal's own success:
+        return it), ``(False, seconds)`` (wait, then the next attempt), or the exception to
+        raise: ``exc`` itself for a ``StoreError`` (already translated, by a nested request)
+        or what the classifier does not know, else ``fail(failure, retries)``."""
+        failure = None if isinstance(exc, StoreError) else self.classify(exc)
         if failure is None:
-            return None, None
+            raise exc
         if self.gone_ok and failure.kind is ErrorKind.MISSING and self.attempt > 0:
             # a removal retried after a transient failure finds its object gone: its earlier
             # attempt was applied and only the answer was lost. (The first attempt's
             # "missing" still means there was nothing to delete.)
             self.log.debug("a retried removal found its object gone: the earlier attempt "
                            "was applied")
-            return failure, _GONE
+            return True, gone
         if not failure.retryable or self.attempt >= self.policy.retries:
-            return failure, None
+            raise fail(failure, self.attempt) from exc
         wait = self.policy.backoff(self.attempt)
         deadline = self.policy.deadline
         if deadline is not None and time.monotonic() - self.started + wait > deadline:
             self.log.debug("%s %s: %s; no retry: the %.2fs deadline would pass", self.op,
                            self.key, failure.what, deadline)
-            return failure, None
+            raise fail(failure, self.attempt) from exc
         self.log.debug("%s %s: %s; retry %d in %.2fs", self.op, self.key, failure.what,
                        self.attempt + 1, wait)
         self.attempt += 1
-        return failure, wait
+        return False, wait
 
 
 def run(call: Callable[[int], T], policy: RetryPolicy, *, classify: Classify, fail: Fail,
@@ -185,14 +180,10 @@ def run(call: Callable[[int], T], policy: RetryPolicy, *, classify: Classify, fa
         try:
             return call(state.attempt)
         except Exception as exc:  # noqa: BLE001 -- the classifier decides
-            failure, then = state.after(exc)
-            if failure is None:
-                raise
-            if then is _GONE:
-                return gone  # type: ignore[no-any-return]
-            if then is None:
-                raise fail(failure, state.attempt) from exc
-            time.sleep(then)
+            done, then = state.after(exc, fail, gone)
+        if done:
+            return then  # type: ignore[no-any-return]
+        time.sleep(then)
 
 
 async def run_async(call: Callable[[int], Awaitable[T]], policy: RetryPolicy, *,
@@ -211,11 +202,7 @@ async def run_async(call: Callable[[int], Awaitable[T]], policy: RetryPolicy, *,
         try:
             return await asyncio.wait_for(call(state.attempt), limit)
         except Exception as exc:  # noqa: BLE001 -- the classifier decides
-            failure, then = state.after(exc)
-            if failure is None:
-                raise
-            if then is _GONE:
-                return gone  # type: ignore[no-any-return]
-            if then is None:
-                raise fail(failure, state.attempt) from exc
-            await asyncio.sleep(then)
+            done, then = state.after(exc, fail, gone)
+        if done:
+            return then  # type: ignore[no-any-return]
+        await asyncio.sleep(then)
