@@ -193,7 +193,6 @@ THIRD_PARTY_PRIVATE = {
 #: core public), the GCS backend's import of client._parse_time (the object-store modules')
 KNOWN_UNTIL_MERGED: set[tuple[str, str]] = {
     ("virnucpro_store.runs.examine", "virnucpro_store.validation.levels._evaluate"),
-    ("virnucpro_store.backends.gcs.backend", "virnucpro_store.backends.gcs.client._parse_time"),
 }
 
 

@@ -14,7 +14,7 @@ from ...errors import AlreadyExists, CheckpointMissing, PreconditionFailed
 from ...keys import is_staging_file_name
 from ..base import Leftover, ObjectInfo
 from ..objectstore import ObjectStoreBackend, ObjectStoreOptions, age_if_old, split_location
-from .client import GCSClient, _parse_time, object_info
+from .client import GCSClient, object_info, parse_time
 from .read import DOWNLOAD_CHUNK, GCSSource
 from .upload import UPLOAD_PART_SIZE, GCSStaging, GCSUploader
 
@@ -125,7 +125,7 @@ class GCSBackend(ObjectStoreBackend):
         for name, entry in self._objects():
             if not is_staging_file_name(name):
                 continue
-            age = age_if_old(_parse_time(entry.get("timeCreated") or entry.get("updated")),
+            age = age_if_old(parse_time(entry.get("timeCreated") or entry.get("updated")),
                              older_than, now)
             if age is not None:
                 found.append(Leftover(name, age, "staging",

@@ -71,7 +71,7 @@ def _error_message(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace").strip()
 
 
-def _parse_time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
@@ -217,7 +217,7 @@ class GCSClient(FsspecLoopClient):
 def object_info(resource: dict[str, Any], key: str, url: str) -> ObjectInfo:
     """An :class:`ObjectInfo` from a JSON API object resource; its etag is the generation."""
     return ObjectInfo(key=key, size=int(resource.get("size", 0)),
-                      modified=_parse_time(resource.get("updated")),
+                      modified=parse_time(resource.get("updated")),
                       etag=str(resource["generation"]) if resource.get("generation") else None,
                       url=url,
                       # base64, as `gcloud storage objects describe` prints them; a composed
