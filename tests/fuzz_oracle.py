@@ -563,10 +563,10 @@ def _unmodelled_tensor_kind(f: Facts) -> bool:
 
 def _container_state(f: Facts) -> bool:
     try:
-        graph = mutator.parse_pickle(f.pickle())
+        nodes, _ = _built_nodes(f.pickle())
     except Exception:  # noqa: BLE001
         return False
-    for node in mutator.walk_graph(graph):
+    for node in nodes:
         if isinstance(node, mutator.Call):
             name = node.qualname
             if name in ("collections.OrderedDict", "collections.Counter") and \
@@ -579,18 +579,36 @@ def _container_state(f: Facts) -> bool:
 
 
 class _ArgsUnpickler(mutator._GraphUnpickler):
-    """The graph parser, noting REDUCE calls whose arguments are not a tuple."""
+    """The graph parser, noting REDUCE calls whose arguments are not a tuple, and keeping every
+    call it makes (``calls``): torch builds (and the validator checks) every object of the
+    stream, also those the object at STOP does not reach (a STOP replaced so that the tail
+    is read leaves the first object on the stack)."""
 
     dispatch = dict(mutator._GraphUnpickler.dispatch)
     odd_args = False
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.calls: list[Any] = []
 
     def _load_reduce(self) -> None:
         args = self.stack.pop()
         if type(args) is not tuple:
             self.odd_args = True
-        self.stack[-1] = self.stack[-1](*args)
+        made = self.stack[-1](*args)
+        self.calls.append(made)
+        self.stack[-1] = made
 
     dispatch[pickle.REDUCE[0]] = _load_reduce
+
+
+def _built_nodes(pkl: bytes) -> tuple[list[Any], bool]:
+    """Every node of the graph the pickle builds, reachable from its result or not (each
+    call made, with what it holds), and whether a REDUCE had arguments that are not a tuple.
+    The forms the documented rules name are refused wherever they stand in the stream."""
+    unpickler = _ArgsUnpickler(io.BytesIO(pkl))
+    graph = unpickler.load()
+    return mutator.walk_graph((graph, unpickler.calls)), unpickler.odd_args
 
 
 def _unwritten_forms(f: Facts) -> bool:
@@ -600,13 +618,12 @@ def _unwritten_forms(f: Facts) -> bool:
     try:
         if any(op.name == "NEWOBJ" for op, _, _ in pickletools.genops(pkl)):
             return True
-        unpickler = _ArgsUnpickler(io.BytesIO(pkl))
-        graph = unpickler.load()
-        if unpickler.odd_args:
+        nodes, odd_args = _built_nodes(pkl)
+        if odd_args:
             return True
     except Exception:  # noqa: BLE001
         return False
-    for n in mutator.walk_graph(graph):
+    for n in nodes:
         if isinstance(n, mutator.Call) and n.state is not mutator._NO_STATE and (
                 mutator.is_tensor_call(n) or n.qualname.startswith(
                     ("torch._tensor._rebuild", "torch._utils._rebuild"))):

@@ -164,6 +164,26 @@ def test_unrestricted_oracle_only_for_allow_listed_globals():
     assert not fuzz_oracle.unrestricted_oracle_allowed(evil)
 
 
+@pytest.mark.parametrize("tail", [b"s.", b"s(t."], ids=["reachable", "after-STOP"])
+def test_a_documented_form_counts_wherever_it_stands(tail):
+    """The documented rules see every object the stream builds, not only those the result
+    reaches: a legacy ``set_`` BUILD on a tensor (a form torch.save never writes, refused as
+    not modelled) in a dict left on the stack by a STOP replaced with ``(t.`` (torch loads
+    the file: it returns ``()``) is documented as where the dict is the result (seed 701580 of
+    the protocol 4/5 harness was a disagreement: the rule walked the result only)."""
+    import hostile
+
+    payload = b"\x80\x02}" + hostile.p_str("x") + hostile.p_tensor() + hostile.p_tensor() \
+        + b"\x85b" + tail
+    data = hostile.with_pickle(payload)
+    real = fuzz_oracle.torch_load(data)
+    assert real.ok and (real.value == () if tail != b"s." else set(real.value) == {"x"})
+    r = fuzz_oracle.check(0, "legacy set_ BUILD", data, store=False)
+    assert "BUILD on a tensor" in r.validator, r.validator
+    assert r.verdict == "documented" and "forms-torch-save-never-writes" in r.rule, \
+        (r.verdict, r.rule, r.validator)
+
+
 # --------------------------------------------------------------------------- the runs
 
 
