@@ -320,14 +320,7 @@ class Materializer:
         if not self.in_place:
             copy: dict[Any, Any] = {}
             self.memo[id(obj)] = copy
-            for k, v in list(obj.items()):
-                value = leaf(v)  # the value first, as ``copy[convert(k)] = convert(v)`` did
-                if value is _DEFER:
-                    value = yield v
-                key = leaf(k)
-                if key is _DEFER:
-                    key = yield k
-                copy[key] = value
+            yield from self._fill(copy, list(obj.items()))
             return copy
         self.memo[id(obj)] = obj  # in place: identity and cycles kept
         if not self._all_atoms(obj.keys()):
@@ -350,6 +343,19 @@ class Materializer:
                         value = yield v
                     obj[k] = value
         return obj
+
+    def _fill(self, made: Any, items: list[tuple[Any, Any]]) -> Generator[Any, Any, None]:
+        """``made[key] = value`` for each pair built, the value before the key (the order of
+        ``made[convert(k)] = convert(v)``)."""
+        leaf = self._leaf
+        for k, v in items:
+            value = leaf(v)
+            if value is _DEFER:
+                value = yield v
+            key = leaf(k)
+            if key is _DEFER:
+                key = yield k
+            made[key] = value
 
     def _list(self, obj: list[Any]) -> Generator[Any, Any, list[Any]]:
         leaf = self._leaf
@@ -417,14 +423,7 @@ class Materializer:
         made = OrderedDict() if isinstance(obj, OrderedDict) else Counter()
         self.memo[id(obj)] = made
         leaf = self._leaf
-        for k, v in list(obj.items()):
-            value = leaf(v)  # the value first, as ``made[convert(k)] = convert(v)`` did
-            if value is _DEFER:
-                value = yield v
-            key = leaf(k)
-            if key is _DEFER:
-                key = yield k
-            made[key] = value
+        yield from self._fill(made, list(obj.items()))
         for k, v in list(vars(obj).items()):  # attributes set by BUILD (e.g. _metadata)
             value = leaf(v)
             if value is _DEFER:
