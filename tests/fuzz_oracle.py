@@ -51,6 +51,7 @@ from virnucpro_store.errors import CheckpointError, StoreError  # noqa: E402
 from virnucpro_store.lazy import ArrayMeta, TensorMeta  # noqa: E402
 from virnucpro_store.source import BytesSource  # noqa: E402
 from virnucpro_store.validation import levels  # noqa: E402
+from virnucpro_store.validation.report import ValidationReport  # noqa: E402
 from virnucpro_store.validation.torch_load import numpy_safe_globals  # noqa: E402
 
 DISAGREEMENTS_DIR = "/tmp/fuzz-disagreements"
@@ -916,14 +917,23 @@ def check(seed: int, description: str, data: bytes, *, store: bool = True,
             return result("documented", "+".join(why))
         return result("disagree", "cheap-refuses-what-torch-loads", _verdict(cheap))
     if not deep.ok:
-        if deep.level == "load" and deep.category == "incompatible":
-            return result("documented", "keys-level")  # the version rule: not torch's
-        why = [n for n, (p, _) in DEEP_ONLY.items() if _safe(p, facts)] + \
-            documented(facts, deep.category) if deep.level in (None, "size") else []
+        why = deep_refusal_rules(facts, deep)
         if why:
-            return result("documented", "+".join(dict.fromkeys(why)))
+            return result("documented", why)
         return result("disagree", "deep-refuses-what-torch-loads", _verdict(deep))
     return result("ok/ok")
+
+
+def deep_refusal_rules(facts: Facts, deep: ValidationReport) -> str:
+    """The documented rules ("+"-joined; "" for none) that cover a deep refusal of a file the
+    cheap levels accept and the oracle loads: the keys level's version rule (not torch's),
+    or, for a refusal at the zip layer, what only deep=True reads (DEEP_ONLY) and the
+    documented layout rules."""
+    if deep.level == "load" and deep.category == "incompatible":
+        return "keys-level"  # the version rule: not torch's
+    why = [n for n, (p, _) in DEEP_ONLY.items() if _safe(p, facts)] + \
+        documented(facts, deep.category) if deep.level in (None, "size") else []
+    return "+".join(dict.fromkeys(why))
 
 
 def _store_agrees(data: bytes, expected: Any) -> str | None:
@@ -1018,6 +1028,10 @@ def check_pure(seed: int, description: str, data: bytes) -> Result:
         if deep.ok and pyoracle.summary(structure) != ref["summary"]:
             return result("disagree", "values-differ", "structure summaries differ")
         if not deep.ok:
+            # as check() judges a deep refusal of a file torch loads (the same rules)
+            why = deep_refusal_rules(Facts(data), deep)
+            if why:
+                return result("documented", why)
             return result("disagree", "cheap-ok-deep-refuses", _verdict(deep))
         return result("ok/ok")
     return result("refuse/refuse" if not ref["ok"] else "stricter")

@@ -184,6 +184,26 @@ def test_a_documented_form_counts_wherever_it_stands(tail):
         (r.verdict, r.rule, r.validator)
 
 
+def test_a_deep_only_refusal_is_judged_alike_by_every_oracle():
+    """A record renamed in the central directory only: the cheap levels do not read the local
+    headers (README: zip level), deep=True refuses (corrupted), torch reads the file. The
+    pure-Python oracle's judge (protocol 3-5 mutants the translator cannot express) takes the
+    documented rules check() takes there (seed 1002519 of the campaign, a protocol 5 header
+    on a CRC-less file, was a disagreement: check_pure had no rule for a deep-only refusal)."""
+    buf = io.BytesIO()
+    torch.save({"t": torch.arange(4.0)}, buf, pickle_protocol=4)
+    arc = mutator.parse_archive(buf.getvalue())
+    entry = arc.entries[arc.find("byteorder")]
+    entry.cname = entry.name + b" "
+    data = mutator._build(arc)
+    import pyoracle
+
+    assert pyoracle.judge(data)["ok"]  # torch over the pure-Python unpickler loads it
+    r = fuzz_oracle.check_pure(0, "byteorder renamed in the directory", data)
+    assert r.verdict == "documented" and "headers-disagree" in r.rule, \
+        (r.verdict, r.rule, r.validator)
+
+
 # --------------------------------------------------------------------------- the runs
 
 
