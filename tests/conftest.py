@@ -61,3 +61,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_configure(config):
     config.addinivalue_line("markers", "s3: runs against an S3 backend (moto or SeaweedFS)")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+#: helper scripts run as subprocesses, not test modules: pytest's --doctest-modules would import
+#: them, and nolinkfs.py needs fusepy (a dev extra), so a checkout without it could not collect
+collect_ignore = ["nolinkfs.py"]

@@ -562,7 +562,7 @@ def test_snapshots_alive_never_exceed_max_pending(memory_store_factory, monkeypa
     the slot's release is slowed here so that a snapshot kept a moment too long is seen."""
     import weakref
 
-    from virnucpro_store import runs
+    from virnucpro_store.runs import writer as runs
 
     store = memory_store_factory()
     alive: weakref.WeakSet[torch.Tensor] = weakref.WeakSet()

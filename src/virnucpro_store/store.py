@@ -29,7 +29,9 @@ from .validation.report import check_level
 
 if TYPE_CHECKING:
     from .partitions import ScanPartition
-    from .runs import AsyncWriter, Manifest, ScanReport
+    from .runs.manifest import Manifest
+    from .runs.scanning import ScanReport
+    from .runs.writer import AsyncWriter
 
 SchemaArg = str | Schema | None
 
@@ -144,7 +146,7 @@ class CheckpointStore:
                     stack.enter_context(attempt.pop_all())
                     return handle
 
-            yield self._restarting(one_version)
+            yield self.read_consistent(one_version)
 
     def read_bytes(self, key: str) -> bytes:
         """The raw bytes of ``key``, unvalidated; one whole version (restarts on a replaced
@@ -154,7 +156,7 @@ class CheckpointStore:
             with self.open(key) as handle:
                 return handle.read()
 
-        return self._restarting(one_version)
+        return self.read_consistent(one_version)
 
     def _publish(self, write: Callable[[IO[bytes], str, str], None], key: str, *,
                  schema: SchemaArg, validate: str | None, overwrite: bool,
@@ -280,7 +282,7 @@ class CheckpointStore:
         schema_obj = _checked_schema(schema)
         if validate is not None:
             check_level(validate)
-        return self._restarting(lambda: self._load_version(
+        return self.read_consistent(lambda: self._load_version(
             key, map_location=map_location, schema=schema_obj, validate=validate,
             verify=verify, mmap=mmap))
 
@@ -344,7 +346,7 @@ class CheckpointStore:
         key = normalize_key(key)
         check_level(level)
         schema_obj = _checked_schema(schema)
-        return self._restarting(lambda: self._validate_version(
+        return self.read_consistent(lambda: self._validate_version(
             key, schema=schema_obj, level=level, deep=deep)[0])
 
     def _validate_version(self, key: str, *, schema: SchemaArg, level: str,
@@ -389,7 +391,7 @@ class CheckpointStore:
                 return validate_source(window, schema=schema_obj, level=level, deep=deep,
                                        url=url)
 
-        return self._restarting(one_version)
+        return self.read_consistent(one_version)
 
     def inspect(self, key: str, *, deep: bool = False) -> dict[str, Any]:
         """What ``key`` holds, without loading tensor data: keys, list lengths, tensor dtypes
@@ -415,12 +417,30 @@ class CheckpointStore:
             facts.setdefault("url", self.backend.url_for(key))
             return facts
 
-        return self._restarting(one_version)
+        return self.read_consistent(one_version)
 
-    def _restarting(self, read: Callable[[], _T]) -> _T:
-        """Run ``read`` (one whole read of one version) again from the start, on the new
-        version, when the object is replaced under it; at most READ_ATTEMPTS times. So every
-        verdict and every load is about one whole version, never a mix."""
+    def read_consistent(self, read: Callable[[], _T]) -> _T:
+        """Run ``read`` -- one whole read of one version of an object -- and, when the object
+        is replaced under it (it raises :class:`~virnucpro_store.errors.ObjectChanged`), run
+        it again from the start, on the new version; at most :data:`READ_ATTEMPTS` times,
+        then ``ObjectChanged`` is raised. So a verdict or a load built by ``read`` is about
+        one whole version, never a mix. :meth:`validate`, :meth:`load`, :meth:`read_bytes`
+        and the run scans (:mod:`virnucpro_store.runs`) read through it; use it for a read
+        of your own made of several requests (``backend.open_source`` pins one version and
+        raises ``ObjectChanged`` when it is gone).
+
+        >>> import virnucpro_store as vs
+        >>> store = vs.open_store("memory://read-consistent-doc")
+        >>> _ = store.save_bytes(b"v2", "k.bin", validate=None)
+        >>> tries = []
+        >>> def read():
+        ...     tries.append(1)
+        ...     if len(tries) == 1:  # as if the object were replaced during the first read
+        ...         raise vs.errors.ObjectChanged("k.bin: replaced while read", key="k.bin")
+        ...     return store.read_bytes("k.bin")
+        >>> store.read_consistent(read), len(tries)
+        (b'v2', 2)
+        """
         for attempt in range(1, READ_ATTEMPTS + 1):
             try:
                 return read()
@@ -472,7 +492,7 @@ class CheckpointStore:
                 self.backend.remove_leftover(leftover)
             removed.append(leftover.name)
         if virnucpro_tmp:
-            from .runs import remove_virnucpro_tmp, virnucpro_tmp_files
+            from .runs.layout import remove_virnucpro_tmp, virnucpro_tmp_files
 
             removed += (virnucpro_tmp_files if dry_run else remove_virnucpro_tmp)(self,
                                                                                   older_than)
@@ -487,7 +507,7 @@ class CheckpointStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- pipeline runs (see runs.py) -------------------------------------------------------------
+    # -- pipeline runs: delegated to virnucpro_store.runs (each docstring names the module) ---
 
     def writer(self, *, max_pending: int = 2, workers: int | None = None) -> AsyncWriter:
         """A background writer (a context manager): ``submit(obj, key, **save_kwargs)``
@@ -496,6 +516,7 @@ class CheckpointStore:
         Saves are :meth:`save`\\ s (same staging, validation, publish); two submits to one key
         publish in submit order. A failure is raised by the next ``submit``/``flush``/``close``.
         ``workers`` (saves at once) defaults to 1 locally and in memory, 4 on object stores.
+        The work: :class:`virnucpro_store.runs.writer.AsyncWriter`.
 
         >>> import torch, virnucpro_store as vs
         >>> store = vs.open_store("memory://writer-method")
@@ -504,7 +525,7 @@ class CheckpointStore:
         >>> f.result().size > 0
         True
         """
-        from .runs import AsyncWriter
+        from .runs.writer import AsyncWriter
 
         return AsyncWriter(self, max_pending=max_pending, workers=workers)
 
@@ -518,7 +539,9 @@ class CheckpointStore:
         resume is ``expected - report.ids``. Without ``schema``, each file is checked against
         the built-in schema its keys match. Checkpoints are ``*.pt``/``*.pth`` files (or
         ``pattern``, a glob on file names); VirNucPro's ``manifest.json``, ``*.done`` and
-        ``*.tmp`` files go to ``report.skipped``; the run manifest is never listed.
+        ``*.tmp`` files go to ``report.skipped``; the run manifest is never listed. The work:
+        :func:`virnucpro_store.runs.scanning.scan` (file names: :mod:`~virnucpro_store.runs.
+        layout`; each file judged by :mod:`~virnucpro_store.runs.examine`).
 
         >>> import torch, virnucpro_store as vs
         >>> store = vs.open_store("memory://scan-method")
@@ -528,7 +551,7 @@ class CheckpointStore:
         >>> report.valid, sorted(report.invalid), sorted(report.ids)
         (['r/a.pt'], ['r/b.pt'], ['s1', 's2'])
         """
-        from .runs import scan
+        from .runs.scanning import scan
 
         return scan(self, prefix, schema=schema, level=level, deep=deep, jobs=jobs,
                     pattern=pattern, progress=progress)
@@ -566,7 +589,7 @@ class CheckpointStore:
         path: ``replace=True`` commits again, keeping the previous manifest under a history
         name (``manifest.replaces["previous"]``) with ``reason``. ``progress(n, key)``: called
         with the file count (``key`` None), then after each file (``n`` 0); scan and
-        verify_run take it too.
+        verify_run take it too. The work: :func:`virnucpro_store.runs.manifest.commit_run`.
 
         >>> import torch, virnucpro_store as vs
         >>> store = vs.open_store("memory://commit-method")
@@ -575,7 +598,7 @@ class CheckpointStore:
         >>> m.key, m.files["a.pt"].n_ids, m.files["a.pt"].checksum[:14]
         ('r/vnps-run-manifest.json', 1, 'zipcrc-sha256:')
         """
-        from .runs import commit_run
+        from .runs.manifest import commit_run
 
         return commit_run(self, prefix, keys=keys, level=level, replace=replace,
                           reason=reason, progress=progress)
@@ -585,7 +608,8 @@ class CheckpointStore:
         """Check the run under ``prefix`` against its manifest: a listed file that is gone is
         invalid ("missing"); one whose size or checksum differs is "corrupted", even if it is
         a valid checkpoint; unlisted checkpoints are in ``report.extra``. ``deep`` also checks
-        every record's data against its CRC-32. No manifest: ``CheckpointMissing``.
+        every record's data against its CRC-32. No manifest: ``CheckpointMissing``. The work:
+        :func:`virnucpro_store.runs.manifest.verify_run`.
 
         >>> import torch, virnucpro_store as vs
         >>> store = vs.open_store("memory://verify-method")
@@ -596,7 +620,7 @@ class CheckpointStore:
         >>> report.ok, report.invalid["r/a.pt"].category
         (False, 'corrupted')
         """
-        from .runs import verify_run
+        from .runs.manifest import verify_run
 
         return verify_run(self, prefix, deep=deep, progress=progress)
 
