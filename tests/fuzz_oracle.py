@@ -159,6 +159,16 @@ def pickle_errors() -> tuple[type[BaseException], ...]:
 # --------------------------------------------------------------------------- structure compare
 
 
+def _same_key(a: Any, b: Any) -> bool:
+    """Two atomic dict keys (or tuples of them) are the same: equal and of one type, NaN
+    equal to NaN (two NaN objects are two keys that compare unequal, in both loads)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple:
+        return len(a) == len(b) and all(map(_same_key, a, b))
+    return a == b or (type(a) in (float, complex) and a != a and b != b)
+
+
 def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
             seen: set[tuple[int, int]] | None = None) -> str | None:
     """The first difference between the validator's lazy structure and torch's object (each
@@ -232,7 +242,7 @@ def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
                 diff = compare(lk, rk, f"{path}<key>", depth + 1, seen)
                 if diff:
                     return diff
-            elif lk != rk or type(lk) is not type(rk):
+            elif not _same_key(lk, rk):
                 return f"{path}: key {lk!r} vs torch {rk!r}"
             diff = compare(lv, rv, f"{path}[{rk!r}]"[:200], depth + 1, seen)
             if diff:
@@ -588,8 +598,8 @@ class _ArgsUnpickler(mutator._GraphUnpickler):
     dispatch = dict(mutator._GraphUnpickler.dispatch)
     odd_args = False
 
-    def __init__(self, file: Any) -> None:
-        super().__init__(file)
+    def __init__(self, file: Any, **options: Any) -> None:
+        super().__init__(file, **options)
         self.calls: list[Any] = []
 
     def _load_reduce(self) -> None:
@@ -607,7 +617,9 @@ def _built_nodes(pkl: bytes) -> tuple[list[Any], bool]:
     """Every node of the graph the pickle builds, reachable from its result or not (each
     call made, with what it holds), and whether a REDUCE had arguments that are not a tuple.
     The forms the documented rules name are refused wherever they stand in the stream."""
-    unpickler = _ArgsUnpickler(io.BytesIO(pkl))
+    # latin-1: any byte string decodes (torch's loader reads BINSTRING bytes the parser's
+    # default ASCII refuses; the rules look at the graph's shape, not at the strings)
+    unpickler = _ArgsUnpickler(io.BytesIO(pkl), encoding="latin1")
     graph = unpickler.load()
     return mutator.walk_graph((graph, unpickler.calls)), unpickler.odd_args
 
@@ -622,8 +634,8 @@ def _unwritten_forms(f: Facts) -> bool:
         nodes, odd_args = _built_nodes(pkl)
         if odd_args:
             return True
-    except Exception:  # noqa: BLE001
-        return False
+    except Exception:  # noqa: BLE001 -- a stream the graph parser cannot read: bytes only
+        nodes = []
     for n in nodes:
         if isinstance(n, mutator.Call) and n.state is not mutator._NO_STATE and (
                 mutator.is_tensor_call(n) or n.qualname.startswith(

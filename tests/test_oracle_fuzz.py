@@ -204,6 +204,34 @@ def test_a_deep_only_refusal_is_judged_alike_by_every_oracle():
         (r.verdict, r.rule, r.validator)
 
 
+def test_nan_keys_compare_equal():
+    """Two loads of a dict with a NaN key hold two NaN objects (campaign seed 1034452 was a
+    structure-differs disagreement between them)."""
+    assert fuzz_oracle.compare({float("nan"): 1, (1.0, float("nan")): 2},
+                               {float("nan"): 1, (1.0, float("nan")): 2}) is None
+    assert fuzz_oracle.compare({float("nan"): 1}, {1.0: 1}) is not None
+
+
+@pytest.mark.parametrize("case", ["dtype-of-a-list", "binstring-beside-a-bare-global"])
+def test_documented_refusals_of_odd_forms(case):
+    """Campaign seeds 1048956 and 2007779: ``numpy.dtype([])`` (numpy makes an empty
+    structured dtype) is incompatible like every structured dtype, not corrupted; a bare
+    ``torch.per_tensor_symmetric`` is documented also where a BINSTRING the graph parser's
+    ASCII cannot decode stands in the same pickle."""
+    import hostile
+
+    if case == "dtype-of-a-list":
+        value = hostile.p_global("numpy", "dtype") + b"]\x85R"
+    else:
+        value = hostile.p_list([hostile.p_global("torch", "per_tensor_symmetric"),
+                                b"U\x02\xc3\xa9"])
+    data = hostile.with_pickle(b"\x80\x02" + hostile.p_dict([("v", value)]) + b".")
+    assert fuzz_oracle.torch_load(data).ok
+    r = fuzz_oracle.check(0, case, data, store=False)
+    assert r.verdict == "documented", (r.verdict, r.rule, r.validator)
+    assert r.validator.startswith("incompatible"), r.validator
+
+
 # --------------------------------------------------------------------------- the runs
 
 

@@ -37,8 +37,8 @@ from .gcpause import gc_paused
 from .pickleguard import library_protocol, scan
 from .problem import Problem, corrupted, incompatible, unsafe
 from .standins import (
+    _DTYPE_CLASSES,
     _MADE,
-    _TENSOR_CLASSES,
     MAX_ELEMENTS,
     _note,
     _resolve,
@@ -101,7 +101,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             stype = _StorageType(stype.dtype)
         # torch reads storage_type.dtype first (any object with that attribute), then returns a
         # storage already loaded under this key without looking at the type again
-        tensor_class = isinstance(stype, _StandIn) and stype.qualname in _TENSOR_CLASSES
+        tensor_class = isinstance(stype, _StandIn) and stype.qualname in _DTYPE_CLASSES
         if not isinstance(stype, _StorageType) and not tensor_class:
             raise corrupted(f"storage type is {_short(stype)}, not a torch storage class")
         if type(key) is int and -INT64 <= key < INT64:
