@@ -263,7 +263,21 @@ def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
             lz = [x for x in lazy if isinstance(x, TensorMeta)] if isinstance(
                 lazy, (set, frozenset)) else []
             return None if len(lz) == len(real) else f"{path}: set of tensors differs"
-        return None if lazy == real else f"{path}: set {lazy!r} vs {real!r}"
+        if lazy == real:
+            return None
+        if isinstance(lazy, (set, frozenset)) and len(lazy) == len(real) <= 64:
+            # elements that hold stand-ins (a storage type in a persistent id tuple): paired
+            # by the structural comparison, each lazy element used once
+            pool = list(lazy)
+            for item in real:
+                match = next((i for i, cand in enumerate(pool)
+                              if compare(cand, item, path, depth + 1, set()) is None), None)
+                if match is None:
+                    break
+                pool.pop(match)
+            else:
+                return None
+        return f"{path}: set {lazy!r} vs {real!r}"
     if isinstance(real, float) and real != real:
         return None if isinstance(lazy, float) and lazy != lazy else f"{path}: nan vs {lazy!r}"
     if type(lazy) is not type(real) or lazy != real:

@@ -212,6 +212,24 @@ def test_nan_keys_compare_equal():
     assert fuzz_oracle.compare({float("nan"): 1}, {1.0: 1}) is not None
 
 
+def test_a_set_of_tuples_holding_a_storage_type_compares_structurally():
+    """Campaign seed 2042360: a set holding a persistent id tuple (a storage type in it, a
+    stand-in to the validator, torch's StorageType to torch) was a structure-differs
+    disagreement: the set was compared with ==."""
+    import hostile
+
+    item = hostile.p_tuple([hostile.p_str("storage"), hostile.p_global("torch", "BFloat16Storage"),
+                            hostile.p_str("3")])
+    value = hostile.p_global("builtins", "set") + hostile.p_tuple([hostile.p_list([item])]) + b"R"
+    data = hostile.with_pickle(b"\x80\x02" + hostile.p_dict([("s", value)]) + b".")
+    r = fuzz_oracle.check(0, "set of a storage type tuple", data, store=False)
+    assert r.verdict == "ok/ok", (r.verdict, r.rule, r.detail)
+    other = b"\x80\x02" + hostile.p_dict([("s", value.replace(b"BFloat16", b"Float"))]) + b"."
+    structure = fuzz_oracle._report(data, level="keys", deep=True)[1]
+    assert fuzz_oracle.compare(structure, fuzz_oracle.torch_load(
+        hostile.with_pickle(other)).value) is not None
+
+
 @pytest.mark.parametrize("case", ["dtype-of-a-list", "binstring-beside-a-bare-global"])
 def test_documented_refusals_of_odd_forms(case):
     """Campaign seeds 1048956 and 2007779: ``numpy.dtype([])`` (numpy makes an empty
