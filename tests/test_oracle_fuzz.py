@@ -224,6 +224,11 @@ def test_a_set_of_tuples_holding_a_storage_type_compares_structurally():
     data = hostile.with_pickle(b"\x80\x02" + hostile.p_dict([("s", value)]) + b".")
     r = fuzz_oracle.check(0, "set of a storage type tuple", data, store=False)
     assert r.verdict == "ok/ok", (r.verdict, r.rule, r.detail)
+    from helpers import structural_diff  # store.load vs torch.load, as the 4/5 harness does
+
+    store = fuzz_oracle._store()
+    store.save_bytes(data, "set.pt", validate=None)
+    assert structural_diff(store.load("set.pt"), fuzz_oracle.torch_load(data).value) is None
     other = b"\x80\x02" + hostile.p_dict([("s", value.replace(b"BFloat16", b"Float"))]) + b"."
     structure = fuzz_oracle._report(data, level="keys", deep=True)[1]
     assert fuzz_oracle.compare(structure, fuzz_oracle.torch_load(
