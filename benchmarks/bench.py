@@ -430,10 +430,11 @@ def keys_profile(path: Path, rounds: int = 7) -> list[str]:
 
     from virnucpro_store import schemas
     from virnucpro_store.source import CountingSource, FileSource
-    from virnucpro_store.validation import levels, pickleguard
+    from virnucpro_store.validation import levels
     from virnucpro_store.validation.gcpause import gc_paused
-    from virnucpro_store.validation.safepickle import read_model
-    from virnucpro_store.validation.walk import iter_tensors
+    from virnucpro_store.validation.pickling import prescan
+    from virnucpro_store.validation.pickling.unpickler import read_model
+    from virnucpro_store.validation.pickling.walk import iter_tensors
     from virnucpro_store.validation.zipindex import (
         CachedReader,
         check_control_records,
@@ -467,7 +468,7 @@ def keys_profile(path: Path, rounds: int = 7) -> list[str]:
             check_control_records(reader, index)
             pkl = read_record(reader, index, index.member("data.pkl"))
         with timed("load: opcode pre-scan (bombs, torch's opcode rules)"):
-            pickleguard.scan(bytes(pkl))
+            prescan.scan(bytes(pkl))
         with timed("load: pre-scan + restricted unpickling"):
             model = read_model(pkl)
         with timed("load: walk (every tensor and its path)"):

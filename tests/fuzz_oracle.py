@@ -690,7 +690,7 @@ def _memo_bomb(f: Facts) -> bool:
     mutant's own pickle (a protocol 4/5 translation renumbers the memo)."""
     import pickletools
 
-    from virnucpro_store.validation.pickleguard import MAX_MEMO_GAP
+    from virnucpro_store.validation.pickling.prescan import MAX_MEMO_GAP
 
     stored: set[int] = set()
     try:
@@ -1087,7 +1087,7 @@ def _library_oracle(data: bytes) -> tuple[bytes | None, tuple[Any, ...]]:
     the library allows it. (None, ()) for every other mutant: torch judges it as it is."""
     from p45translate import FrameRefused, Untranslatable, oracle_globals, translate_archive
 
-    from virnucpro_store.validation.pickleguard import library_protocol
+    from virnucpro_store.validation.pickling.prescan import library_protocol
 
     # the data.pkl a plain scan finds (zipfile would refuse a CRC-less archive here)
     pkl = Facts(data).pickle()

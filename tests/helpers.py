@@ -23,7 +23,9 @@ from virnucpro_store.testing.damage import (  # noqa: F401
     truncated,
 )
 from virnucpro_store.testing.samples import to_bytes  # noqa: F401
-from virnucpro_store.validation.standins import _NpDType, _StandIn, _StorageType
+from virnucpro_store.validation.pickling.standins import GlobalStandIn as _StandIn
+from virnucpro_store.validation.pickling.standins import NumpyDTypeStandIn as _NpDType
+from virnucpro_store.validation.pickling.standins import StorageTypeStandIn as _StorageType
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd=None,

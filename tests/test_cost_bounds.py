@@ -1,6 +1,6 @@
 """Issue 19, "Bounds": a non-deep validation costs a bounded number of Python steps.
 
-The pickle scan (pickleguard.scan) takes runs of records (ids of any length, tensors and views
+The pickle scan (prescan.scan) takes runs of records (ids of any length, tensors and views
 of any shape, float lists) a run at a time and every other opcode one step at a time; past
 ``MAX_SCAN_STEPS`` steps it refuses the file with ``pickle.too_complex`` ("incompatible")
 rather than spend unbounded time on it. Default run: the limit exists and is enforced, the
@@ -22,7 +22,8 @@ import torch
 
 from virnucpro_store.source import BytesSource
 from virnucpro_store.testing.samples import sample, to_bytes
-from virnucpro_store.validation import pickleguard, validate_source
+from virnucpro_store.validation import validate_source
+from virnucpro_store.validation.pickling import prescan
 from virnucpro_store.validation.problem import CODES
 
 FULL = os.environ.get("VNPS_FUZZ") == "full"
@@ -51,7 +52,7 @@ def _pkl(data: bytes) -> bytes:
 
 def test_the_limit_has_its_code() -> None:
     assert "pickle.too_complex" in CODES
-    assert pickleguard.MAX_SCAN_STEPS >= 100_000  # far above any feature file (below)
+    assert prescan.MAX_SCAN_STEPS >= 100_000  # far above any feature file (below)
 
 
 @pytest.mark.parametrize("fmt", ["merged", "esm", "dnabert", "shard"])
@@ -66,25 +67,25 @@ def test_feature_files_take_few_steps(fmt: str) -> None:
         obj["data"] = [dict(x, label=name) for x, name in zip(obj["data"], obj[key])]
     if fmt == "esm":
         obj["data"] = list(torch.stack(obj["data"]))  # views of one storage
-    found = pickleguard.scan(_pkl(to_bytes(obj)))
+    found = prescan.scan(_pkl(to_bytes(obj)))
     assert found.steps < 1000, found.steps
 
 
 @pytest.mark.parametrize("shape", ["ragged", "views"])
 def test_record_shapes_take_one_step_a_run(shape: str) -> None:
     data = _pkl(to_bytes(_ragged(5000) if shape == "ragged" else _views(3000)))
-    assert pickleguard.scan(data).steps < 200
+    assert prescan.scan(data).steps < 200
 
 
 def test_past_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small tuples are Python work per opcode: past the limit the verdict is
     pickle.too_complex, "incompatible", with a message that says what to do; under it, valid."""
     data = to_bytes(_tuples(3000))
-    steps = pickleguard.scan(_pkl(data)).steps
+    steps = prescan.scan(_pkl(data)).steps
     assert steps > 3 * 3000
-    monkeypatch.setattr(pickleguard, "MAX_SCAN_STEPS", steps + 1)
+    monkeypatch.setattr(prescan, "MAX_SCAN_STEPS", steps + 1)
     assert validate_source(BytesSource(data), level="keys").ok
-    monkeypatch.setattr(pickleguard, "MAX_SCAN_STEPS", steps)
+    monkeypatch.setattr(prescan, "MAX_SCAN_STEPS", steps)
     for level in ("load", "keys"):
         report = validate_source(BytesSource(data), level=level)
         assert (report.ok, report.category, report.code) == (

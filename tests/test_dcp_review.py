@@ -198,7 +198,7 @@ def test_both_directions_with_torchs_file_system_writer_and_reader(tmp_path):
 
 
 @pytest.mark.xfail(reason="the store's validator refuses the global _io.BytesIO that DCP's "
-                   "planner pickles for a BytesIO value (validation/pickleguard.py, "
+                   "planner pickles for a BytesIO value (validation/pickling/allowlist.py, "
                    "standins.py: not this module's to allow); docs/review-2026-12-07.md",
                    raises=CheckpointException, strict=False)
 def test_bytesio_values_round_trip(tmp_path):

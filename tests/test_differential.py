@@ -22,7 +22,7 @@ from virnucpro_store.validation import (
     safe_torch_load,
     validate_source,
 )
-from virnucpro_store.validation.safepickle import load_structure
+from virnucpro_store.validation.pickling.unpickler import load_structure
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8,
           torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64, torch.complex128,

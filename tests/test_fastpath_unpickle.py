@@ -39,9 +39,10 @@ from virnucpro_store.lazy import (
     make_tensor_meta,
 )
 from virnucpro_store.testing.samples import sample, to_bytes
-from virnucpro_store.validation import standins
+from virnucpro_store.validation.pickling import allowlist, standins
+from virnucpro_store.validation.pickling.context import LoadContext
+from virnucpro_store.validation.pickling.unpickler import RestrictedUnpickler, read_model
 from virnucpro_store.validation.problem import Problem
-from virnucpro_store.validation.safepickle import RestrictedUnpickler, read_model
 
 V2 = "torch._utils._rebuild_tensor_v2"
 
@@ -61,17 +62,25 @@ class _Paths:
                 return fn(*args)
             return call
 
-        fast = standins._ALLOWED[V2].fast
-        assert fast is standins._fast_rebuild_tensor_v2
-        slow = counted(V2, standins._rebuild_tensor_v2)
-        self.fast = standins._StandIn(V2, slow, fast)
-        self.generic = standins._StandIn(V2, slow)
+        per_load = allowlist.ALLOWED[V2].per_load
+        assert per_load is not None
+
+        def fast_pair(ctx: Any) -> Any:
+            fn, fast = per_load(ctx)
+            assert fast.func is standins._fast_rebuild_tensor_v2
+            return counted(V2, fn), fast
+
+        def generic_pair(ctx: Any) -> Any:
+            return counted(V2, per_load(ctx)[0]), None
+
+        self.fast = standins.GlobalStandIn(V2, per_load=fast_pair)
+        self.generic = standins.GlobalStandIn(V2, per_load=generic_pair)
         self.fast_load = RestrictedUnpickler.persistent_load
         monkeypatch.setattr(RestrictedUnpickler, "checked_persistent_load", counted(
             "checked_persistent_load", RestrictedUnpickler.checked_persistent_load))
 
     def run(self, data: bytes, fast: bool) -> object:
-        self.mp.setitem(standins._ALLOWED, V2, self.fast if fast else self.generic)
+        self.mp.setitem(allowlist.ALLOWED, V2, self.fast if fast else self.generic)
         self.mp.setattr(RestrictedUnpickler, "persistent_load", self.fast_load if fast
                         else RestrictedUnpickler.checked_persistent_load)
         for key in self.calls:
@@ -418,14 +427,17 @@ def test_constructors_set_what_the_dataclass_init_sets():
 
 def test_the_stand_in_is_still_a_plain_stand_in():
     """Messages name a value's type (short_value): the fast path changes no type."""
-    assert type(standins._ALLOWED[V2]) is standins._StandIn
-    assert standins._ALLOWED[V2].fn is standins._rebuild_tensor_v2
+    assert type(allowlist.ALLOWED[V2]) is standins.GlobalStandIn
+    bound = allowlist.ALLOWED[V2].bind(LoadContext())
+    assert type(bound) is standins.GlobalStandIn
+    assert bound.fn.__qualname__ == "_rebuild_tensor_v2"  # as a bad call's TypeError names it
 
 
 def test_every_storage_type_has_a_sized_dtype():
     """persistent_load's fast path caches a storage when numel is not 0, which is when its
     nbytes (numel times the dtype's item size) is not 0: every storage type's dtype is sized."""
-    types = [v for v in standins._ALLOWED.values() if isinstance(v, standins._StorageType)]
+    types = [v for v in allowlist.ALLOWED.values()
+             if isinstance(v, standins.StorageTypeStandIn)]
     assert len(types) > 20
     assert all(TORCH_DTYPES[t.dtype] >= 1 for t in types)
 
@@ -434,19 +446,19 @@ def test_one_tensor_as_the_generic_call_makes_it():
     """The stand-in called directly (as _rebuild_from_type_v2 calls it), fast and generic."""
     ref = make_storage_ref("0", "float32", 6, "cpu")
     hooks = standins.TorchOrderedDict()
-    fast_fn, generic_fn = standins._ALLOWED[V2], standins._StandIn(V2,
-                                                                    standins._rebuild_tensor_v2)
     for args in [(ref, 0, (2, 3), (3, 1), False, hooks), (ref, 1, (), (), True, None),
                  (ref, 0, (6,), (1,), False, 0), (ref, 0, (6,), (1.0,), False, hooks)]:
         outs = []
-        for fn in (fast_fn, generic_fn):
-            standins._MADE.items = made = []
+        for generic in (False, True):
+            ctx = LoadContext()
+            made = ctx.made
+            fn = allowlist.ALLOWED[V2].bind(ctx)
+            if generic:
+                fn = standins.GlobalStandIn(V2, fn.fn)
             try:
                 outs.append((fn(*args), made))
             except Problem as problem:
                 outs.append((problem.category, problem.message, problem.code))
-            finally:
-                standins._MADE.items = None
         assert outs[0] == outs[1], args
         if len(outs[0]) == 2:
             (a, made_a), (b, made_b) = outs
@@ -457,7 +469,7 @@ def test_one_tensor_as_the_generic_call_makes_it():
 
 
 def test_a_storage_id_as_the_checked_path_reads_it():
-    fs = standins._ALLOWED["torch.FloatStorage"]
+    fs = allowlist.ALLOWED["torch.FloatStorage"]
     for pid_ in [("storage", fs, "3", "cpu", 5), ("storage", fs, "3", "cpu", 0),
                  ("storage", fs, "3", b"cpu", 5), ("storage", fs, 3, "cpu", 5),
                  ("storage", fs, "3", "cpu", True), (b"storage", fs, "3", "cpu", 5)]:
@@ -465,14 +477,11 @@ def test_a_storage_id_as_the_checked_path_reads_it():
         for load in (RestrictedUnpickler.persistent_load,
                      RestrictedUnpickler.checked_persistent_load):
             unpickler = RestrictedUnpickler(io.BytesIO(b""))
-            standins._MADE.items = made = []
-            try:
-                first = load(unpickler, pid_)
-                again = load(unpickler, pid_)
-                outs.append((list(vars(first).items()), first is again, first is made[0],
-                             len(made), dict(unpickler.storages)))
-            finally:
-                standins._MADE.items = None
+            made = unpickler.ctx.made
+            first = load(unpickler, pid_)
+            again = load(unpickler, pid_)
+            outs.append((list(vars(first).items()), first is again, first is made[0],
+                         len(made), dict(unpickler.storages)))
         assert outs[0] == outs[1], pid_
 
 

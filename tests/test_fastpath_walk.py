@@ -28,10 +28,11 @@ import torch
 from virnucpro_store.lazy import StorageRef, TensorMeta
 from virnucpro_store.source import BytesSource
 from virnucpro_store.testing.samples import sample, to_bytes
-from virnucpro_store.validation import levels, walk, zipindex
+from virnucpro_store.validation import levels, zipindex
+from virnucpro_store.validation.pickling import walk
+from virnucpro_store.validation.pickling.standins import TorchOrderedDict
+from virnucpro_store.validation.pickling.unpickler import read_model
 from virnucpro_store.validation.problem import Problem
-from virnucpro_store.validation.safepickle import read_model
-from virnucpro_store.validation.standins import TorchOrderedDict
 from virnucpro_store.validation.zipindex import (
     CachedReader,
     ZipIndex,

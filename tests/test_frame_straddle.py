@@ -21,7 +21,7 @@ from hostile import with_pickle
 from test_library_loader import TENSOR4, merged4, s_str
 
 import virnucpro_store as vs
-from virnucpro_store.validation import safepickle
+from virnucpro_store.validation.pickling import unpickler
 
 
 def straddling_file() -> bytes:
@@ -74,14 +74,14 @@ def test_without_the_frame_rule_load_still_builds_what_the_model_checked(tmp_pat
                                                                         monkeypatch):
     """Defence in depth: with the FRAME rule switched off (the check wrong again), the loader
     still builds the model's own reading, never the hidden opcodes'."""
-    from virnucpro_store.validation import pickleguard
+    from virnucpro_store.validation.pickling import prescan
 
-    real_scan = pickleguard.scan
+    real_scan = prescan.scan
 
     def without_frame_rule(data, check_global=None):
         try:
             return real_scan(data, check_global)
-        except safepickle.Problem as problem:
+        except unpickler.Problem as problem:
             if problem.code != "pickle.frame_straddle":
                 raise
             return _Accepting()
@@ -100,7 +100,7 @@ def test_without_the_frame_rule_load_still_builds_what_the_model_checked(tmp_pat
         def patched(self, data):
             return data
 
-    monkeypatch.setattr(safepickle, "scan", without_frame_rule)
+    monkeypatch.setattr(unpickler, "scan", without_frame_rule)
     (tmp_path / "f.pt").write_bytes(straddling_file())
     store = vs.open_store(str(tmp_path))
     report = store.validate("f.pt", schema="merged", deep=True)

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from virnucpro_store.source import BytesSource
 from virnucpro_store.validation import safe_torch_load, validate_source
+from virnucpro_store.validation.pickling.unpickler import RestrictedUnpickler, load_structure
 from virnucpro_store.validation.problem import Problem
-from virnucpro_store.validation.safepickle import RestrictedUnpickler, load_structure
 from virnucpro_store.validation.zipindex import (
     CachedReader,
     check_torch_layout,

@@ -14,8 +14,8 @@ import pytest
 from hostile import p_dict, p_int, p_list, p_str, p_tensor, with_pickle
 
 import virnucpro_store as vs
-from virnucpro_store.validation import standins
-from virnucpro_store.validation.pickleguard import library_protocol
+from virnucpro_store.validation.pickling import allowlist, standins
+from virnucpro_store.validation.pickling.prescan import library_protocol
 
 _RAN: list[str] = []
 
@@ -138,9 +138,9 @@ def test_the_loader_builds_only_what_the_model_can_make():
     outside the stand-ins cannot even be named to it: tests/test_materialize.py)."""
     from virnucpro_store.validation import materialize
 
-    model = set(standins._ALLOWED) | set(standins._LIBRARY_ALLOWED)
+    model = set(allowlist.ALLOWED) | set(allowlist.LIBRARY_ALLOWED)
     assert all(type(v) in (standins.GlobalStandIn, standins.StorageTypeStandIn,
-                           standins.TorchDType) for v in standins._ALLOWED.values())
+                           standins.TorchDType) for v in allowlist.ALLOWED.values())
     assert "os.system" not in model
     rules = set(materialize._RULES)
     assert {standins.GlobalStandIn, standins.TorchDType, standins.NumpyDTypeStandIn} <= rules

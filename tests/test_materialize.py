@@ -32,9 +32,9 @@ from test_frame_straddle import straddling_file
 from test_protocol45 import protocol45_mutant
 
 import virnucpro_store as vs
-from virnucpro_store.validation import safepickle, standins
 from virnucpro_store.validation.materialize import Materializer
-from virnucpro_store.validation.pickleguard import library_protocol
+from virnucpro_store.validation.pickling import standins, unpickler
+from virnucpro_store.validation.pickling.prescan import library_protocol
 from virnucpro_store.validation.problem import Problem
 
 FULL = os.environ.get("VNPS_FUZZ") == "full"
@@ -71,7 +71,7 @@ class _AcceptAll:
 def checks_disabled(monkeypatch):
     """The model with its checks off: the pre-scan accepts everything, numpy dtypes are never
     refused, tensor views are never bounds-checked."""
-    monkeypatch.setattr(safepickle, "scan", lambda data, resolve: _AcceptAll())
+    monkeypatch.setattr(unpickler, "scan", lambda data, resolve: _AcceptAll())
     monkeypatch.setattr(standins, "_check_array_dtype", lambda dtype, missing: None)
     from virnucpro_store.validation import levels
 
@@ -131,7 +131,7 @@ class _Parses:
 
     def __init__(self, monkeypatch):
         self.count = 0
-        real = safepickle.RestrictedUnpickler.load
+        real = unpickler.RestrictedUnpickler.load
 
         def counted(unpickler):
             self.count += 1
@@ -140,7 +140,7 @@ class _Parses:
         def refuse(*args, **kwargs):
             raise AssertionError("a second unpickler ran during load()")
 
-        monkeypatch.setattr(safepickle.RestrictedUnpickler, "load", counted)
+        monkeypatch.setattr(unpickler.RestrictedUnpickler, "load", counted)
         for owner, name in ((torch, "load"), (torch.serialization, "_load"),
                             (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
                             (pickle, "_Unpickler")):
@@ -216,8 +216,8 @@ def test_the_parse_count_sees_a_second_parse(monkeypatch):
     parses = _Parses(monkeypatch)
     from virnucpro_store.testing.samples import sample_file
 
-    safepickle.read_model(_data_pkl(sample_file("merged", 2)))
-    safepickle.read_model(_data_pkl(sample_file("merged", 2)))
+    unpickler.read_model(_data_pkl(sample_file("merged", 2)))
+    unpickler.read_model(_data_pkl(sample_file("merged", 2)))
     assert parses.count == 2
     with pytest.raises(AssertionError, match="second unpickler"):
         torch.load(io.BytesIO(sample_file("merged", 2)), weights_only=True)

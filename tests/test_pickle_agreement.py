@@ -27,8 +27,11 @@ from helpers import assert_describes
 from virnucpro_store.schemas import check_version
 from virnucpro_store.source import BytesSource
 from virnucpro_store.validation.levels import _evaluate, validate_source
-from virnucpro_store.validation.pickleguard import MAX_KEYS_PER_HASH
-from virnucpro_store.validation.standins import _ALLOWED, _TORCH_KNOWN_UNSUPPORTED
+from virnucpro_store.validation.pickling.allowlist import ALLOWED as _ALLOWED
+from virnucpro_store.validation.pickling.allowlist import (
+    TORCH_KNOWN_UNSUPPORTED as _TORCH_KNOWN_UNSUPPORTED,
+)
+from virnucpro_store.validation.pickling.stackitems import MAX_KEYS_PER_HASH
 
 # --------------------------------------------------------------------------- crafting
 

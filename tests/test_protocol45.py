@@ -50,7 +50,7 @@ import virnucpro_store as vs
 from virnucpro_store.source import BytesSource
 from virnucpro_store.testing.samples import FORMATS, sample
 from virnucpro_store.validation.levels import validate_source
-from virnucpro_store.validation.pickleguard import library_protocol
+from virnucpro_store.validation.pickling.prescan import library_protocol
 from virnucpro_store.validation.torch_load import numpy_safe_globals
 
 SUBSET = 300

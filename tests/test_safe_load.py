@@ -182,15 +182,15 @@ def test_the_classes_a_storage_type_may_name_are_torchs():
     whose real object has one (torch reads ``storage_type.dtype`` of any object)."""
     import importlib
 
-    from virnucpro_store.validation import standins
+    from virnucpro_store.validation.pickling import standins
 
     have = set()
-    for qualname, standin in standins._ALLOWED.items():
-        if type(standin) is standins._StandIn:
+    for qualname, standin in standins.TORCH_STAND_INS.items():
+        if type(standin) is standins.GlobalStandIn:
             module, _, name = qualname.rpartition(".")
             if hasattr(getattr(importlib.import_module(module), name), "dtype"):
                 have.add(qualname)
-    assert have == set(standins._DTYPE_CLASSES)
+    assert have == set(standins.DTYPE_CLASSES)
 
 
 @pytest.mark.parametrize("cls", [("numpy", "ndarray"), ("torch", "Tensor")])

@@ -1,8 +1,9 @@
-"""The pickle scan's run accelerators (pickleguard "run accelerators") against its opcode loop.
+"""The pickle scan's run accelerators (pickling/templates.py) against its opcode loop.
 
 The accelerators take runs of repeated records (torch.save's tensors, id strings, DNABERT's
 dicts) at C speed; they must leave the scan in exactly the state the opcode loop leaves it in.
-The oracle is the opcode loop itself (``_ACCELERATE = False``), on real torch.save files and on
+The oracle is the opcode loop itself (``prescan.ACCELERATE = False``), on real torch.save files
+and on
 mutants of them (random bytes, memo PUT/GET indices moved): the verdict, and at STOP the whole
 memo and stack, item by item (kind, string position, tuple size/depth/hash, container kind,
 counts and identity), must be the same.
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from virnucpro_store.testing.samples import sample, to_bytes
-from virnucpro_store.validation import pickleguard
+from virnucpro_store.validation.pickling import prescan, stackitems, templates
 from virnucpro_store.validation.problem import Problem
 
 
@@ -57,22 +58,22 @@ BASES = _bases()
 
 def _fingerprint(item: object, ids: dict[int, int]) -> object:
     kind = type(item)
-    if kind is pickleguard._Tup:
+    if kind is stackitems.Tup:
         return ("tuple", item.nodes, item.depth, item.hash if type(item.hash) is int
                 else repr(item.hash) if item.hash is None else "unknown")
-    if kind is pickleguard._Str:
+    if kind is stackitems.Str:
         return ("str", item.start, item.size)
-    if kind is pickleguard._Container:  # which containers are one object matters too
+    if kind is stackitems.Container:  # which containers are one object matters too
         return ("container", item.kind, item.counts, item.unknown,
                 ids.setdefault(id(item), len(ids)))
-    if kind is pickleguard._Glob:
+    if kind is stackitems.Glob:
         return ("global", item.qualname)
-    if kind is pickleguard._Run:
+    if kind is stackitems.Run:
         return ("run", item.op, item.start, item.base)
-    if kind is pickleguard._Kind:
-        return ("kind", item.name, item is pickleguard._K_UNKOBJ)
-    if item is pickleguard._HOLE or item is pickleguard._UNK:
-        return "hole" if item is pickleguard._HOLE else "unknown"
+    if kind is stackitems.Kind:
+        return ("kind", item.name, item is stackitems.K_UNKOBJ)
+    if item is stackitems.HOLE or item is stackitems.UNKNOWN:
+        return "hole" if item is stackitems.HOLE else "unknown"
     return ("value", item)
 
 
@@ -84,10 +85,10 @@ def _outcome(data: bytes, accelerate: bool, monkeypatch: pytest.MonkeyPatch) -> 
         states.append((stored, [_fingerprint(x, ids) for x in memo],
                        [_fingerprint(x, ids) for x in stack]))
 
-    monkeypatch.setattr(pickleguard, "_ACCELERATE", accelerate)
-    monkeypatch.setattr(pickleguard, "_ON_STOP", at_stop)
+    monkeypatch.setattr(prescan, "ACCELERATE", accelerate)
+    monkeypatch.setattr(prescan, "ON_STOP", at_stop)
     try:
-        found = pickleguard.scan(data)
+        found = prescan.scan(data)
     except Problem as exc:
         return ("problem", exc.category, exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - compared, whatever it is
@@ -131,17 +132,17 @@ def _mutants(data: bytes, rng: random.Random, count: int) -> list[bytes]:
 def test_runs_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not vacuous: the templates do take the bulk of the samples' records."""
     taken: list[int] = []
-    real = pickleguard._template_run
+    real = templates.template_run
 
     def counting(*args: object) -> int:
         found = real(*args)  # type: ignore[arg-type]
         taken.append(found)
         return found
 
-    monkeypatch.setattr(pickleguard, "_template_run", counting)
+    monkeypatch.setattr(templates, "template_run", counting)
     for name, floor in (("esm", 55 + 55), ("dnabert", 10), ("shard", 55)):
         taken.clear()
-        pickleguard.scan(BASES[name])
+        prescan.scan(BASES[name])
         assert sum(taken) >= floor, (name, sum(taken))
 
 
@@ -156,7 +157,7 @@ def test_a_get_of_an_entry_the_run_stores(monkeypatch: pytest.MonkeyPatch) -> No
     """Records that all GET one entry an earlier record of their own run stored (so the first
     of them sees a hole and the others a tuple): the run must not be taken as one template."""
     data = bytearray(BASES["esm"])
-    records = list(pickleguard._TENSOR_RECORD.finditer(bytes(data)))
+    records = list(templates.TENSOR_RECORD.finditer(bytes(data)))
     assert len(records) > 10 and records[5]["p2"][:1] == b"q"
     assert all(m["st"][:1] == b"h" for m in records)  # BINGET 'storage': one-byte indices
     shape_entry = records[5]["p2"][1:]  # the sixth record's size tuple

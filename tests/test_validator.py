@@ -22,10 +22,10 @@ from virnucpro_store.validation import (
     ArrayMeta,
     TensorMeta,
     inspect_source,
-    safepickle,
     validate_source,
     zipindex,
 )
+from virnucpro_store.validation.pickling import unpickler
 
 
 def check(data: bytes, **kwargs):
@@ -58,7 +58,7 @@ def test_shards_with_numpy_and_with_tensor_embeddings():
             "dtype": "float32", "shape": [4, 16]}
         assert report.details["torch_load"] == "ok"
         pkl = zipfile.ZipFile(io.BytesIO(data)).read("archive/data.pkl")
-        assert isinstance(safepickle.load_structure(pkl)["embeddings"], dtype_kind)
+        assert isinstance(unpickler.load_structure(pkl)["embeddings"], dtype_kind)
 
 
 def test_details_name_tensors_by_path_and_bound_the_list():
@@ -367,7 +367,7 @@ def test_truncated_pickle_stream_is_corrupted():
 
 
 def test_oversized_pickle_is_refused(monkeypatch):
-    monkeypatch.setattr(safepickle, "MAX_PICKLE_BYTES", 100)
+    monkeypatch.setattr(unpickler, "MAX_PICKLE_BYTES", 100)
     report = check(corpus.feature_file("merged", 2))
     assert report.category == "incompatible" and "MAX_PICKLE_BYTES" in report.message
 

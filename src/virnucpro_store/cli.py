@@ -216,14 +216,17 @@ def _one_url(url: str | None) -> str:
     return _urls_or_default((url,) if url else ())[0]
 
 
-def _open(url: str, options: StorageOptions) -> CheckpointStore:
-    """The store at ``url``; storage options its backend does not take are a usage error."""
+def _open(url, options: StorageOptions) -> CheckpointStore:
+    """The store at ``url`` (a URL, or a :class:`~.registry.ParsedURL`: not parsed again);
+    storage options its backend does not take are a usage error."""
+    from .registry import ParsedURL
     from .targets import open_url_store
 
     try:
         return open_url_store(url, options)
     except TypeError as exc:
-        raise click.UsageError(f"{url}: {exc}") from None
+        shown = url.url if isinstance(url, ParsedURL) else url
+        raise click.UsageError(f"{shown}: {exc}") from None
 
 
 def _located(url: str, options: StorageOptions):
@@ -241,20 +244,20 @@ def _run_root(url: str, options: StorageOptions, *, command: str,
     (exit 2); a folder or prefix with nothing in it, one that does not exist (exit 3) unless
     ``allow_missing`` (on an object store, an empty prefix cannot be told from a missing one).
     """
-    from .registry import parse_url, split_object_url
+    from .registry import parse_url
 
     parsed = parse_url(url)
     if parsed.scheme == "file" and os.path.isfile(parsed.location):
         raise click.UsageError(f"{command} takes a run folder, and {url} is a file; "
                                f"check one file with `virnucpro-store validate`")
-    store = _open(url, options)
+    store = _open(parsed, options)
     if parsed.scheme == "file" and os.path.isdir(parsed.location):
         return store
     if next(iter(store.list()), None) is not None:
         return store
     with contextlib.suppress(errors.InvalidKey):
-        parent, key = split_object_url(url)
-        if _open(parent.url, options).exists(key):
+        parent, key = parsed.split_object(url)
+        if _open(parent, options).exists(key):
             raise click.UsageError(f"{command} takes a run folder/prefix, and {url} is an "
                                    f"object; check one file with `virnucpro-store validate`")
     if not allow_missing:
@@ -585,16 +588,16 @@ def info(url: str, deep: bool, as_json: bool, options: StorageOptions) -> None:
       virnucpro-store info /scratch/run7/esm_000.pt
       virnucpro-store info s3://lab-bucket/run7/merged.pt --deep --json
     """
-    from .registry import parse_url, split_object_url
-    from .targets import followed
+    from .registry import parse_url
+    from .targets import followed_url
 
     parsed = parse_url(url)
     if parsed.scheme == "file" and os.path.isdir(parsed.location):
         raise click.UsageError(f"info takes a file, and {url} is a folder; list it with "
                                f"`virnucpro-store ls` or check it with `virnucpro-store "
                                f"validate`")
-    parent, key = split_object_url(followed(url, options))
-    store = _open(parent.url, options)
+    parent, key = followed_url(parsed, options).split_object(url)
+    store = _open(parent, options)
     description = store.inspect(key, deep=deep)
     if as_json:
         click.echo(json.dumps(description, default=str, indent=2))
@@ -635,7 +638,7 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
       virnucpro-store cp /scratch/run7 az://lab/run7 && virnucpro-store verify az://lab/run7
       virnucpro-store cp s3://lab-bucket/run7/merged.pt /scratch/restore/
     """
-    from .registry import parse_url, split_object_url
+    from .registry import parse_url
     from .runs import MANIFEST_NAME
 
     quiet = ctx.obj["quiet"]
@@ -643,24 +646,24 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
     store = located.store
     if not located.exists:
         _fail(f"missing: no such file, folder or prefix: {src}", EXIT_CHECKPOINT, "missing")
+    destination = parse_url(dst)
     raw: list[str] = []  # copied byte for byte, unvalidated (sidecars, then the manifest)
     if located.single:
         key = located.keys[0]
         # cp FILE DST/ keeps the name; cp FILE DST/NAME.pt renames
-        if dst.endswith("/") or _is_local_dir(dst):
-            dest_store, mapping = _open(dst, options), {key: key.rsplit("/")[-1]}
+        if dst.endswith("/") or _is_local_dir(destination):
+            dest_store, mapping = _open(destination, options), {key: key.rsplit("/")[-1]}
         else:
-            parent, name = split_object_url(dst)
-            dest_store, mapping = _open(parent.url, options), {key: name}
+            parent, name = destination.split_object(dst)
+            dest_store, mapping = _open(parent, options), {key: name}
         checkpoints = [key]
     else:
-        parse_url(dst)
         checkpoints, apart = _folder_targets(located, pattern)
         manifests = [k for k in apart if k.rsplit("/", 1)[-1] == MANIFEST_NAME]
         others = [] if pattern is not None else [
             k for k in apart if k not in manifests and not k.endswith(".tmp")]
         raw = others + manifests
-        dest_store = _open(dst, options)
+        dest_store = _open(destination, options)
         from .targets import prefix_inside
 
         if prefix_inside(store, dest_store):  # a folder inside the source (the same: resume)
@@ -708,10 +711,8 @@ def cp(ctx: click.Context, src: str, dst: str, pattern: str | None, level: str, 
             f"copied {len(copied)}, skipped {len(skipped)} (already there and valid)")
 
 
-def _is_local_dir(url: str) -> bool:
-    from .registry import parse_url
-
-    parsed = parse_url(url)
+def _is_local_dir(parsed) -> bool:
+    """Whether a parsed URL names a local folder."""
     return parsed.scheme == "file" and os.path.isdir(parsed.location)
 
 
@@ -775,7 +776,7 @@ def gc(ctx: click.Context, url: str | None, older_than: str, dry_run: bool,
     if parsed.scheme == "file" and not os.path.isdir(parsed.location):
         _fail(f"missing: no such folder: {url}; nothing was removed", EXIT_CHECKPOINT,
               "missing")
-    store = _open(url, options)
+    store = _open(parsed, options)
     found = {leftover.name: leftover for leftover in store.leftovers(seconds)}  # kind and age
     names = store.gc(seconds, virnucpro_tmp=virnucpro_tmp, dry_run=dry_run)
     if as_json:

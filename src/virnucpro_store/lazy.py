@@ -1,9 +1,9 @@
 """What a ``data.pkl`` describes, without its data: lazy tensors, arrays and storages.
 
-The validator's unpickler (``validation/safepickle.py``) turns a torch pickle into plain Python
-containers holding these stand-ins; the schemas (``schemas.py``) check them. This module imports
-nothing of the package, so both can use it. Values are shown in messages by :func:`short_value`
-and :func:`shape_text`, bounded whatever a file declares.
+The validator's unpickler (``validation/pickling/unpickler.py``) turns a torch pickle into plain
+Python containers holding these stand-ins; the schemas (``schemas.py``) check them. This module
+imports nothing of the package, so both can use it. Values are shown in messages by
+:func:`short_value` and :func:`shape_text`, bounded whatever a file declares.
 
 >>> TensorMeta("float32", (4, 2560), (2560, 1), 0, "0").numel
 10240
@@ -40,7 +40,7 @@ NUMPY_DTYPES: dict[str, tuple[str, int, str]] = {
 }
 
 #: how the pickle BUILD opcode applies a state to each stand-in type; registered by the
-#: validator's stand-ins (``validation/standins.py``). A type with no entry refuses BUILD.
+#: validator's stand-ins (``validation/pickling/standins.py``). A type with no entry refuses BUILD.
 BUILD_HOOKS: dict[type, Callable[[Any, Any], None]] = {}
 
 
@@ -66,7 +66,7 @@ class _Shaped:
         return len(self.shape)
 
 
-class _Frozen:
+class Frozen:
     """Frozen stand-ins: BUILD (which would write straight into ``__dict__``, bypassing
     ``frozen``) goes through :data:`BUILD_HOOKS`; copy and pickle of our own objects work."""
 
@@ -78,7 +78,7 @@ class _Frozen:
 
 
 @dataclass(frozen=True)
-class StorageRef(_Frozen):
+class StorageRef(Frozen):
     """A tensor storage named by a persistent id: record ``<top>/data/<key>``."""
 
     key: str
@@ -93,7 +93,7 @@ class StorageRef(_Frozen):
 
 
 @dataclass(frozen=True)
-class TensorMeta(_Shaped, _Frozen):
+class TensorMeta(_Shaped, Frozen):
     """A tensor as ``data.pkl`` describes it, without its data.
 
     >>> TensorMeta("float32", (4, 2560), (2560, 1), 0, "0", False).numel
@@ -226,14 +226,14 @@ class NumpyComplex(complex):
 
 
 @dataclass(frozen=True)
-class TorchDType(_Frozen):
+class TorchDType(Frozen):
     """A ``torch.<dtype>`` global, by name."""
 
     name: str
 
 
 @dataclass(frozen=True)
-class TorchDevice(_Frozen):
+class TorchDevice(Frozen):
     """A ``torch.device`` the pickle makes: its type and index (None: no index), compared and
     hashed as torch compares them (``device('cpu') != device('cpu', 0)``, and never equal to a
     string). ``str()`` is torch's.

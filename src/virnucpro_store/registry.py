@@ -33,7 +33,8 @@ ENTRY_POINT_GROUP = "virnucpro_store.backends"
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """Where a scheme's backend class lives, and who provides it."""
+    """Where a scheme's backend class lives, who provides it, and what the URL layer needs to
+    know of it without importing it: the one row a built-in backend adds to the table."""
 
     #: ``"module:Class"``
     target: str
@@ -41,16 +42,31 @@ class BackendSpec:
     extra: str | None = None
     #: the distribution whose entry point declared it (None: registered in code)
     distribution: str | None = None
+    #: what the first part of its location names, in messages (``bucket``, ``container``)
+    root: str = "name"
+    #: a store over the network (not local disk or this process's memory): it takes the
+    #: command line's ``-o`` options and ``--endpoint-url``, and a run writer keeps
+    #: several saves in flight on it
+    remote: bool = True
+    #: it speaks the AWS settings: ``--profile`` / ``AWS_PROFILE`` and ``AWS_ENDPOINT_URL``
+    aws: bool = False
+    #: other spellings of its scheme (built-ins only)
+    aliases: tuple[str, ...] = ()
 
 
+#: the built-in backends: adding one (an object store) is one row here, one package under
+#: backends/ and one pip extra
 _BACKENDS: dict[str, BackendSpec] = {
-    "file": BackendSpec("virnucpro_store.backends.local:LocalBackend"),
-    "memory": BackendSpec("virnucpro_store.backends.memory:MemoryBackend"),
-    "s3": BackendSpec("virnucpro_store.backends.s3:S3Backend", extra="s3"),
-    "gs": BackendSpec("virnucpro_store.backends.gcs:GCSBackend", extra="gcs"),
-    "az": BackendSpec("virnucpro_store.backends.azure:AzureBackend", extra="azure"),
+    "file": BackendSpec("virnucpro_store.backends.local:LocalBackend", root="path",
+                        remote=False, aliases=("local",)),
+    "memory": BackendSpec("virnucpro_store.backends.memory:MemoryBackend", remote=False),
+    "s3": BackendSpec("virnucpro_store.backends.s3:S3Backend", extra="s3", root="bucket",
+                      aws=True, aliases=("s3a",)),
+    "gs": BackendSpec("virnucpro_store.backends.gcs:GCSBackend", extra="gcs", root="bucket",
+                      aliases=("gcs",)),
+    "az": BackendSpec("virnucpro_store.backends.azure:AzureBackend", extra="azure",
+                      root="container", aliases=("abfs", "abfss")),
 }
-_ALIASES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "local": "file"}
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")  # RFC 3986, after lower()
 # scheme -> the specs its entry points declare (more than one distinct target: ambiguous)
 _entry_points: dict[str, list[BackendSpec]] | None = None
@@ -75,6 +91,32 @@ def register_backend(scheme: str, target: str, *, extra: str | None = None,
         raise ValueError(f"scheme {scheme!r} is already registered{by} to {current.target}; "
                          "pass clobber=True to replace it")
     _BACKENDS[scheme] = BackendSpec(target, extra)
+
+
+def _canonical(scheme: str) -> str:
+    """The scheme an alias stands for (``s3a`` -> ``s3``), else ``scheme`` itself."""
+    for name, spec in _BACKENDS.items():
+        if scheme in spec.aliases:
+            return name
+    return scheme
+
+
+def spec_for(scheme: str) -> BackendSpec:
+    """The table's row for ``scheme`` (an alias too); an unknown scheme -- a backend made
+    without the registry -- gets the defaults of a plugin's row (remote)."""
+    try:
+        return _spec(_canonical(scheme.lower())) or BackendSpec("")
+    except BackendUnavailable:  # claimed by two plugins: a plugin's row all the same
+        return BackendSpec("")
+
+
+def is_remote(scheme: str) -> bool:
+    """Whether ``scheme``'s stores are over the network (see :attr:`BackendSpec.remote`).
+
+    >>> is_remote("s3"), is_remote("file"), is_remote("memory")
+    (True, False, False)
+    """
+    return spec_for(scheme).remote
 
 
 def known_schemes() -> list[str]:
@@ -115,7 +157,10 @@ def _spec(scheme: str) -> BackendSpec | None:
 
 @dataclass(frozen=True)
 class ParsedURL:
-    """A store URL split into its scheme and its backend-specific location.
+    """A store URL split into its scheme and its backend-specific location: parsed once, at
+    the edge (:func:`parse_url`), and passed down as this value -- to
+    :meth:`split_object`, :func:`virnucpro_store.targets.storage_options_for` and
+    :func:`open_backend`, none of which parses it again.
 
     ``location`` is an absolute path for ``file``, ``NAME[/prefix]`` for ``memory`` and
     ``bucket[/prefix]`` for ``s3``; it never ends with '/'.
@@ -129,6 +174,30 @@ class ParsedURL:
         if self.scheme == "file":
             return "file://" + quote(self.location, safe="/")
         return f"{self.scheme}://{self.location}"
+
+    @property
+    def spec(self) -> BackendSpec:
+        """The registry's row for the scheme (:func:`spec_for`)."""
+        return spec_for(self.scheme)
+
+    def split_object(self, shown: str | None = None) -> tuple[ParsedURL, str]:
+        """(the folder/prefix as a store URL, the key) of a URL naming one object; no
+        parsing again. ``shown``: the URL as the user wrote it, for the error.
+
+        >>> parse_url("s3://lab-bucket/run7/merged.pt").split_object()
+        (ParsedURL(scheme='s3', location='lab-bucket/run7'), 'merged.pt')
+        """
+        named = repr(self.url if shown is None else shown)
+        if self.scheme == "file":
+            head, tail = os.path.split(self.location)
+            if not tail:
+                raise InvalidKey(f"{named} names a folder, not a file")
+            return ParsedURL("file", head or "/"), tail
+        if "/" not in self.location:
+            what = "store" if self.spec.root == "name" else self.spec.root
+            raise InvalidKey(f"{named} names a {what}, not an object in it")
+        head, tail = self.location.rsplit("/", 1)
+        return ParsedURL(self.scheme, head), tail
 
 
 def parse_url(url: str | os.PathLike[str]) -> ParsedURL:
@@ -153,7 +222,7 @@ def parse_url(url: str | os.PathLike[str]) -> ParsedURL:
             )
         return ParsedURL("file", _abs_path(url))
     scheme, rest = url.split("://", 1)
-    scheme = _ALIASES.get(scheme.lower(), scheme.lower())
+    scheme = _canonical(scheme.lower())
     if _spec(scheme) is None:
         raise UnknownSchemeError(
             f"unknown scheme {scheme!r} in {url!r}; known schemes: "
@@ -169,8 +238,7 @@ def parse_url(url: str | os.PathLike[str]) -> ParsedURL:
         return ParsedURL("file", _abs_path(unquote(rest)))
     location = rest.strip("/")
     if not location:
-        what = ("bucket" if scheme in ("s3", "gs") else "container" if scheme == "az"
-                else "name")
+        what = spec_for(scheme).root
         raise UnknownSchemeError(f"{url!r} has no {what}: use {scheme}://{what.upper()}[/prefix]")
     if any(part == ".." for part in location.split("/")):
         raise InvalidKey(f"{url!r} climbs with '..'")
@@ -182,21 +250,12 @@ def _abs_path(path: str) -> str:
     return path.rstrip("/") or "/"
 
 
-def split_object_url(url: str | os.PathLike[str]) -> tuple[ParsedURL, str]:
-    """Split the URL of one object into (its folder/prefix as a store URL, its key)."""
-    parsed = parse_url(url)
-    location = parsed.location
-    if parsed.scheme == "file":
-        head, tail = os.path.split(location)
-        if not tail:
-            raise InvalidKey(f"{url!r} names a folder, not a file")
-        return ParsedURL("file", head or "/"), tail
-    if "/" not in location:
-        what = ("bucket" if parsed.scheme in ("s3", "gs") else "container"
-                if parsed.scheme == "az" else "store")
-        raise InvalidKey(f"{url!r} names a {what}, not an object in it")
-    head, tail = location.rsplit("/", 1)
-    return ParsedURL(parsed.scheme, head), tail
+def split_object_url(url: str | os.PathLike[str] | ParsedURL) -> tuple[ParsedURL, str]:
+    """Split the URL of one object into (its folder/prefix as a store URL, its key); see
+    :meth:`ParsedURL.split_object` (a parsed URL is not parsed again)."""
+    if isinstance(url, ParsedURL):
+        return url.split_object()
+    return parse_url(url).split_object(os.fspath(url))
 
 
 def backend_class(scheme: str) -> type:

@@ -649,8 +649,9 @@ def open_store(url: str | os.PathLike[str], *, follow_symlinks: bool = False,
     >>> open_store("memory://scratch").url
     'memory://scratch'
     """
+    parsed = registry.parse_url(url)
     return CheckpointStore(registry.open_backend(
-        url, **_with_follow_symlinks(url, follow_symlinks, storage_options)))
+        parsed, **_with_follow_symlinks(parsed, follow_symlinks, storage_options)))
 
 
 def _with_follow_symlinks(url: str | os.PathLike[str] | registry.ParsedURL,

@@ -42,43 +42,64 @@ class StorageOptions:
     follow_symlinks: bool | None = None
 
 
-def storage_options_for(url: str, options: StorageOptions | dict[str, Any] | None
-                        ) -> dict[str, Any]:
+def _parsed(url: str | registry.ParsedURL) -> registry.ParsedURL:
+    return url if isinstance(url, registry.ParsedURL) else registry.parse_url(url)
+
+
+def storage_options_for(url: str | registry.ParsedURL,
+                        options: StorageOptions | dict[str, Any] | None) -> dict[str, Any]:
     """The storage options for ``url``'s backend: none for local and memory stores; the AWS
     profile and an endpoint from ``AWS_ENDPOINT_URL`` for ``s3://`` only (an S3 user's
     environment must not send ``gs://`` or ``az://`` requests to their S3 endpoint); an
-    explicit ``--endpoint-url`` for any remote store (an emulator, a private endpoint)."""
-    scheme = registry.parse_url(url).scheme
+    explicit ``--endpoint-url`` for any remote store (an emulator, a private endpoint). Which
+    scheme is which is the registry's table (:class:`~virnucpro_store.registry.BackendSpec`).
+
+    >>> storage_options_for("gs://b/p", StorageOptions(profile="lab", extra=(("x", 1),)))
+    {'x': 1}
+    """
+    parsed = _parsed(url)
     if options is None:
         return {}
+    spec = parsed.spec
     if isinstance(options, dict):
-        return {} if scheme in ("file", "memory") else dict(options)
-    if scheme == "file":
+        return dict(options) if spec.remote else {}
+    if parsed.scheme == "file":
         return {"follow_symlinks": True} if options.follow_symlinks else {}
-    if scheme == "memory":
+    if not spec.remote:
         return {}
     chosen: dict[str, Any] = dict(options.extra)
-    if options.endpoint_url and (scheme == "s3" or not options.endpoint_url_from_env):
+    if options.endpoint_url and (spec.aws or not options.endpoint_url_from_env):
         chosen["endpoint_url"] = options.endpoint_url
-    if options.profile and scheme == "s3":
+    if options.profile and spec.aws:
         chosen["profile"] = options.profile
     return chosen
 
 
-def open_url_store(url: str, options: StorageOptions | dict[str, Any] | None
-                   ) -> CheckpointStore:
-    return CheckpointStore(registry.open_backend(url, **storage_options_for(url, options)))
+def open_url_store(url: str | registry.ParsedURL,
+                   options: StorageOptions | dict[str, Any] | None) -> CheckpointStore:
+    """The store at ``url`` (parsed once, here or by the caller)."""
+    parsed = _parsed(url)
+    return CheckpointStore(registry.open_backend(parsed, **storage_options_for(parsed, options)))
 
 
-def followed(url: str, options: StorageOptions | dict[str, Any] | None) -> str:
+def followed(url: str | registry.ParsedURL,
+             options: StorageOptions | dict[str, Any] | None) -> str:
     """``url`` itself, or, for a local path that is a symbolic link (a pipeline's staged
     input), the path of the file it points to -- unless ``--no-follow-symlinks`` was given.
     A single file named on the command line is the user's choice, as a store's root is."""
-    parsed = registry.parse_url(url)
+    parsed = _parsed(url)
+    target = followed_url(parsed, options)
+    return target.location if target is not parsed else (
+        url if isinstance(url, str) else parsed.url)
+
+
+def followed_url(parsed: registry.ParsedURL,
+                 options: StorageOptions | dict[str, Any] | None) -> registry.ParsedURL:
+    """:func:`followed` on a parsed URL: ``parsed`` itself, or the link's target."""
     if (parsed.scheme == "file" and os.path.islink(parsed.location)
             and not (isinstance(options, StorageOptions) and options.follow_symlinks is False)):
-        return os.path.realpath(parsed.location)
-    return url
+        return registry.ParsedURL("file", os.path.realpath(parsed.location))
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -93,27 +114,28 @@ class Located:
     exists: bool
 
 
-def locate(url: str, options: StorageOptions | dict[str, Any] | None) -> Located:
-    """:func:`resolve` without a pattern, saying whether anything is there."""
-    url = followed(url, options)
-    parsed = registry.parse_url(url)
+def locate(url: str | registry.ParsedURL,
+           options: StorageOptions | dict[str, Any] | None) -> Located:
+    """:func:`resolve` without a pattern, saying whether anything is there. ``url`` is
+    parsed once; what is opened below is that value, not the text again."""
+    parsed = followed_url(_parsed(url), options)
     try:
-        parent, key = registry.split_object_url(url)
+        parent, key = parsed.split_object()
     except InvalidKey:
         parent, key = None, None
     is_dir = parsed.scheme == "file" and os.path.isdir(parsed.location)
     if parent is not None and key is not None and not is_dir:
-        store = open_url_store(parent.url, options)
+        store = open_url_store(parent, options)
         try:
             if store.exists(key):
                 return Located(store, [key], True, True)
         except InvalidKey:  # e.g. a symlink: the caller reports it for this file only
             return Located(store, [key], True, True)
-    store = open_url_store(parsed.url, options)
+    store = open_url_store(parsed, options)
     listed = list(store.list())
     if not listed and not is_dir and parent is not None and key is not None:
         # nothing there at all: the URL as one missing file
-        return Located(open_url_store(parent.url, options), [key], True, False)
+        return Located(open_url_store(parent, options), [key], True, False)
     return Located(store, listed, False, bool(listed) or is_dir)
 
 

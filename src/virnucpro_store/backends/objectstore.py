@@ -22,19 +22,20 @@ base :class:`~.objectstore_io.ObjectStoreClient` (with
 :class:`~.objectstore_io.FsspecLoopClient` for fsspec-based ones) and the fork-safety hook
 :func:`~.objectstore_io.isolate_fsspec_loop_on_fork`.
 
-What stays per backend: the request entry point (its retry loop, the medium's error table
-and messages), the upload and commit primitives, the publish (copy) and its create-only
-condition, listing and leftovers.
+In :mod:`.retry`: the one retry runner every request goes through (a backend supplies its
+error classifier).
+
+What stays per backend: the medium's error table and messages, the upload and commit
+primitives, the publish (copy) and its create-only condition, listing and leftovers.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -42,26 +43,9 @@ from ..errors import StorageFailure, StoreError
 from ..keys import staging_file_name
 from ..source import ByteSource
 from .base import Backend, FileTarget, LoadTarget, ObjectInfo, Staging, in_range, published
+from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry a transient failure of one request."""
-
-    #: retries after the first attempt
-    retries: int = 5
-    #: first backoff in seconds; it doubles per retry
-    base_wait: float = 0.1
-    #: cap of one backoff in seconds
-    max_wait: float = 10.0
-
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt + 1`` (full jitter in the upper
-        half, so a burst of failed clients does not retry in lockstep)."""
-        cap = min(self.max_wait, self.base_wait * 2**attempt)
-        return random.uniform(cap / 2, cap)
 
 
 MiB = 2**20
@@ -70,7 +54,17 @@ MiB = 2**20
 @dataclass(frozen=True)
 class ObjectStoreOptions:
     """The options every object-store backend takes besides its medium's own (the same
-    names, meanings and defaults on S3, GCS and Azure)."""
+    names, meanings and defaults on S3, GCS and Azure), checked and converted once, here:
+    a backend's constructor takes them out of its ``storage_options`` with :meth:`take`.
+
+    >>> options, rest = ObjectStoreOptions.take({"retries": "2", "project": "lab"})
+    >>> options.retries, rest
+    (2, {'project': 'lab'})
+    >>> ObjectStoreOptions(part_size=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: part_size must be a positive number of bytes
+    """
 
     #: retries of a transient failure per request
     retries: int = 5
@@ -80,22 +74,58 @@ class ObjectStoreOptions:
     retry_max_wait: float = 10.0
     #: upload part (chunk, block) size in bytes
     part_size: int = 8 * MiB
-    #: parts or ranges in flight per upload or download
+    #: parts or ranges in flight per upload or download (below 1: 1)
     max_concurrency: int = 4
     #: seconds one attempt of one request may take
     request_timeout: float = 300.0
 
+    def __post_init__(self) -> None:
+        for name, kind in (("retries", int), ("retry_base_wait", float),
+                           ("retry_max_wait", float), ("part_size", int),
+                           ("max_concurrency", int), ("request_timeout", float)):
+            value = getattr(self, name)
+            try:
+                converted = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be a number, not {value!r}") from None
+            object.__setattr__(self, name, converted)
+        if self.retries < 0:
+            raise ValueError("retries must be 0 or more")
+        if self.retry_base_wait < 0 or self.retry_max_wait < 0:
+            raise ValueError("retry_base_wait and retry_max_wait must be 0 or more seconds")
+        if self.part_size < 1:
+            raise ValueError("part_size must be a positive number of bytes")
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout must be a positive number of seconds")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The options' names, as ``storage_options`` spell them."""
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def take(cls, storage_options: dict[str, Any], **defaults: Any
+             ) -> tuple[ObjectStoreOptions, dict[str, Any]]:
+        """(these options, the rest: the medium's own) from a backend's ``storage_options``;
+        ``defaults`` replace this class's for a medium (S3: ``retries`` from the AWS
+        settings). An option given as None takes its default."""
+        own = {name: storage_options[name] for name in cls.names()
+               if storage_options.get(name) is not None}
+        rest = {k: v for k, v in storage_options.items() if k not in cls.names()}
+        return cls(**{**defaults, **own}), rest
+
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(int(self.retries), float(self.retry_base_wait),
-                           float(self.retry_max_wait))
+        """The :class:`RetryPolicy` of every request (``request_timeout`` per attempt)."""
+        return RetryPolicy(self.retries, self.retry_base_wait, self.retry_max_wait,
+                           attempt_timeout=self.request_timeout)
 
     @property
     def concurrency(self) -> int:
         """``max_concurrency``, at least 1."""
-        return max(1, int(self.max_concurrency))
+        return max(1, self.max_concurrency)
 
     def as_dict(self) -> dict[str, Any]:
-        """The options as given, for ``storage_options`` (what reopens the store)."""
+        """The options, for ``storage_options`` (what reopens the store)."""
         return asdict(self)
 
 
@@ -164,6 +194,24 @@ class ObjectStoreBackend(Backend):
     def bytes_downloaded(self) -> int:
         """Bytes received by ranged GETs."""
         return self.client.bytes_downloaded
+
+    @abstractmethod
+    def pinned_source(self, key: str, size: int, version: str | None) -> ByteSource:
+        """A source over ``key`` (``size`` bytes) whose reads are pinned to ``version`` (an
+        ETag or generation, as the medium's conditional reads want it; None: unpinned)."""
+
+    def listed_version(self, etag: str) -> str:
+        """The version the reads pin for a listing's ``etag``: the quoted ETag (S3 and
+        Azure list it unquoted; their ``If-Match`` wants the quotes). GCS: the generation."""
+        return f'"{etag}"'
+
+    def open_listed(self, info: ObjectInfo) -> ByteSource:
+        """A source over the version the listing saw: no request; reads of a version
+        replaced since raise ``ObjectChanged``. An entry without a version is opened by
+        :meth:`open_source`."""
+        if info.etag is None:
+            return self.open_source(info.key)
+        return self.pinned_source(info.key, info.size, self.listed_version(info.etag))
 
     def open_for_load(self, key: str) -> LoadTarget:
         """One metadata request now (``open_source``); the version it names is downloaded

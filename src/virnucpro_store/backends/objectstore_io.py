@@ -6,10 +6,9 @@
 * :class:`RangedSource` / :class:`AsyncRangedSource`: a byte source over one pinned version of
   an object, read by ranged GETs (in parallel chunks for a whole download);
 * :class:`MemoryReader`: the seekable file over a downloaded buffer that ``torch.load`` reads;
-* :class:`ErrorKind` and :func:`kind_of`: what a failed request means, from a backend's table
-  of its medium's error codes;
 * :class:`ObjectStoreClient` and :class:`FsspecLoopClient`: the state and helpers of a
-  request client (retry decision, translation of an :class:`ErrorKind` into
+  request client (every request through the one retry runner of :mod:`.retry`, classified
+  by the backend's :meth:`~ObjectStoreClient.classify`, its last failure translated into
   :mod:`virnucpro_store.errors`), and the event-loop plumbing of an fsspec-based one;
 * :func:`isolate_fsspec_loop_on_fork`: the fork-safety hook of fsspec-based backends.
 """
@@ -20,13 +19,12 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import enum
 import errno
 import io
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from ..errors import (
@@ -38,7 +36,7 @@ from ..errors import (
     StoreError,
 )
 from ..source import SeekableReader, Source
-from .objectstore import RetryPolicy
+from .retry import Classify, ErrorKind, Failure, RetryPolicy, run, run_async
 
 T = TypeVar("T")
 MiB = 2**20
@@ -47,37 +45,6 @@ DOWNLOAD_CHUNK = 16 * MiB
 
 
 # -- request clients -------------------------------------------------------------------------------
-
-class ErrorKind(str, enum.Enum):
-    """What a failed object-store request means to this library; each backend maps its
-    medium's error codes here (its ``ERROR_KINDS``). A ``str`` enum: ``kind == "missing"``."""
-
-    MISSING = "missing"
-    NO_BUCKET = "no-bucket"
-    NO_CONTAINER = "no-bucket"  # an alias: Azure's word for a bucket
-    NO_UPLOAD = "no-upload"
-    #: a failed precondition (create-only write, or a read pinned to a version)
-    PRECONDITION = "precondition"
-    #: Azure tells these two apart: the key exists (409) / a condition failed (412)
-    EXISTS = "exists"
-    CHANGED = "changed"
-    DENIED = "denied"
-    CREDENTIALS = "credentials"
-    #: the medium is out of space (HTTP 507, MinIO's XMinioStorageFull): errno.ENOSPC
-    NO_SPACE = "no-space"
-    TRANSIENT = "transient"
-    OTHER = "other"
-
-
-def kind_of(table: Mapping[Any, ErrorKind], *names: Any, status: Any) -> ErrorKind:
-    """The kind of the first of ``names`` (error codes) and then ``status`` that ``table``
-    knows; else transient for a 5xx status, other otherwise."""
-    for name in (*names, status):
-        kind = table.get(name)
-        if kind is not None:
-            return kind
-    return ErrorKind.TRANSIENT if str(status).startswith("5") else ErrorKind.OTHER
-
 
 class ObjectStoreClient:
     """What every request client holds: where the store is (a bucket or container, a root
@@ -107,28 +74,48 @@ class ObjectStoreClient:
     def url_for(self, key: str | None) -> str:
         return f"{self.url.rstrip('/')}/{key}" if key else self.url
 
-    def retry_wait(self, kind: ErrorKind, attempt: int, op: str, key: str | None,
-                   what: str) -> float | None:
-        """Seconds to wait before retrying a request that failed with ``kind`` after
-        ``attempt`` retries; None when it must not be retried."""
-        if kind is not ErrorKind.TRANSIENT or attempt >= self.retry.retries:
-            return None
-        wait = self.retry.backoff(attempt)
-        self.log.debug("%s %s: %s; retry %d in %.2fs", op, key, what, attempt + 1, wait)
-        return wait
+    def classify(self, exc: BaseException) -> Failure | None:
+        """What an exception raised by a request means (the medium's error table); None:
+        not the medium's error, raised as it is. A backend overrides this."""
+        return Failure(ErrorKind.OTHER, f"{type(exc).__name__}: {exc}")
 
-    def applied_before_lost_answer(self, kind: ErrorKind, attempt: int,
-                                   gone_ok: bool) -> bool:
-        """Whether a "missing" answer is a request's own earlier success: a request that
-        removes its object (``gone_ok``: a delete), retried after a transient failure
-        (``attempt > 0``), may find the object gone because its first attempt was applied
-        and only the answer was lost. That delete succeeded. (The first attempt's "missing"
-        still means there was nothing to delete.)"""
-        if gone_ok and ErrorKind(kind) is ErrorKind.MISSING and attempt > 0:
-            self.log.debug("a retried removal found its object gone: the earlier attempt "
-                           "was applied")
-            return True
-        return False
+    def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
+                  precondition: str, attempts: int) -> StoreError:
+        """The store error for a failed request (``attempts`` retries were made); a backend
+        words its messages here (see :meth:`store_error`)."""
+        return self.store_error(kind, what, op, key, precondition, attempts, {})
+
+    def _retrying(self, op: str, key: str | None, precondition: str) -> dict[str, Any]:
+        """The arguments of the retry runner for one request of this client."""
+        def count() -> None:
+            self.request_counts[op] += 1
+
+        def fail(failure: Failure, attempts: int) -> StoreError:
+            return self.translate(failure.kind, failure.what, op, key, precondition, attempts)
+
+        classify: Classify = self.classify
+        return {"classify": classify, "fail": fail, "op": op, "key": key,
+                "on_attempt": count, "logger": self.log}
+
+    def with_retries(self, op: str, call: Callable[[int], T], *, key: str | None = None,
+                     precondition: str = "exists", gone_ok: bool = False,
+                     gone: Any = None) -> T:
+        """``call(attempt)`` through the retry runner (:func:`.retry.run`): counted under
+        ``op``, classified by :meth:`classify`, its last failure translated by
+        :meth:`translate`. ``gone_ok`` (a delete): a retry answered "missing" is the first
+        attempt's success, and ``gone`` is returned."""
+        return run(call, self.retry, gone_ok=gone_ok, gone=gone,
+                   **self._retrying(op, key, precondition))
+
+    async def with_retries_async(self, op: str, call: Callable[[int], Awaitable[T]], *,
+                                 key: str | None = None, precondition: str = "exists",
+                                 gone_ok: bool = False, gone: Any = None,
+                                 timeout: float | None = None) -> T:
+        """:meth:`with_retries` for a coroutine (:func:`.retry.run_async`); each attempt is
+        cut after ``timeout`` seconds (default: :attr:`request_timeout`)."""
+        return await run_async(call, self.retry, gone_ok=gone_ok, gone=gone,
+                               timeout=self.request_timeout if timeout is None else timeout,
+                               **self._retrying(op, key, precondition))
 
     def store_error(self, kind: ErrorKind, what: str, op: str, key: str | None,
                     precondition: str, attempts: int,

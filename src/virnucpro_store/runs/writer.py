@@ -25,16 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.base import ObjectInfo
 from ..keys import normalize_key
+from ..registry import is_remote
 from ..schemas import AUTO, get_schema
 from ..validation.report import check_level
 
 if TYPE_CHECKING:
     from ..store import CheckpointStore
-
-#: the schemes of the built-in media where one save stream at a time is the default (one
-#: stream keeps a disk busy); the fallback of :func:`default_workers` for a backend that does
-#: not declare ``concurrent_writes`` (every built-in one does). The only scheme table here.
-SEQUENTIAL_SCHEMES = ("file", "memory")
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +42,7 @@ def default_workers(store: CheckpointStore) -> int:
     declared = getattr(store.backend, "concurrent_writes", None)
     if isinstance(declared, int) and declared >= 1:
         return declared
-    return 1 if store.backend.scheme in SEQUENTIAL_SCHEMES else 4
+    return 4 if is_remote(store.backend.scheme) else 1  # the registry's row says which
 
 
 class AsyncWriter:

@@ -36,12 +36,12 @@ from ..lazy import ArrayMeta, StorageRef, TensorMeta, shape_text
 from ..source import ByteSource, BytesSource, CountingSource, FileSource
 from .gcpause import gc_paused
 from .materialize import DeviceError, StorageReader, materialize
+from .pickling.standins import checked_numel as _checked_numel
+from .pickling.unpickler import Model, read_model
+from .pickling.walk import iter_tensors
 from .problem import Problem, corrupted, incompatible
 from .report import LEVELS, ValidationReport, check_level
-from .safepickle import Model, read_model
 from .sentbytes import MappedFile, verify_sent
-from .standins import _checked_numel
-from .walk import iter_tensors
 from .zipindex import (
     CachedReader,
     ZipIndex,

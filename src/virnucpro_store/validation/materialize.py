@@ -47,14 +47,14 @@ from ..lazy import (
 )
 from ..source import ByteSource, Source
 from .checksum import crc32
-from .problem import Problem, corrupted, incompatible
-from .standins import (
+from .pickling.standins import (
     GlobalStandIn,
     NumpyDTypeStandIn,
     StorageTypeStandIn,
     TorchCounter,
     TorchOrderedDict,
 )
+from .problem import Problem, corrupted, incompatible
 from .zipindex import LFH_SIZE, ZipIndex, ZipRecord, local_data_start
 
 logger = logging.getLogger("virnucpro_store.load")

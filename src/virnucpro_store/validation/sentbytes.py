@@ -27,7 +27,9 @@ from typing import Any
 
 from .checksum import crc32
 from .problem import Problem
-from .zipindex import LFH_SIZE, MAX_DESCRIPTOR, ZipIndex, _check_gap, _parse_local_header
+from .zipindex import LFH_SIZE, MAX_DESCRIPTOR, ZipIndex
+from .zipindex import check_gap as _check_gap
+from .zipindex import parse_local_header as _parse_local_header
 
 #: writes up to this many bytes are kept whole (headers, descriptors, control records)
 KEEP_BYTES = 4096

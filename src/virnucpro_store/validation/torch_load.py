@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import (
@@ -32,7 +29,7 @@ from ..errors import (
 )
 from ..source import ByteSource, BytesSource, FileSource
 from .levels import load_source
-from .standins import _NUMPY_DTYPE_CLASSES
+from .pickling.standins import NUMPY_DTYPE_CLASSES as _NUMPY_DTYPE_CLASSES
 
 
 def numpy_safe_globals() -> list[Any]:
@@ -50,39 +47,6 @@ def numpy_safe_globals() -> list[Any]:
         if cls is not None:
             allowed.append(cls)
     return allowed
-
-
-_NUMPY_LOCK = threading.Lock()
-_numpy_users = 0
-_numpy_scope: Any = None
-
-
-@contextmanager
-def numpy_allowed() -> Iterator[None]:
-    """torch's weights-only allow-list with :func:`numpy_safe_globals` added, for the time of a
-    load. torch keeps that list process-wide, and its ``safe_globals`` context removes its
-    entries on exit whatever other threads are doing: a scan loading numpy shards on eight
-    threads would see them vanish mid-load. So the entries are added when the first load in
-    the process enters and removed when the last one leaves (a counted scope under a lock),
-    and entries the user added beforehand are left alone."""
-    global _numpy_users, _numpy_scope
-    import torch
-
-    with _NUMPY_LOCK:
-        if _numpy_users == 0:
-            present = torch.serialization.get_safe_globals()
-            missing = [g for g in numpy_safe_globals() if g not in present]
-            _numpy_scope = torch.serialization.safe_globals(missing)
-            _numpy_scope.__enter__()
-        _numpy_users += 1
-    try:
-        yield
-    finally:
-        with _NUMPY_LOCK:
-            _numpy_users -= 1
-            if _numpy_users == 0:
-                _numpy_scope.__exit__(None, None, None)
-                _numpy_scope = None
 
 
 def _odd_dtype(dtype: Any) -> bool:

@@ -728,7 +728,7 @@ def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> byt
     # the local extra field (torch's alignment padding) is at most 65535 bytes
     want = min(span, LFH_SIZE + record.name_len + 0xFFFF + record.compressed_size + MAX_DESCRIPTOR)
     buf = reader.read(record.offset, want)
-    start = _parse_local_header(buf, 0, record)
+    start = parse_local_header(buf, 0, record)
     end = start + record.compressed_size
     if end > len(buf) or record.offset + end > limit:
         raise corrupted(f"record {record.name!r}: its {record.compressed_size} bytes of data, "
@@ -741,7 +741,7 @@ def read_record(reader: CachedReader, index: ZipIndex, record: ZipRecord) -> byt
             raise corrupted(f"CRC-32 mismatch in record {record.name!r}: stored "
                             f"{record.crc:08x}, computed {crc:08x} over {len(data)} bytes at "
                             f"offset {record.offset + start}", code="zip.crc_mismatch")
-    _check_gap(buf[end:] if want == span else None, record, record.offset + end, limit)
+    check_gap(buf[end:] if want == span else None, record, record.offset + end, limit)
     return data
 
 
@@ -759,7 +759,7 @@ def _is_descriptor(gap: bytes, record: ZipRecord) -> bool:
     return False
 
 
-def _check_gap(gap: bytes | None, record: ZipRecord, at: int, limit: int) -> None:
+def check_gap(gap: bytes | None, record: ZipRecord, at: int, limit: int) -> None:
     """The bytes between a record's data (ending at ``at``) and the next record (``limit``):
     none, or one data descriptor that agrees with the central directory. ``gap`` None: the gap
     is longer than any descriptor."""
@@ -779,7 +779,7 @@ def _check_gap(gap: bytes | None, record: ZipRecord, at: int, limit: int) -> Non
                     code="zip.hidden_data")
 
 
-def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
+def parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
     """Check the local header at ``buf[pos:]``; return the offset in ``buf`` of the data."""
     where = f"local header of record {record.name!r} at offset {record.offset}"
     if len(buf) - pos < LFH_SIZE:
@@ -807,7 +807,7 @@ def _parse_local_header(buf: bytes, pos: int, record: ZipRecord) -> int:
 def local_data_start(buf: bytes | memoryview, pos: int, record: ZipRecord) -> int:
     """Check the local header of ``record`` at ``buf[pos:]`` as every reader of this package
     does; return the offset in ``buf`` where its data begins (the record loader's entry)."""
-    return _parse_local_header(buf, pos, record)
+    return parse_local_header(buf, pos, record)
 
 
 class _Stream:
@@ -887,7 +887,7 @@ def verify_crcs(source: ByteSource, index: ZipIndex, *, chunk_size: int = DEEP_C
                             f"short")
         nlen, elen = struct.unpack_from("<HH", header, 26)
         header += stream.take(nlen + elen)
-        _parse_local_header(header, 0, rec)
+        parse_local_header(header, 0, rec)
         data_offset = stream.pos
         crc, got = stream.crc(rec.compressed_size)
         if got != rec.compressed_size:
@@ -897,7 +897,7 @@ def verify_crcs(source: ByteSource, index: ZipIndex, *, chunk_size: int = DEEP_C
         if at > limit:
             raise corrupted(f"record {rec.name!r}: its data runs {at - limit} bytes past the "
                             f"next record at offset {limit} (overlapping records)")
-        _check_gap(stream.take(limit - at) if limit - at <= MAX_DESCRIPTOR else None, rec, at,
+        check_gap(stream.take(limit - at) if limit - at <= MAX_DESCRIPTOR else None, rec, at,
                    limit)
         if crc != rec.crc and not index.crc_less:
             bad.append(f"CRC-32 mismatch in record {rec.name!r}: stored {rec.crc:08x}, computed "

@@ -43,34 +43,31 @@ class AzureBackend(ObjectStoreBackend):
     concurrent_writes = 4
     conditional_writes = "If-Match (If-None-Match: * to create) on Put Blob"
 
-    def __init__(self, location: str, *, retries: int = 5, retry_base_wait: float = 0.1,
-                 retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
-                 max_concurrency: int = 4, request_timeout: float = 300.0,
-                 **storage_options: Any) -> None:
-        options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
-                                     max_concurrency, request_timeout)
+    def __init__(self, location: str, **storage_options: Any) -> None:
+        options, sdk_options = ObjectStoreOptions.take(storage_options,
+                                                       part_size=UPLOAD_PART_SIZE)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
-        self.storage_options: dict[str, Any] = {**options.as_dict(), **storage_options}
+        self.storage_options: dict[str, Any] = {**options.as_dict(), **sdk_options}
         # adlfs's az://CONTAINER@ACCOUNT.blob.core.windows.net/... names the account
-        bare, storage_options = split_account(location, storage_options)
+        bare, sdk_options = split_account(location, sdk_options)
         self.container, self.root, self.url = split_location("az", bare, "container")
         if bare != location:  # keep the account in the store's URL: it reopens the same place
             self.url = f"az://{location.partition('/')[0]}/{self.root}".rstrip("/")
-        if int(part_size) < 1:
-            raise ValueError("part_size must be a positive number of bytes")
-        self.part_size = int(part_size)
+        self.part_size = options.part_size
         self.max_concurrency = options.concurrency
         #: sends every request (retries, error translation, fork handling)
         self.client = AzureClient(self.container, self.root, self.url,
                                   retry=options.retry_policy(),
-                                  request_timeout=request_timeout, options=storage_options)
+                                  request_timeout=options.request_timeout,
+                                  options=sdk_options)
         #: publishes staging blobs (Copy Blob, waiting out a pending copy)
-        self.copier = Copier(self)
+        self.copier = Copier(self.client, self.stat)
 
     # -- primitives ----------------------------------------------------------------------------
 
     def stage(self, key: str) -> AzureStaging:
-        return AzureStaging(self, key, self.url_for(key))
+        return AzureStaging(self.copier, key, self.url_for(key), part_size=self.part_size,
+                            max_concurrency=self.max_concurrency)
 
     def _properties(self, key: str) -> Any:
         blob = self.client.blob(self.client.path(key))
@@ -89,14 +86,10 @@ class AzureBackend(ObjectStoreBackend):
 
     def open_source(self, key: str) -> AzureSource:
         props = self._properties(key)
-        return AzureSource(self.client, key, int(props.size), props.etag,
-                           max_concurrency=self.max_concurrency)
+        return self.pinned_source(key, int(props.size), props.etag)
 
-    def open_listed(self, info: ObjectInfo) -> AzureSource:
-        if info.etag is None:
-            return self.open_source(info.key)
-        # the listing's ETag (unquoted there); the reads' If-Match wants the quoted form
-        return AzureSource(self.client, info.key, info.size, f'"{info.etag}"',
+    def pinned_source(self, key: str, size: int, version: str | None) -> AzureSource:
+        return AzureSource(self.client, key, size, version,
                            max_concurrency=self.max_concurrency)
 
     def _list_blobs(self, prefix: str = "", *, uncommitted: bool = False) -> list[Any]:

@@ -1,7 +1,8 @@
 """The Azure request client: every call of the backend goes through :meth:`AzureClient.call`.
 
-It holds, in one place, the retry policy (capped exponential backoff with jitter for 5xx,
-ServerBusy, timeouts and dropped connections; the SDK's own retries are off), the table
+It holds the Azure error classifier for the shared retry runner (:mod:`..retry`: capped
+exponential backoff with jitter for 5xx, ServerBusy, timeouts and dropped connections; the
+SDK's own retries are off), the table
 :data:`ERROR_KINDS` that turns Azure error codes into :class:`ErrorKind` and then into
 :mod:`virnucpro_store.errors`, credential resolution (adlfs's option names and environment),
 and fork handling (a forked child makes its own container client)."""
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -25,8 +25,8 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from ...errors import StorageFailure, StoreError
-from ..objectstore import RetryPolicy
-from ..objectstore_io import ErrorKind, ObjectStoreClient, kind_of
+from ..objectstore_io import ObjectStoreClient
+from ..retry import ErrorKind, Failure, RetryPolicy, kind_of
 
 log = logging.getLogger("virnucpro_store.backends.azure")
 
@@ -219,23 +219,16 @@ class AzureClient(ObjectStoreClient):
         (create-only) or, with ``precondition="changed"``, ``ObjectChanged`` (a pinned read).
         ``gone_ok`` (a delete): a retry answered "not found" is the first attempt's success
         (:meth:`~.objectstore_io.ObjectStoreClient.applied_before_lost_answer`): None."""
-        attempt = 0
-        while True:
-            self.request_counts[op] += 1
-            try:
-                return fn()
-            except StoreError:
-                raise
-            except (AzureError, ConnectionError, TimeoutError) as exc:
-                kind, what = classify(exc)
-                if self.applied_before_lost_answer(kind, attempt, gone_ok):
-                    return None  # type: ignore[return-value]  # a delete returns nothing
-                wait = self.retry_wait(kind, attempt, op, key, what)
-                if wait is not None:
-                    attempt += 1
-                    time.sleep(wait)
-                    continue
-                raise self.translate(kind, what, op, key, precondition, attempt) from exc
+        # a delete returns nothing: None is also its answer when it was applied before
+        return self.with_retries(op, lambda _attempt: fn(), key=key, precondition=precondition,
+                                 gone_ok=gone_ok, gone=None)
+
+    def classify(self, exc: BaseException) -> Failure | None:
+        """The Azure error table (:func:`classify`) for the SDK's errors, dropped connections
+        and timeouts; anything else (a bug, not the service) is raised as it is."""
+        if isinstance(exc, (AzureError, ConnectionError, TimeoutError)):
+            return Failure(*classify(exc))
+        return None
 
     def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
                   precondition: str, attempts: int) -> StoreError:

@@ -10,7 +10,8 @@ import concurrent.futures
 import contextlib
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.storage.blob import BlobBlock
@@ -21,9 +22,6 @@ from ..objectstore import ObjectStoreStaging
 from ..objectstore_io import PartWriter
 from .client import SAVE_ID_KEY, AzureClient, copy_status
 from .read import AzureSource
-
-if TYPE_CHECKING:
-    from .backend import AzureBackend
 
 
 class BlockWriter(PartWriter):
@@ -126,16 +124,17 @@ def remove_uncommitted(client: AzureClient, path: str, key: str | None) -> None:
 class AzureStaging(ObjectStoreStaging):
     """A save in flight: a staging block blob next to the key, published by Copy Blob."""
 
-    def __init__(self, backend: AzureBackend, key: str, url: str) -> None:
+    def __init__(self, copier: Copier, key: str, url: str, *, part_size: int,
+                 max_concurrency: int) -> None:
         super().__init__(key, url)
-        self._backend = backend
-        self._client = backend.client
+        self._copier = copier
+        self._client = copier.client
+        self._max_concurrency = max_concurrency
         self.path = self._client.path(self.staging_name)
         self.metadata = {SAVE_ID_KEY: uuid.uuid4().hex}
         self.etag: str | None = None
         self.file = BlockWriter(self._client, key, self.path, self.metadata,
-                                part_size=backend.part_size,
-                                max_concurrency=backend.max_concurrency)
+                                part_size=part_size, max_concurrency=max_concurrency)
 
     def complete_upload(self) -> int:
         size, self.etag = self.file.complete()
@@ -143,10 +142,10 @@ class AzureStaging(ObjectStoreStaging):
 
     def open_staged(self, size: int) -> AzureSource:
         return AzureSource(self._client, self.key, size, self.etag, path=self.path,
-                           max_concurrency=self._backend.max_concurrency)
+                           max_concurrency=self._max_concurrency)
 
     def copy_to_key(self, size: int, *, overwrite: bool) -> ObjectInfo:
-        return self._backend.copier.copy(self.path, self.etag, self.key, size,
+        return self._copier.copy(self.path, self.etag, self.key, size,
                                          create_only=not overwrite, metadata=self.metadata)
 
     def delete_staged(self) -> None:
@@ -156,11 +155,13 @@ class AzureStaging(ObjectStoreStaging):
 
 
 class Copier:
-    """Publishes a staging blob to a key with Copy Blob, waiting out a pending copy."""
+    """Publishes a staging blob to a key with Copy Blob, waiting out a pending copy; what a
+    staging upload needs of its store besides sizes: the request client, and ``stat`` (the
+    published blob's info, as the store reports it)."""
 
-    def __init__(self, backend: AzureBackend) -> None:
-        self.backend = backend
-        self.client = backend.client
+    def __init__(self, client: AzureClient, stat: Callable[[str], ObjectInfo]) -> None:
+        self.client = client
+        self._stat = stat
         #: first poll interval of a pending copy in seconds (doubles, capped at poll_max_wait)
         self.poll_base_wait = 0.05
         self.poll_max_wait = 2.0
@@ -199,7 +200,7 @@ class Copier:
         status = str(answer.get("copy_status") or "success")
         if status != "success":
             self.wait(dest, key, answer.get("copy_id"), status)
-        return self.backend.stat(key)
+        return self._stat(key)
 
     def _props(self, blob: Any, key: str) -> Any:
         try:

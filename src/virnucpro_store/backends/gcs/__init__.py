@@ -30,10 +30,17 @@ fork handling), :mod:`.upload` (the resumable staging upload, publish by rewrite
 from .backend import GCSBackend
 from .client import ERROR_KINDS, GCSClient, classify_status, object_info
 from .read import DOWNLOAD_CHUNK, GCSSource, MemoryReader
-from .upload import CHUNK_QUANTUM, SAVE_ID_KEY, UPLOAD_PART_SIZE, GCSStaging, GCSUploadWriter
+from .upload import (
+    CHUNK_QUANTUM,
+    SAVE_ID_KEY,
+    UPLOAD_PART_SIZE,
+    GCSStaging,
+    GCSUploader,
+    GCSUploadWriter,
+)
 
 __all__ = [
     "CHUNK_QUANTUM", "DOWNLOAD_CHUNK", "ERROR_KINDS", "SAVE_ID_KEY", "UPLOAD_PART_SIZE",
-    "GCSBackend", "GCSClient", "GCSSource", "GCSStaging", "GCSUploadWriter", "MemoryReader",
-    "classify_status", "object_info",
+    "GCSBackend", "GCSClient", "GCSSource", "GCSStaging", "GCSUploadWriter", "GCSUploader",
+    "MemoryReader", "classify_status", "object_info",
 ]

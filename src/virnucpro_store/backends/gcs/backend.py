@@ -14,9 +14,9 @@ from ...errors import AlreadyExists, CheckpointMissing, PreconditionFailed
 from ...keys import is_staging_file_name
 from ..base import Leftover, ObjectInfo
 from ..objectstore import ObjectStoreBackend, ObjectStoreOptions, age_if_old, split_location
-from .client import GCSClient, _parse_time, object_info
+from .client import GCSClient, object_info, parse_time
 from .read import DOWNLOAD_CHUNK, GCSSource
-from .upload import CHUNK_QUANTUM, UPLOAD_PART_SIZE, GCSStaging
+from .upload import UPLOAD_PART_SIZE, GCSStaging, GCSUploader
 
 
 class GCSBackend(ObjectStoreBackend):
@@ -35,53 +35,45 @@ class GCSBackend(ObjectStoreBackend):
     concurrent_writes = 4
     conditional_writes = "ifGenerationMatch on a multipart upload"
 
-    def __init__(self, location: str, *, retries: int = 5, retry_base_wait: float = 0.1,
-                 retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
-                 max_concurrency: int = 4, request_timeout: float = 300.0,
-                 **storage_options: Any) -> None:
-        part_size = int(part_size)
-        if part_size < CHUNK_QUANTUM or part_size % CHUNK_QUANTUM:
-            raise ValueError(f"part_size must be a positive multiple of {CHUNK_QUANTUM} bytes "
-                             "(256 KiB, Cloud Storage's resumable-upload granularity)")
-        options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
-                                     max_concurrency, request_timeout)
+    def __init__(self, location: str, **storage_options: Any) -> None:
+        options, fs_options = ObjectStoreOptions.take(storage_options,
+                                                      part_size=UPLOAD_PART_SIZE)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
-        self.storage_options: dict[str, Any] = {**options.as_dict(), **storage_options}
+        self.storage_options: dict[str, Any] = {**options.as_dict(), **fs_options}
         self.bucket, self.root, self.url = split_location("gs", location)
         #: sends every request (retries, error translation, fork handling)
         self.client = GCSClient(self.bucket, self.root, self.url, retry=options.retry_policy(),
-                                request_timeout=request_timeout,
-                                fs_options=dict(storage_options))
-        self.part_size = part_size
+                                request_timeout=options.request_timeout,
+                                fs_options=dict(fs_options))
+        #: stages and publishes (its chunk size and rewrite chunk apply to the next save)
+        self.uploader = GCSUploader(self.client, part_size=options.part_size,
+                                    max_concurrency=options.concurrency)
         self.max_concurrency = options.concurrency
         #: size of each ranged GET of a parallel download
         self.download_chunk = DOWNLOAD_CHUNK
-        #: ``maxBytesRewrittenPerCall`` of a publish (None: the service decides)
-        self.rewrite_chunk: int | None = None
 
     def _stat_resource(self, key: str) -> dict[str, Any]:
         return self.client.run(self.client.get_json("stat", self.client.object_url(
             self.client.path(key)), key=key))
 
     def stage(self, key: str) -> GCSStaging:
-        return GCSStaging(self, key)
+        return GCSStaging(self.uploader, key, self.url_for(key),
+                          download_chunk=self.download_chunk)
 
     def stat(self, key: str) -> ObjectInfo:
         return object_info(self._stat_resource(key), key, self.url_for(key))
 
     def open_source(self, key: str) -> GCSSource:
         resource = self._stat_resource(key)
-        return GCSSource(self.client, key, self.client.path(key), int(resource["size"]),
-                         str(resource["generation"]), download_chunk=self.download_chunk,
+        return self.pinned_source(key, int(resource["size"]), str(resource["generation"]))
+
+    def pinned_source(self, key: str, size: int, version: str | None) -> GCSSource:
+        return GCSSource(self.client, key, self.client.path(key), size, version or "",
+                         download_chunk=self.download_chunk,
                          max_concurrency=self.max_concurrency)
 
-    def open_listed(self, info: ObjectInfo) -> GCSSource:
-        if info.etag is None:
-            return self.open_source(info.key)
-        # a listed object's etag is its generation, which the reads are pinned to
-        return GCSSource(self.client, info.key, self.client.path(info.key), info.size,
-                         info.etag, download_chunk=self.download_chunk,
-                         max_concurrency=self.max_concurrency)
+    def listed_version(self, etag: str) -> str:
+        return etag  # a listed object's etag is its generation, which the reads pin
 
     def _objects(self, prefix: str = "", *, start_after: str | None = None,
                  end: str | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -133,7 +125,7 @@ class GCSBackend(ObjectStoreBackend):
         for name, entry in self._objects():
             if not is_staging_file_name(name):
                 continue
-            age = age_if_old(_parse_time(entry.get("timeCreated") or entry.get("updated")),
+            age = age_if_old(parse_time(entry.get("timeCreated") or entry.get("updated")),
                              older_than, now)
             if age is not None:
                 found.append(Leftover(name, age, "staging",

@@ -2,10 +2,11 @@
 :meth:`GCSClient.request`.
 
 It uses gcsfs's session, URL and credential machinery (``GCSFileSystem``'s ``_set_session``,
-``_get_headers``, ``_get_params``) but not its ``_request``: it keeps its own retry policy (the
-S3 backend's options), a per-attempt timeout, and the HTTP status -- which gcsfs folds into
-exceptions that cannot tell a missing bucket from a missing object -- for the table
-:data:`ERROR_KINDS` that turns failures into :mod:`virnucpro_store.errors`.
+``_get_headers``, ``_get_params``) but not its ``_request``: its requests go through the
+shared retry runner (:mod:`..retry`, with a per-attempt timeout), and it keeps the HTTP
+status -- which gcsfs folds into exceptions that cannot tell a missing bucket from a missing
+object -- for the table :data:`ERROR_KINDS` that turns failures into
+:mod:`virnucpro_store.errors` (:meth:`GCSClient.classify`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from gcsfs.core import GCSFileSystem, quote
 
 from ...errors import StoreError
 from ..base import ObjectInfo
-from ..objectstore import RetryPolicy
-from ..objectstore_io import ErrorKind, FsspecLoopClient, isolate_fsspec_loop_on_fork, kind_of
+from ..objectstore_io import FsspecLoopClient, isolate_fsspec_loop_on_fork
+from ..retry import ErrorKind, Failure, RetryPolicy, kind_of
 
 log = logging.getLogger("virnucpro_store.backends.gcs")
 
@@ -54,6 +55,14 @@ _CREDENTIAL_TYPES: tuple[type[BaseException], ...] = (
     gcsfs.retry.NonRetryableError)
 
 
+class _Refused(Exception):
+    """An answer whose status is not one the request expects (inside the retry runner)."""
+
+    def __init__(self, kind: ErrorKind, what: str) -> None:
+        super().__init__(what)
+        self.failure = Failure(kind, what)
+
+
 def _error_message(body: bytes) -> str:
     try:
         error = json.loads(body)["error"]
@@ -62,7 +71,7 @@ def _error_message(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace").strip()
 
 
-def _parse_time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
@@ -143,38 +152,31 @@ class GCSClient(FsspecLoopClient):
         ``gone_ok`` (a delete): a retry answered 404 is the first attempt's success
         (:meth:`~.objectstore_io.ObjectStoreClient.applied_before_lost_answer`); the answer
         is then ``(404, {}, b"")``."""
-        attempt = 0
-        while True:
-            self.request_counts[op] += 1
-            try:
-                status, rheaders, body = await asyncio.wait_for(
-                    send(attempt) if send is not None else
-                    self._attempt(method, url, dict(params or {}), headers, data, json_body),
-                    self.request_timeout)
-                if status in ok:
-                    return status, rheaders, body
-                kind, what = classify_status(status), f"{status} {_error_message(body)}"
-            except asyncio.CancelledError:
-                raise
-            except StoreError:
-                raise
-            except _TRANSIENT_TYPES as exc:
-                kind, what = _K.TRANSIENT, f"{type(exc).__name__}: {exc}"
-            except _CREDENTIAL_TYPES as exc:  # credentials that cannot be loaded or refreshed
-                kind, what = _K.CREDENTIALS, f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # noqa: BLE001 -- translated here, at the edge
-                kind, what = _K.OTHER, f"{type(exc).__name__}: {exc}"
-            if self.applied_before_lost_answer(kind, attempt, gone_ok) \
-                    and not await self._bucket_missing(op):
-                return 404, {}, b""
-            wait = self.retry_wait(kind, attempt, op, key, what)
-            if wait is not None:
-                attempt += 1
-                await asyncio.sleep(wait)
-                continue
+        async def attempt(number: int) -> tuple[int, Any, bytes]:
+            status, rheaders, body = await (
+                send(number) if send is not None else
+                self._attempt(method, url, dict(params or {}), headers, data, json_body))
+            if status in ok:
+                return status, rheaders, body
+            kind = classify_status(status)
             if kind is _K.MISSING and await self._bucket_missing(op):
-                kind = _K.NO_BUCKET
-            raise self.translate(kind, what, op, key, precondition, attempt)
+                kind = _K.NO_BUCKET  # the emulator's 404s do not say which is missing
+            raise _Refused(kind, f"{status} {_error_message(body)}")
+
+        return await self.with_retries_async(op, attempt, key=key, precondition=precondition,
+                                             gone_ok=gone_ok, gone=(404, {}, b""))
+
+    def classify(self, exc: BaseException) -> Failure:
+        """What a failed request means: a refused answer by its status
+        (:data:`ERROR_KINDS`), a dropped connection or timeout is transient, credentials
+        that cannot be loaded or refreshed are credentials."""
+        if isinstance(exc, _Refused):
+            return exc.failure
+        if isinstance(exc, _TRANSIENT_TYPES):
+            return Failure(_K.TRANSIENT, f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, _CREDENTIAL_TYPES):
+            return Failure(_K.CREDENTIALS, f"{type(exc).__name__}: {exc}")
+        return Failure(_K.OTHER, f"{type(exc).__name__}: {exc}")
 
     async def _bucket_missing(self, op: str) -> bool:
         """Whether a 404 means the bucket is gone (the emulator's 404s do not say which);
@@ -215,7 +217,7 @@ class GCSClient(FsspecLoopClient):
 def object_info(resource: dict[str, Any], key: str, url: str) -> ObjectInfo:
     """An :class:`ObjectInfo` from a JSON API object resource; its etag is the generation."""
     return ObjectInfo(key=key, size=int(resource.get("size", 0)),
-                      modified=_parse_time(resource.get("updated")),
+                      modified=parse_time(resource.get("updated")),
                       etag=str(resource["generation"]) if resource.get("generation") else None,
                       url=url,
                       # base64, as `gcloud storage objects describe` prints them; a composed

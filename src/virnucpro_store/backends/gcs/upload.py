@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gcsfs.core import quote
 
@@ -18,9 +18,6 @@ from ..objectstore import ObjectStoreStaging
 from ..objectstore_io import PartWriter
 from .client import GCSClient, object_info
 from .read import GCSSource
-
-if TYPE_CHECKING:
-    from .backend import GCSBackend
 
 KiB, MiB = 2**10, 2**20
 #: resumable-upload chunks must be multiples of this (the last one excepted)
@@ -157,19 +154,38 @@ def _persisted(headers: Any) -> int:
     return int(persisted.rpartition("-")[2]) + 1 if persisted else 0
 
 
+class GCSUploader:
+    """What a staging upload needs of its store, and no more: the request client, the
+    resumable-upload chunk size, the ranged GETs in flight when the staged object is read,
+    and ``maxBytesRewrittenPerCall`` of a publish (None: the service decides). Its values
+    apply to the next save."""
+
+    def __init__(self, client: GCSClient, *, part_size: int, max_concurrency: int,
+                 rewrite_chunk: int | None = None) -> None:
+        if part_size < CHUNK_QUANTUM or part_size % CHUNK_QUANTUM:
+            raise ValueError(f"part_size must be a positive multiple of {CHUNK_QUANTUM} bytes "
+                             "(256 KiB, Cloud Storage's resumable-upload granularity)")
+        self.client = client
+        self.part_size = part_size
+        self.max_concurrency = max(1, max_concurrency)
+        self.rewrite_chunk = rewrite_chunk
+
+
 class GCSStaging(ObjectStoreStaging):
     """A save in flight: a resumable upload to a staging object, published by ``rewriteTo``
     from the staging object's generation."""
 
-    def __init__(self, backend: GCSBackend, key: str) -> None:
-        super().__init__(key, backend.url_for(key))
-        self._backend = backend
-        self._client = backend.client
+    def __init__(self, uploader: GCSUploader, key: str, url: str, *,
+                 download_chunk: int) -> None:
+        super().__init__(key, url)
+        self._uploader = uploader
+        self._client = uploader.client
+        self._download_chunk = download_chunk
         self.name = self._client.path(self.staging_name)
         self.metadata = {SAVE_ID_KEY: uuid.uuid4().hex}
         self.generation: str | None = None
         self.file = GCSUploadWriter(self._client, key, self.name, self.metadata,
-                                    part_size=backend.part_size)
+                                    part_size=uploader.part_size)
 
     def complete_upload(self) -> int:
         resource = self.file.complete()
@@ -178,8 +194,8 @@ class GCSStaging(ObjectStoreStaging):
 
     def open_staged(self, size: int) -> ByteSource:
         return GCSSource(self._client, self.key, self.name, size, self.generation or "",
-                         download_chunk=self._backend.download_chunk,
-                         max_concurrency=self._backend.max_concurrency)
+                         download_chunk=self._download_chunk,
+                         max_concurrency=self._uploader.max_concurrency)
 
     def copy_to_key(self, size: int, *, overwrite: bool) -> ObjectInfo:
         return self._client.run(self._rewrite(size, overwrite=overwrite))
@@ -193,8 +209,8 @@ class GCSStaging(ObjectStoreStaging):
         params: dict[str, Any] = {"sourceGeneration": self.generation}
         if not overwrite:
             params["ifGenerationMatch"] = "0"
-        if self._backend.rewrite_chunk:
-            params["maxBytesRewrittenPerCall"] = str(self._backend.rewrite_chunk)
+        if self._uploader.rewrite_chunk:
+            params["maxBytesRewrittenPerCall"] = str(self._uploader.rewrite_chunk)
         try:
             while True:
                 # no body, as gcsfs's copy: the destination takes the source's metadata

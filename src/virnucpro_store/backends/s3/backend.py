@@ -80,27 +80,25 @@ class S3Backend(ObjectStoreBackend):
     #: how write_if makes its condition hold: "if-match", "lock", or None (not probed yet)
     conditional_via: str | None = None
 
-    def __init__(self, location: str, *, retries: int | None = None,
-                 retry_base_wait: float = 0.1,
-                 retry_max_wait: float = 10.0, part_size: int = UPLOAD_PART_SIZE,
-                 max_concurrency: int = 4, create_only_via: str = "auto",
-                 request_timeout: float = 300.0, **storage_options: Any) -> None:
-        if retries is None:
-            retries = default_retries(storage_options.get("profile"))
-        options = ObjectStoreOptions(retries, retry_base_wait, retry_max_wait, part_size,
-                                     max_concurrency, request_timeout)
+    def __init__(self, location: str, **storage_options: Any) -> None:
+        create_only_via = storage_options.pop("create_only_via", "auto")
+        retries = storage_options.get("retries")
+        options, fs_options = ObjectStoreOptions.take(
+            storage_options, part_size=UPLOAD_PART_SIZE,
+            retries=default_retries(storage_options.get("profile")) if retries is None
+            else retries)
         #: everything needed to open this store again: ``open_store(url, **storage_options)``
         self.storage_options: dict[str, Any] = {
-            **options.as_dict(), "create_only_via": create_only_via, **storage_options}
+            **options.as_dict(), "create_only_via": create_only_via, **fs_options}
         self.bucket, self.root, self.url = split_location("s3", location)
         #: sends every request (retries, error translation, fork handling)
         self.client = S3Client(self.bucket, self.root, self.url, retry=options.retry_policy(),
-                               request_timeout=request_timeout,
-                               fs_options=dict(storage_options))
+                               request_timeout=options.request_timeout,
+                               fs_options=dict(fs_options))
         #: stages, copies and aborts (its part and copy sizes apply to the next save)
-        self.uploader = S3Uploader(self.client, part_size=part_size,
-                                   max_concurrency=max_concurrency,
-                                   create_only_via=create_only_via)  # type: ignore[arg-type]
+        self.uploader = S3Uploader(self.client, part_size=options.part_size,
+                                   max_concurrency=options.max_concurrency,
+                                   create_only_via=create_only_via)
         #: size of each ranged GET of a parallel download
         self.download_chunk = DOWNLOAD_CHUNK
 
@@ -127,16 +125,10 @@ class S3Backend(ObjectStoreBackend):
 
     def open_source(self, key: str) -> S3Source:
         head = self._head(key)
-        return S3Source(self.client, key, int(head["ContentLength"]), head.get("ETag"),
-                        download_chunk=self.download_chunk,
-                        max_concurrency=self.uploader.max_concurrency)
+        return self.pinned_source(key, int(head["ContentLength"]), head.get("ETag"))
 
-    def open_listed(self, info: ObjectInfo) -> S3Source:
-        if info.etag is None:
-            return self.open_source(info.key)
-        # the listing's ETag is the object's (unquoted there); If-Match wants the quoted form
-        return S3Source(self.client, info.key, info.size, f'"{info.etag}"',
-                        download_chunk=self.download_chunk,
+    def pinned_source(self, key: str, size: int, version: str | None) -> S3Source:
+        return S3Source(self.client, key, size, version, download_chunk=self.download_chunk,
                         max_concurrency=self.uploader.max_concurrency)
 
     def _listing(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:

@@ -1,10 +1,11 @@
 """The S3 request client: every S3 request of the backend goes through :meth:`S3Client.request`.
 
-It holds, in one place, the retry policy (capped exponential backoff with jitter for 5xx,
-SlowDown, timeouts and dropped connections; how many retries by default follows the standard
-AWS settings, :func:`aws_retry_settings`), the table :data:`ERROR_KINDS` that turns S3
-error codes into :class:`ErrorKind` and then into :mod:`virnucpro_store.errors`, the fork
-handling (DataLoader workers), and every use of s3fs and asyncio internals.
+It holds the S3 error classifier for the shared retry runner (:mod:`..retry`: capped
+exponential backoff with jitter for 5xx, SlowDown, timeouts and dropped connections; how many
+retries by default follows the standard AWS settings, :func:`aws_retry_settings`), the table
+:data:`ERROR_KINDS` that turns S3 error codes into :class:`ErrorKind` and then into
+:mod:`virnucpro_store.errors`, the fork handling (DataLoader workers), and every use of s3fs
+and asyncio internals.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import fsspec.asyn
 import s3fs
 
 from ...errors import StorageFailure, StoreError
-from ..objectstore import RetryPolicy
-from ..objectstore_io import ErrorKind, FsspecLoopClient, isolate_fsspec_loop_on_fork, kind_of
+from ..objectstore_io import FsspecLoopClient, isolate_fsspec_loop_on_fork
+from ..retry import ErrorKind, Failure, RetryPolicy, kind_of
 
 log = logging.getLogger("virnucpro_store.backends.s3")
 
@@ -259,24 +260,16 @@ class S3Client(FsspecLoopClient):
         helper = getattr(self.fs, "_get_s3_method_kwargs", None)
         kwargs = helper(method, **params) if helper is not None else params
         # Server-side copies and completes of multi-GB objects legitimately take minutes.
+        # A hard cap per attempt: aiohttp's socket timeouts do not cover every wait (e.g. for
+        # "100 Continue"), and a hung attempt is worth a retry.
         timeout = self.request_timeout * (10 if op in _SLOW_OPS else 1)
-        attempt = 0
-        while True:
-            self.request_counts[op] += 1
-            try:
-                # A hard cap per attempt: aiohttp's socket timeouts do not cover every wait
-                # (e.g. for "100 Continue"), and a hung attempt is worth a retry.
-                return await asyncio.wait_for(_attempt(method, kwargs, body), timeout)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                kind, what = classify(exc)
-                wait = self.retry_wait(kind, attempt, op, key, what)
-                if wait is not None:
-                    attempt += 1
-                    await asyncio.sleep(wait)
-                    continue
-                raise self.translate(kind, what, op, key, precondition, attempt) from exc
+        return await self.with_retries_async(
+            op, lambda _retries: _attempt(method, kwargs, body), key=key,
+            precondition=precondition, timeout=timeout)
+
+    def classify(self, exc: BaseException) -> Failure:
+        """The S3 error table (:func:`classify`) as the retry runner wants it."""
+        return Failure(*classify(exc))
 
     def translate(self, kind: ErrorKind, what: str, op: str, key: str | None,
                   precondition: str, attempts: int) -> StoreError:

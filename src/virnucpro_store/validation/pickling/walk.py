@@ -1,5 +1,5 @@
-"""The walk over a lazy structure: every tensor and array torch would materialize, with its
-path (``data[0]``, ``meta.x``), in bounded time and memory whatever the pickle holds."""
+"""The walk over the model's lazy structure: every tensor and array torch would materialize,
+with its path (``data[0]``, ``meta.x``), in bounded time and memory whatever the pickle holds."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from collections.abc import Generator, Iterator
 from itertools import islice
 from typing import Any
 
-from ..lazy import INT64, ArrayMeta, TensorMeta
-from ..lazy import short_value as _short
-from .problem import unsafe
-from .standins import _ATOMIC_TYPES, TorchCounter, TorchOrderedDict, _TorchBuilt
+from ...lazy import INT64, ArrayMeta, TensorMeta
+from ...lazy import short_value as _short
+from ..problem import unsafe
+from .standins import ATOMIC_TYPES, TorchBuilt, TorchCounter, TorchOrderedDict
 
 #: the walk over the loaded structure visits at most this many nodes
 MAX_WALK_NODES = 200_000_000
@@ -83,18 +83,18 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
                 pairs = list(obj.attrs) + list((obj.pydict or {}).items())
                 nodes += len(pairs)
                 stack.extend(((chain, _attr_part(k)), v) for k, v in reversed(pairs)
-                             if type(v) not in _ATOMIC_TYPES and not _holds_nothing(v))
+                             if type(v) not in ATOMIC_TYPES and not _holds_nothing(v))
             continue
-        if kind in _ATOMIC_TYPES or id(obj) in seen:
+        if kind in ATOMIC_TYPES or id(obj) in seen:
             continue
         if kind is list or kind is tuple or (kind is not dict and isinstance(obj, (list, tuple))):
             nodes += len(obj)
             if len(obj) == 1:  # a nest of one-element lists: no per-level set or list
                 seen.add(id(obj))
-                if type(obj[0]) not in _ATOMIC_TYPES:
+                if type(obj[0]) not in ATOMIC_TYPES:
                     stack.append(((chain, "[0]"), obj[0]))
                 continue
-            if _ATOMIC_TYPES.issuperset(map(type, obj)):
+            if ATOMIC_TYPES.issuperset(map(type, obj)):
                 continue  # a long id list: decided at C speed, not item by item
             if _ACCELERATE and _LEAF_TYPES.issuperset(map(type, obj)):
                 # a list of tensors: the general loop would push every item and pop each next
@@ -110,18 +110,18 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
             items: Any = enumerate(obj)
         elif isinstance(obj, dict):
             nodes += len(obj)
-            extra = vars(obj) if isinstance(obj, _TorchBuilt) else None
-            if not _ATOMIC_TYPES.issuperset(map(type, obj)):
+            extra = vars(obj) if isinstance(obj, TorchBuilt) else None
+            if not ATOMIC_TYPES.issuperset(map(type, obj)):
                 # tensors (or tuples holding them) as keys: torch materializes them too
                 seen.add(id(obj))
                 stack.extend(((chain, f"<key {_path_part(k)}>"), k) for k in obj
-                             if type(k) not in _ATOMIC_TYPES)
+                             if type(k) not in ATOMIC_TYPES)
             if extra:
                 seen.add(id(obj))
                 nodes += len(extra)
                 stack.extend(((chain, _attr_part(k)), v) for k, v in extra.items()
-                             if type(v) not in _ATOMIC_TYPES)
-            if _ATOMIC_TYPES.issuperset(map(type, obj.values())):
+                             if type(v) not in ATOMIC_TYPES)
+            if ATOMIC_TYPES.issuperset(map(type, obj.values())):
                 continue
             items = obj.items()
         elif isinstance(obj, (set, frozenset)):
@@ -138,7 +138,7 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
                          code="pickle.too_deep")
         children = []
         for key, value in items:
-            if type(value) in _ATOMIC_TYPES:
+            if type(value) in ATOMIC_TYPES:
                 continue
             children.append(((chain, _path_part(key)), value))
         stack.extend(reversed(children))
@@ -146,7 +146,7 @@ def iter_tensors(root: Any, *, max_nodes: int = MAX_WALK_NODES
 
 
 #: what a list may hold for :func:`_leaves`: tensors, arrays, and values that are not walked
-_LEAF_TYPES = frozenset({TensorMeta, ArrayMeta}) | _ATOMIC_TYPES
+_LEAF_TYPES = frozenset({TensorMeta, ArrayMeta}) | ATOMIC_TYPES
 
 
 def _leaves(items: list[Any] | tuple[Any, ...], chain: _Chain | None, seen: set[int]
@@ -165,7 +165,7 @@ def _leaves(items: list[Any] | tuple[Any, ...], chain: _Chain | None, seen: set[
                 return nodes, _pushed(items, i, chain)
             if attrs and id(item) not in seen:
                 for _, value in attrs:
-                    if type(value) not in _ATOMIC_TYPES and not _holds_nothing(value):
+                    if type(value) not in ATOMIC_TYPES and not _holds_nothing(value):
                         # something to walk under it: the general loop takes it from here
                         return nodes, _pushed(items, i, chain)
                 seen.add(id(item))  # as the general loop does; its attributes hold nothing
@@ -180,7 +180,7 @@ def _pushed(items: list[Any] | tuple[Any, ...], start: int, chain: _Chain | None
             ) -> list[tuple[_Chain, Any]]:
     """The stack entries the general loop pushes for ``items[start:]``, in item order."""
     return [((chain, f"[{j}]"), value) for j, value in islice(enumerate(items), start, None)
-            if type(value) not in _ATOMIC_TYPES]
+            if type(value) not in ATOMIC_TYPES]
 
 
 def _prefix(chain: _Chain | None) -> str | None:
@@ -205,7 +205,7 @@ def _holds_nothing(value: Any) -> bool:
     OrderedDict): visiting it would find nothing. Checked after unpickling, so a container the
     pickle filled later is not empty here."""
     return type(value) in _EMPTY_WHEN_FALSE and not value and not (
-        isinstance(value, _TorchBuilt) and vars(value))
+        isinstance(value, TorchBuilt) and vars(value))
 
 
 def _attr_part(name: Any) -> str:

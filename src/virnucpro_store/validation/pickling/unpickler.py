@@ -1,11 +1,14 @@
-"""A restricted unpickler for torch's ``data.pkl`` that builds a *lazy structure*.
+"""The unpickler of the pickle model: a restricted unpickler for torch's ``data.pkl`` that builds
+a *lazy structure*.
 
-The pickle is read by a subclass of the C :class:`pickle.Unpickler` whose ``find_class`` returns
-only the stand-ins of ``standins.py`` (an allow-list). Nothing named by the file is ever imported,
-and nothing from outside the allow-list is ever called: a global outside it stops the load with an
-"unsafe" :class:`Problem` that names it. Tensors become :class:`TensorMeta` (dtype, shape, stride,
-storage key; no data), numpy arrays become :class:`ArrayMeta` (dtype, shape; the raw bytes are
-length-checked and dropped), containers stay Python dicts, lists and tuples.
+The pickle is first pre-scanned (:mod:`.prescan`), then read by a subclass of the C
+:class:`pickle.Unpickler` whose ``find_class`` returns only the stand-ins of the allow-list
+(:mod:`.allowlist`, :mod:`.standins`), bound to the load's :class:`~.context.LoadContext`.
+Nothing named by the file is ever imported, and nothing from outside the allow-list is ever
+called: a global outside it stops the load with an "unsafe" :class:`Problem` that names it.
+Tensors become :class:`TensorMeta` (dtype, shape, stride, storage key; no data), numpy arrays
+become :class:`ArrayMeta` (dtype, shape; the raw bytes are length-checked and dropped),
+containers stay Python dicts, lists and tuples.
 
 Example:
     >>> import io, torch, zipfile
@@ -28,41 +31,40 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..lazy import INT64, StorageRef, TensorMeta, make_storage_ref
-from ..lazy import short_value as _short
-from .gcpause import gc_paused
-from .pickleguard import library_protocol, scan
-from .problem import Problem, corrupted, incompatible, unsafe
-from .standins import (
-    _DTYPE_CLASSES,
-    _MADE,
-    MAX_ELEMENTS,
-    _note,
-    _resolve,
-    _resolve_library,
-    _StandIn,
-    _StorageType,
-)
+from ...lazy import INT64, StorageRef, TensorMeta, make_storage_ref
+from ...lazy import short_value as _short
+from ..problem import Problem, corrupted, incompatible, unsafe
+from .allowlist import resolve, resolve_library
+from .context import LoadContext
+from .prescan import library_protocol, scan
+from .standins import DTYPE_CLASSES, MAX_ELEMENTS, GlobalStandIn, StorageTypeStandIn
 
 #: refuse to unpickle a data.pkl larger than this (a guard against resource exhaustion)
 MAX_PICKLE_BYTES = 512 << 20
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """The C unpickler, with globals limited to the stand-ins of ``standins.py``, strings read
-    as torch reads them (SHORT_BINSTRING as UTF-8), and storages cached by key as torch caches
-    them."""
+    """The C unpickler, with globals limited to the allow-list's stand-ins (bound to the load's
+    context), strings read as torch reads them (SHORT_BINSTRING as UTF-8), and storages cached
+    by key as torch caches them."""
 
-    def __init__(self, file: io.BufferedIOBase, library: bool = False) -> None:
+    def __init__(self, file: io.BufferedIOBase, ctx: LoadContext | None = None) -> None:
         super().__init__(file, encoding="utf-8")
         self.storages: dict[Any, StorageRef] = {}
-        self.library = library
+        self.ctx = ctx if ctx is not None else LoadContext()
+        self.made = self.ctx.made
 
     def find_class(self, module: str, name: str) -> Any:
-        return _resolve_library(module, name) if self.library else _resolve(module, name)
+        ctx = self.ctx
+        found = resolve_library(module, name) if ctx.library else resolve(module, name)
+        if type(found) is GlobalStandIn and found.per_load is not None:
+            bound = ctx.bound.get(found.qualname)
+            if bound is None:
+                bound = ctx.bound[found.qualname] = found.bind(ctx)
+            return bound
+        return found
 
     def persistent_load(self, pid: Any) -> StorageRef:
         """torch.serialization._load's persistent_load: ``('storage', type, key, location,
@@ -76,16 +78,14 @@ class RestrictedUnpickler(pickle.Unpickler):
         # numel in [0, MAX_ELEMENTS] make the same StorageRef, noted and cached the same way.
         if type(pid) is tuple and len(pid) == 5:
             tag, stype, key, location, numel = pid
-            if (type(tag) is str and tag == "storage" and type(stype) is _StorageType
+            if (type(tag) is str and tag == "storage" and type(stype) is StorageTypeStandIn
                     and type(key) is str):
                 cached = self.storages.get(key)
                 if cached is not None:
                     return cached
                 if type(location) is str and type(numel) is int and 0 <= numel <= MAX_ELEMENTS:
                     ref = make_storage_ref(key, stype.dtype, numel, location, stype.untyped)
-                    made = getattr(_MADE, "items", None)  # _note(ref), inlined
-                    if made is not None:
-                        made.append(ref)
+                    self.made.append(ref)  # ctx.note(ref), inlined
                     if numel:  # ref.nbytes: numel times an item size of at least 1
                         self.storages[key] = ref
                     return ref
@@ -98,11 +98,11 @@ class RestrictedUnpickler(pickle.Unpickler):
                             f"('storage', type, key, location, numel) only")
         _, stype, key, location, numel = pid
         if isinstance(stype, TensorMeta):  # torch only asks the type for its .dtype
-            stype = _StorageType(stype.dtype)
+            stype = StorageTypeStandIn(stype.dtype)
         # torch reads storage_type.dtype first (any object with that attribute), then returns a
         # storage already loaded under this key without looking at the type again
-        tensor_class = isinstance(stype, _StandIn) and stype.qualname in _DTYPE_CLASSES
-        if not isinstance(stype, _StorageType) and not tensor_class:
+        tensor_class = isinstance(stype, GlobalStandIn) and stype.qualname in DTYPE_CLASSES
+        if not isinstance(stype, StorageTypeStandIn) and not tensor_class:
             raise corrupted(f"storage type is {_short(stype)}, not a torch storage class")
         if type(key) is int and -INT64 <= key < INT64:
             name = str(key)  # torch names the record f"data/{key}"
@@ -126,7 +126,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if numel < 0 or numel > MAX_ELEMENTS:
             raise corrupted(f"storage {name!r} claims {numel} elements")
         ref = StorageRef(name, stype.dtype, int(numel), location, stype.untyped)
-        _note(ref)  # torch reads its record now, whether a tensor uses it or not
+        self.ctx.note(ref)  # torch reads its record now, whether a tensor uses it or not
         if ref.nbytes:  # torch caches a storage only when it has data
             self.storages[key] = ref
         return ref
@@ -136,14 +136,6 @@ def load_structure(data: bytes) -> Any:
     """Unpickle ``data`` (a torch ``data.pkl``) into the lazy structure; :class:`Problem` on
     failure. Never imports or calls anything named by the pickle outside the allow-list."""
     return read_structure(data)[0]
-
-
-def _without_gc(load: Callable[[], Any]) -> Any:
-    """Run ``load`` with the cyclic garbage collector paused. Unpickling allocates containers
-    only (a million nested lists, 10,000 tensor records); each collection the allocations
-    trigger re-walks everything built so far, which made loading quadratic."""
-    with gc_paused():
-        return load()
 
 
 def read_structure(data: bytes) -> tuple[Any, bool]:
@@ -169,34 +161,31 @@ class Model(NamedTuple):
 def read_model(data: bytes) -> Model:
     """:func:`read_structure`, every tensor view and storage the pickle made on the way, and
     which loader reads it."""
-    made: list[TensorMeta | StorageRef] = []
-    library = library_protocol(data)
-    _MADE.items = made
-    _MADE.library = library
-    try:
-        structure, builds = _read(data, library is not None)
-    finally:
-        _MADE.items = None
-        _MADE.library = None
-    return Model(structure, builds, made, library)
+    ctx = LoadContext(library_protocol(data))
+    structure, builds = _read(data, ctx)
+    return Model(structure, builds, ctx.made, ctx.library)
 
 
-def _read(data: bytes, library: bool) -> tuple[Any, bool]:
+def _read(data: bytes, ctx: LoadContext) -> tuple[Any, bool]:
     if len(data) > MAX_PICKLE_BYTES:
         raise incompatible(f"data.pkl is {len(data)} bytes, above the validator's limit of "
-                           f"{MAX_PICKLE_BYTES} bytes (safepickle.MAX_PICKLE_BYTES)",
+                           f"{MAX_PICKLE_BYTES} bytes (pickling.unpickler.MAX_PICKLE_BYTES)",
                            code="pickle.too_large")
     # memo and hash bombs the C unpickler would not survive, and forbidden globals named before
     # any damage, are refused before it runs
-    scanned = scan(data, _resolve_library if library else _resolve)
+    scanned = scan(data, resolve_library if ctx.library else resolve)
     problem = scanned.torch_problem()
     # a reader with peek(): the C unpickler then reads 64 KiB ahead instead of calling read()
     # once per opcode of an unframed (protocol 2) pickle, five times faster on 10**7 opcodes
     stream = io.BufferedReader(io.BytesIO(scanned.patched(data)), 1 << 16)
-    unpickler = RestrictedUnpickler(stream, library)
+    unpickler = RestrictedUnpickler(stream, ctx)
     try:
         try:
-            structure = _without_gc(unpickler.load)
+            # the cyclic garbage collector paused (the context's): unpickling allocates
+            # containers only (a million nested lists, 10,000 tensor records); each collection
+            # the allocations trigger re-walks everything built so far (quadratic loading)
+            with ctx:
+                structure = unpickler.load()
         except Problem:
             raise
         except Exception:

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import re
 import struct
-import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
-from ..lazy import (
+from ...lazy import (
     BUILD_HOOKS,
     INT64,
     NUMPY_DTYPES,
     TORCH_DTYPES,
     ArrayMeta,
+    Frozen,
     NumpyBool,
     NumpyComplex,
     NumpyFloat,
@@ -33,21 +34,21 @@ from ..lazy import (
     TorchDevice,
     TorchDType,
     TorchSize,
-    _Frozen,
     make_tensor_meta,
     shape_text,
 )
-from ..lazy import (
+from ...lazy import (
     short_value as _short,
 )
-from .pickleguard import MAX_KEYS_PER_HASH, check_hashable, library_qualname, torch_qualname
-from .problem import corrupted, incompatible, unsafe
+from ..problem import corrupted, incompatible, unsafe
+from .context import LoadContext
+from .stackitems import MAX_KEYS_PER_HASH, check_hashable
 
 #: a tensor or array with more elements than this is not a real one
 MAX_ELEMENTS = 1 << 48
 
 #: legacy typed-storage class name -> dtype
-_STORAGE_TYPES: dict[str, str] = {
+STORAGE_TYPES: dict[str, str] = {
     "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
     "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
     "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8",
@@ -55,7 +56,7 @@ _STORAGE_TYPES: dict[str, str] = {
     "ComplexFloatStorage": "complex64",
 }
 
-_NUMPY_DTYPE_CLASSES: dict[str, str] = {
+NUMPY_DTYPE_CLASSES: dict[str, str] = {
     "BoolDType": "b1", "Int8DType": "i1", "UInt8DType": "u1", "Int16DType": "i2",
     "UInt16DType": "u2", "Int32DType": "i4", "UInt32DType": "u4", "Int64DType": "i8",
     "UInt64DType": "u8", "LongLongDType": "i8", "ULongLongDType": "u8", "Float16DType": "f2",
@@ -63,47 +64,16 @@ _NUMPY_DTYPE_CLASSES: dict[str, str] = {
     "Complex128DType": "c16",
 }
 
-#: globals torch's own weights_only loader accepts but this lazy reader does not model
-#: (quantized, sparse, nested, meta and subclass tensors): the file is not unsafe, just not
-#: something this validator (or a feature file) uses
-_TORCH_KNOWN_UNSUPPORTED = frozenset({
-    "torch._utils._rebuild_qtensor", "torch._utils._rebuild_sparse_tensor",
-    "torch._utils._rebuild_nested_tensor", "torch._utils._rebuild_wrapper_subclass",
-    "torch._utils._rebuild_meta_tensor_no_storage",
-    "torch._utils._rebuild_device_tensor_from_cpu_tensor",
-    "torch._utils._rebuild_device_tensor_from_numpy", "torch.serialization._get_layout",
-    "torch.storage.TypedStorage", "torch.per_tensor_affine", "torch.per_channel_affine",
-    "torch.per_channel_affine_float_qparams", "torch.per_tensor_symmetric",
-    "torch.per_channel_symmetric", "torch.qint8", "torch.qint32", "torch.quint8",
-    "torch.quint4x2", "torch.quint2x4", "torch.QInt8Storage", "torch.QInt32Storage",
-    "torch.QUInt8Storage", "torch.QUInt4x2Storage", "torch.QUInt2x4Storage",
-    *(f"torch.{k}{n}" for k in ("int", "uint") for n in range(1, 8)),
-    # legacy tensor classes: calling one makes a tensor from sizes or data, not from a record
-    *(f"torch.{m}{k}Tensor" for m in ("", "cuda.", "sparse.", "cuda.sparse.")
-      for k in ("BFloat16", "Bool", "Byte", "Char", "Double", "Float", "Half", "Int", "Long",
-                "Short")),
-})
 
 
 # --------------------------------------------------------------------------- lazy values
 
-#: per thread, while a pickle is read: every tensor view and storage the pickle makes, as torch
-#: would make it (torch checks each one when it is made, reachable from the result or not)
 #: values that hold nothing: the walk never looks inside them
-_ATOMIC_TYPES = frozenset({str, int, float, bool, bytes, type(None), complex})
-
-_MADE = threading.local()
-
-
-def _note(obj: Any) -> None:
-    made = getattr(_MADE, "items", None)
-    if made is not None:
-        made.append(obj)
-
+ATOMIC_TYPES = frozenset({str, int, float, bool, bytes, type(None), complex})
 
 
 @dataclass(frozen=True)
-class _StorageType(_Frozen):
+class StorageTypeStandIn(Frozen):
     dtype: str
     untyped: bool = False
     #: torch.cuda.<X>Storage: a class of its own to torch (a dict key apart from torch.<X>)
@@ -119,13 +89,13 @@ class _StorageType(_Frozen):
         raise corrupted("pickle calls a legacy storage type, which torch cannot call")
 
 
-class _NpDType:
+class NumpyDTypeStandIn:
     """What ``numpy.dtype(spec, align, copy)`` plus BUILD describes."""
 
     __slots__ = ("spec", "code", "name", "itemsize", "struct", "byteorder", "problem")
 
     def __init__(self, spec: Any, align: Any = False, copy: Any = True) -> None:
-        if isinstance(spec, _NpDType):  # numpy.dtype(a_dtype): that dtype again
+        if isinstance(spec, NumpyDTypeStandIn):  # numpy.dtype(a_dtype): that dtype again
             spec = spec.spec if spec.byteorder in ("<", "=", "|") else ">" + spec.spec
         if isinstance(spec, str) and spec[:1] == ">" and spec[1:] in NUMPY_DTYPES:
             self.__init__(spec[1:])  # type: ignore[misc]
@@ -181,19 +151,39 @@ def _refuse_dtype(spec: str, problem: str) -> None:
 
 # --------------------------------------------------------------------------- stand-ins
 
+#: a per-load stand-in's maker: the load's context (None: no load) -> (fn, fast)
+PerLoad = Callable[[LoadContext | None],
+                   tuple[Callable[..., Any], Callable[[tuple[Any, ...]], Any] | None]]
 
-class _StandIn:
-    """A named stand-in for an allowed global. BUILD on it is refused."""
 
-    __slots__ = ("qualname", "fn", "fast")
+class GlobalStandIn:
+    """A named stand-in for an allowed global. BUILD on it is refused.
+
+    A stand-in that makes tensors records them in the load's :class:`~.context.LoadContext`:
+    it has a ``per_load`` maker (context -> ``(fn, fast)``), and the unpickler calls it through
+    :meth:`bind`, which makes the pair for its load (the allow-list's own entry is bound to no
+    load: it records nothing)."""
+
+    __slots__ = ("qualname", "fn", "fast", "per_load")
 
     def __init__(self, qualname: str, fn: Callable[..., Any] | None = None,
-                 fast: Callable[[tuple[Any, ...]], Any] | None = None) -> None:
+                 fast: Callable[[tuple[Any, ...]], Any] | None = None,
+                 per_load: PerLoad | None = None) -> None:
         self.qualname = qualname
+        if per_load is not None and fn is None:
+            fn, fast = per_load(None)
         self.fn = fn
         #: a fast path for the calls torch.save writes: the arguments -> what ``fn`` makes of
         #: them, or None for any call it does not cover (``fn`` then checks and makes it)
         self.fast = fast
+        self.per_load = per_load
+
+    def bind(self, ctx: LoadContext) -> GlobalStandIn:
+        """This stand-in for one load: one that records what it makes in ``ctx`` (itself when
+        it makes nothing to record)."""
+        if self.per_load is None:
+            return self
+        return GlobalStandIn(self.qualname, *self.per_load(ctx))
 
     def __call__(self, *args: Any) -> Any:
         if self.fast is not None:
@@ -231,7 +221,7 @@ def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
 
 
 
-def _checked_numel(shape: tuple[int, ...], what: str) -> int:
+def checked_numel(shape: tuple[int, ...], what: str) -> int:
     if any(s < 0 for s in shape):
         raise corrupted(f"{what} has a negative size in shape {shape_text(shape)}")
     numel = 1
@@ -243,11 +233,12 @@ def _checked_numel(shape: tuple[int, ...], what: str) -> int:
     return numel
 
 
-def _make_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                 dtype: str | None) -> TensorMeta:
+def _make_tensor(ctx: LoadContext | None, storage: Any, offset: Any, size: Any, stride: Any,
+                 requires_grad: Any, dtype: str | None) -> TensorMeta:
     dtype, shape, strides = _tensor_fields(storage, offset, size, stride, dtype)
     made = TensorMeta(dtype, shape, strides, offset, storage.key, bool(requires_grad), storage)
-    _note(made)
+    if ctx is not None:
+        ctx.made.append(made)
     return made
 
 
@@ -311,8 +302,11 @@ def _contiguous(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> TensorMeta:
-    return _make_tensor(storage, storage_offset, size, stride, False, None)
+def _rebuild_tensor_for(ctx: LoadContext | None) -> tuple[Callable[..., Any], None]:
+    def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any
+                        ) -> TensorMeta:
+        return _make_tensor(ctx, storage, storage_offset, size, stride, False, None)
+    return _plain_name(_rebuild_tensor), None
 
 
 def _tensor_extras(meta: TensorMeta, requires_grad: Any, backward_hooks: Any,
@@ -321,8 +315,9 @@ def _tensor_extras(meta: TensorMeta, requires_grad: Any, backward_hooks: Any,
     return replace(meta, requires_grad=grad, attrs=attrs)
 
 
-def _new_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, dtype: str | None,
-                requires_grad: Any, backward_hooks: Any, metadata: Any, what: str
+def _new_tensor(ctx: LoadContext | None, storage: Any, storage_offset: Any, size: Any,
+                stride: Any, dtype: str | None, requires_grad: Any, backward_hooks: Any,
+                metadata: Any, what: str
                 ) -> TensorMeta:
     """:func:`_make_tensor` then :func:`_tensor_extras`, checked in that order, with one
     TensorMeta made (10,000 tensors: a dataclass ``replace`` each was a third of the time)."""
@@ -330,7 +325,8 @@ def _new_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, dtype
     grad, attrs = _extras(dtype, requires_grad, backward_hooks, metadata, what)
     made = TensorMeta(dtype, shape, strides, storage_offset, storage.key, grad, storage,
                       False, attrs)
-    _note(made)
+    if ctx is not None:
+        ctx.made.append(made)
     return made
 
 
@@ -348,30 +344,42 @@ def _extras(dtype: str, requires_grad: Any, backward_hooks: Any, metadata: Any, 
             raise corrupted(f"{what}: a {dtype} tensor cannot have the conjugate bit")
     attrs: tuple[tuple[str, Any], ...] = ()
     for name, value in (("_backward_hooks", backward_hooks), ("<metadata>", metadata)):
-        if type(value) not in _ATOMIC_TYPES:  # whatever it holds is materialized too
+        if type(value) not in ATOMIC_TYPES:  # whatever it holds is materialized too
             attrs = (*attrs, (name, value))
     return grad, attrs
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any, backward_hooks: Any,
-                       metadata: Any = None) -> TensorMeta:
-    return _new_tensor(storage, storage_offset, size, stride, None, requires_grad,
-                       backward_hooks, metadata, "_rebuild_tensor_v2")
+def _rebuild_tensor_v2_for(ctx: LoadContext | None
+                           ) -> tuple[Callable[..., Any], Callable[[tuple[Any, ...]], Any]]:
+    def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                           requires_grad: Any, backward_hooks: Any,
+                           metadata: Any = None) -> TensorMeta:
+        return _new_tensor(ctx, storage, storage_offset, size, stride, None, requires_grad,
+                           backward_hooks, metadata, "_rebuild_tensor_v2")
+    return _plain_name(_rebuild_tensor_v2), partial(_fast_rebuild_tensor_v2, ctx)
 
 
-def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any, backward_hooks: Any, dtype: Any,
-                       metadata: Any = None) -> TensorMeta:
-    if not isinstance(dtype, TorchDType):
-        raise corrupted(f"tensor dtype is {_short(dtype)}, not a torch dtype")
-    meta = _make_tensor(storage, storage_offset, size, stride, False, dtype.name)
-    if requires_grad is True:  # torch.empty(requires_grad=True), then set_: an in-place error
-        raise corrupted("_rebuild_tensor_v3 with requires_grad=True: torch refuses (set_ on a "
-                        "leaf that requires gradients)")
-    if requires_grad is None:  # torch.empty's argument parser takes None as the default, False
-        requires_grad = False
-    return _tensor_extras(meta, requires_grad, backward_hooks, metadata, "_rebuild_tensor_v3")
+def _rebuild_tensor_v3_for(ctx: LoadContext | None) -> tuple[Callable[..., Any], None]:
+    def _rebuild_tensor_v3(storage: Any, storage_offset: Any, size: Any, stride: Any,
+                           requires_grad: Any, backward_hooks: Any, dtype: Any,
+                           metadata: Any = None) -> TensorMeta:
+        if not isinstance(dtype, TorchDType):
+            raise corrupted(f"tensor dtype is {_short(dtype)}, not a torch dtype")
+        meta = _make_tensor(ctx, storage, storage_offset, size, stride, False, dtype.name)
+        if requires_grad is True:  # torch.empty(requires_grad=True), then set_: in-place error
+            raise corrupted("_rebuild_tensor_v3 with requires_grad=True: torch refuses (set_ "
+                            "on a leaf that requires gradients)")
+        if requires_grad is None:  # torch.empty's argument parser takes None as the default
+            requires_grad = False
+        return _tensor_extras(meta, requires_grad, backward_hooks, metadata,
+                              "_rebuild_tensor_v3")
+    return _plain_name(_rebuild_tensor_v3), None
+
+
+def _plain_name(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` named as a module-level function (how a bad call's TypeError names it)."""
+    fn.__qualname__ = fn.__name__
+    return fn
 
 
 def _parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> TensorMeta:
@@ -435,7 +443,7 @@ def _set_attr(meta: TensorMeta, name: Any, value: Any) -> TensorMeta:
                             f"tensor of the same dtype and shape")
         return _with_attr(meta, name, value)
     if name == "__class__":
-        if not isinstance(value, _StandIn) or value.qualname not in _TENSOR_CLASSES:
+        if not isinstance(value, GlobalStandIn) or value.qualname not in TENSOR_CLASSES:
             raise incompatible("tensor state changes the tensor's class to something other "
                                "than torch.Tensor or torch.nn.Parameter")
         return replace(meta, parameter=value.qualname == "torch.nn.parameter.Parameter")
@@ -459,7 +467,7 @@ def _set_attr(meta: TensorMeta, name: Any, value: Any) -> TensorMeta:
 def _state_items(part: Any, what: str) -> list[tuple[Any, Any]]:
     """The (name, value) pairs of one half of a pickled object state (``if part: part.items()``
     in torch)."""
-    if part is None or (type(part) in _ATOMIC_TYPES or type(part) in (list, tuple)) and not part:
+    if part is None or (type(part) in ATOMIC_TYPES or type(part) in (list, tuple)) and not part:
         return []
     if isinstance(part, dict):
         return list(part.items())
@@ -482,7 +490,7 @@ def _set_obj_state(meta: TensorMeta, state: Any) -> TensorMeta:
     return meta
 
 
-def _build_tensor(meta: TensorMeta, state: Any) -> TensorMeta:
+def _build_tensor(ctx: LoadContext | None, meta: TensorMeta, state: Any) -> TensorMeta:
     """What BUILD makes of a tensor: ``tensor.set_(*state)`` for a plain tensor;
     ``Tensor.__setstate__(state)`` for a Parameter (4 items: set_, 5: legacy Variable,
     3: (requires_grad, _, backward_hooks))."""
@@ -491,11 +499,12 @@ def _build_tensor(meta: TensorMeta, state: Any) -> TensorMeta:
     if not isinstance(state, (tuple, list)):
         raise corrupted(f"BUILD on a tensor with a {type(state).__name__} state; torch expects "
                         f"a tuple")
-    if getattr(_MADE, "library", None) and not meta.parameter and len(state) != 4:
+    library = ctx.library if ctx is not None else None
+    if library and not meta.parameter and len(state) != 4:
         # the library's loader runs the C unpickler, whose BUILD calls Tensor.__setstate__:
         # the same as torch's set_(*state) for the four arguments torch.save would write only
         raise incompatible(f"BUILD on a tensor with a state of {len(state)} items in a protocol "
-                           f"{_MADE.library} pickle (not modelled)")
+                           f"{library} pickle (not modelled)")
     if not meta.parameter or len(state) == 4:
         if meta.requires_grad:
             raise corrupted("BUILD calls set_ on a tensor that requires gradients (torch "
@@ -507,8 +516,8 @@ def _build_tensor(meta: TensorMeta, state: Any) -> TensorMeta:
             if state[0].dtype != meta.dtype:
                 raise corrupted(f"BUILD sets a {meta.dtype} tensor to a {state[0].dtype} "
                                 f"storage (torch refuses)")
-            made = _make_tensor(state[0], state[1], state[2], state[3], meta.requires_grad,
-                                meta.dtype)
+            made = _make_tensor(ctx, state[0], state[1], state[2], state[3],
+                                meta.requires_grad, meta.dtype)
             return replace(meta, shape=made.shape, stride=made.stride,
                            storage_offset=made.storage_offset, storage_key=made.storage_key,
                            storage=made.storage)
@@ -525,17 +534,17 @@ def _build_tensor(meta: TensorMeta, state: Any) -> TensorMeta:
     return _with_attr(meta, "_backward_hooks", state[2])
 
 
-_TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter")
+TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter")
 #: allowed classes whose ``.dtype`` torch can read (a descriptor, not a dtype) when one is
 #: named as a storage type: torch then returns a storage already loaded under that key, and
 #: cannot size a new one (tests/test_safe_load.py derives the set from torch and numpy)
-_DTYPE_CLASSES = (*_TENSOR_CLASSES, "numpy.ndarray")
+DTYPE_CLASSES = (*TENSOR_CLASSES, "numpy.ndarray")
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    if not isinstance(func, _StandIn) or func.fn is None:
+    if not isinstance(func, GlobalStandIn) or func.fn is None:
         raise corrupted(f"_rebuild_from_type_v2 given {_short(func)} to call")
-    if not isinstance(new_type, _StandIn) or new_type.qualname not in _TENSOR_CLASSES:
+    if not isinstance(new_type, GlobalStandIn) or new_type.qualname not in TENSOR_CLASSES:
         raise incompatible("tensor subclasses other than torch.Tensor and Parameter are not "
                            "supported")
     if not isinstance(args, tuple):
@@ -605,7 +614,7 @@ def _torch_device(kind: Any, index: Any = None) -> TorchDevice:
 
 
 def _np_reconstruct(subtype: Any, shape: Any, code: Any) -> ArrayMeta:
-    if not isinstance(subtype, _StandIn) or subtype.qualname != "numpy.ndarray":
+    if not isinstance(subtype, GlobalStandIn) or subtype.qualname != "numpy.ndarray":
         raise incompatible("numpy array subclasses are not supported")
     # a bytearray equals b"b" but numpy refuses it as a type code
     if shape != (0,) or type(code) not in (bytes, str) or code not in (b"b", "b"):
@@ -630,7 +639,7 @@ def _latin1(raw: Any, what: str) -> Any:
 def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
     """numpy's ``scalar(dtype, data)``: data must be bytes (or a latin1 str), at least one item
     long (numpy reads the first item); a bytearray or None is refused; no data is a zero."""
-    if not isinstance(dtype, _NpDType):
+    if not isinstance(dtype, NumpyDTypeStandIn):
         raise corrupted("numpy scalar without a numpy dtype")
     if dtype.code == "O":
         raise unsafe("numpy object scalar: arbitrary pickled Python object")
@@ -655,12 +664,12 @@ def _np_scalar(dtype: Any, raw: Any = _NO_DATA) -> Any:
 _SCALAR_KINDS = {int: NumpyInt, float: NumpyFloat, complex: NumpyComplex, bool: NumpyBool}
 
 
-def _np_dtype_class(spec: str) -> Callable[..., _NpDType]:
-    def make(*args: Any) -> _NpDType:
+def _np_dtype_class(spec: str) -> Callable[..., NumpyDTypeStandIn]:
+    def make(*args: Any) -> NumpyDTypeStandIn:
         if args:  # numpy: "currently only the no-argument instantiation is supported"
             raise corrupted(f"numpy dtype class called with {len(args)} arguments; numpy "
                             f"accepts none")
-        return _NpDType(spec)
+        return NumpyDTypeStandIn(spec)
     return make
 
 
@@ -697,7 +706,7 @@ def _bytearray(source: Any = b"", encoding: Any = None) -> bytearray:
 
 def _check_array_dtype(dtype: Any, missing: str) -> None:
     """A numpy array's dtype must be a numeric one this validator models (object: unsafe)."""
-    if not isinstance(dtype, _NpDType):
+    if not isinstance(dtype, NumpyDTypeStandIn):
         raise corrupted(missing)
     if dtype.code == "O":
         raise unsafe("numpy array with object dtype: its elements are arbitrary pickled "
@@ -737,7 +746,7 @@ def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any,
             raise corrupted(f"numpy _frombuffer axis order {_short(tuple(axes))} is not a "
                             f"permutation of the {n} axes (numpy refuses)")
         axes = tuple(a % n for a in axes)
-    numel = _checked_numel(shape, "numpy array")
+    numel = checked_numel(shape, "numpy array")
     expected = numel * dtype.itemsize
     if len(buf) != expected:
         raise corrupted(f"numpy array data is {len(buf)} bytes, expected {expected} for shape "
@@ -790,7 +799,7 @@ def _complex(real: Any = 0.0, imag: Any = 0.0) -> complex:
     return complex(real, imag)
 
 
-class _TorchBuilt:
+class TorchBuilt:
     """BUILD on an OrderedDict or Counter as torch's weights-only unpickler does it: an
     OrderedDict gets ``inst.__dict__.update(state)``; a Counter the generic
     ``(state, slotstate)`` update. The attributes are walked for tensors like any value."""
@@ -814,11 +823,11 @@ class _TorchBuilt:
             self.__dict__.update(part)
 
 
-class TorchOrderedDict(_TorchBuilt, OrderedDict):  # type: ignore[type-arg]
+class TorchOrderedDict(TorchBuilt, OrderedDict):  # type: ignore[type-arg]
     """An OrderedDict from the pickle (it may carry attributes set by BUILD)."""
 
 
-class TorchCounter(_TorchBuilt, Counter):  # type: ignore[type-arg]
+class TorchCounter(TorchBuilt, Counter):  # type: ignore[type-arg]
     """A Counter from the pickle (it may carry attributes set by BUILD)."""
 
 
@@ -847,7 +856,8 @@ def _counter(*args: Any) -> Counter[Any]:
     return TorchCounter(items or {})
 
 
-def _fast_rebuild_tensor_v2(args: tuple[Any, ...]) -> TensorMeta | None:
+def _fast_rebuild_tensor_v2(ctx: LoadContext | None, args: tuple[Any, ...]
+                            ) -> TensorMeta | None:
     """What ``_rebuild_tensor_v2(*args)`` makes for the arguments torch.save writes,
     ``(storage, offset, size, stride, requires_grad, backward_hooks)``; None for any other."""
     # Taken only where every check of _new_tensor (_tensor_fields, then _extras) passes: a
@@ -872,36 +882,38 @@ def _fast_rebuild_tensor_v2(args: tuple[Any, ...]) -> TensorMeta | None:
         if type(v) is not int or not 0 <= v < INT64:
             return None
     made = make_tensor_meta(dtype, size, stride, offset, storage.key, requires_grad,
-                            storage, () if type(hooks) in _ATOMIC_TYPES
+                            storage, () if type(hooks) in ATOMIC_TYPES
                             else (("_backward_hooks", hooks),))
-    items = getattr(_MADE, "items", None)  # _note(made), inlined
-    if items is not None:
-        items.append(made)
+    if ctx is not None:
+        ctx.made.append(made)
     return made
 
 
-def _build_allowed() -> dict[str, _StandIn | TorchDType]:
+def _stand_ins() -> dict[str, GlobalStandIn | StorageTypeStandIn | TorchDType]:
+    """Every global torch's weights-only loader allows (and the validator models), by the name
+    torch looks it up by, with what stands in for it."""
     table: dict[str, Any] = {}
 
     def add(qualname: str, fn: Callable[..., Any] | None = None) -> None:
-        table[qualname] = _StandIn(qualname, fn)
+        table[qualname] = GlobalStandIn(qualname, fn)
 
-    add("torch._utils._rebuild_tensor", _rebuild_tensor)
-    table["torch._utils._rebuild_tensor_v2"] = _StandIn(
-        "torch._utils._rebuild_tensor_v2", _rebuild_tensor_v2, _fast_rebuild_tensor_v2)
-    add("torch._utils._rebuild_tensor_v3", _rebuild_tensor_v3)
+    for name, per_load in (("_rebuild_tensor", _rebuild_tensor_for),
+                           ("_rebuild_tensor_v2", _rebuild_tensor_v2_for),
+                           ("_rebuild_tensor_v3", _rebuild_tensor_v3_for)):
+        table[f"torch._utils.{name}"] = GlobalStandIn(f"torch._utils.{name}",
+                                                       per_load=per_load)
     add("torch._utils._rebuild_parameter", _rebuild_parameter)
     add("torch._utils._rebuild_parameter_with_state", _rebuild_parameter_with_state)
     add("torch._tensor._rebuild_from_type_v2", _rebuild_from_type_v2)
     add("torch.Size", _torch_size)
     add("torch.device", _torch_device)
-    for name in _TENSOR_CLASSES:
+    for name in TENSOR_CLASSES:
         add(name, _tensor_class(name))
-    for name, dtype in _STORAGE_TYPES.items():
+    for name, dtype in STORAGE_TYPES.items():
         for module in ("torch", "torch.cuda"):
-            table[f"{module}.{name}"] = _StorageType(dtype, cuda=module == "torch.cuda",
+            table[f"{module}.{name}"] = StorageTypeStandIn(dtype, cuda=module == "torch.cuda",
                                                      qualname=f"{module}.{name}")
-    table["torch.storage.UntypedStorage"] = _StorageType("uint8", untyped=True,
+    table["torch.storage.UntypedStorage"] = StorageTypeStandIn("uint8", untyped=True,
                                                          qualname="torch.UntypedStorage")
     for name in TORCH_DTYPES:
         table[f"torch.{name}"] = TorchDType(name)
@@ -916,48 +928,21 @@ def _build_allowed() -> dict[str, _StandIn | TorchDType]:
         add(f"numpy._core.multiarray.{name}", fn)
         table[f"numpy.core.multiarray.{name}"] = table[f"numpy._core.multiarray.{name}"]
     add("numpy.ndarray")
-    add("numpy.dtype", _NpDType)
-    for cls, spec in _NUMPY_DTYPE_CLASSES.items():
+    add("numpy.dtype", NumpyDTypeStandIn)
+    for cls, spec in NUMPY_DTYPE_CLASSES.items():
         add(f"numpy.dtypes.{cls}", _np_dtype_class(spec))
     return table
 
 
-_ALLOWED = _build_allowed()
+#: the stand-in of every global a pickle read by torch's rules may name (the allow-list:
+#: :mod:`.allowlist`)
+TORCH_STAND_INS = _stand_ins()
 #: globals allowed only in a pickle the library's own loader reads (protocol 3-5): numpy writes
 #: ``_frombuffer`` for an array at protocol 5, and never at torch.save's protocol 2 (where
 #: torch's allow-list, and so this validator, refuse it)
-_FROMBUFFER = _StandIn("numpy._core.numeric._frombuffer", _np_frombuffer)
-_LIBRARY_ALLOWED = {f"{module}._frombuffer": _FROMBUFFER
+_frombuffer = GlobalStandIn("numpy._core.numeric._frombuffer", _np_frombuffer)
+LIBRARY_STAND_INS = {f"{module}._frombuffer": _frombuffer
                     for module in ("numpy._core.numeric", "numpy.core.numeric")}
-
-
-def _resolve(module: str, name: str) -> Any:
-    """The stand-in for an allowed global; a :class:`Problem` for any other (nothing imported)."""
-    # Python 2 names, renamed as torch renames them
-    return _resolve_qualname(torch_qualname(module, name), module, name)
-
-
-def _resolve_qualname(qualname: str, module: str, name: str) -> Any:
-    found = _ALLOWED.get(qualname)
-    if found is not None:
-        return found
-    if qualname in _TORCH_KNOWN_UNSUPPORTED:
-        raise incompatible(f"pickle uses torch global {qualname!r} (quantized, sparse, "
-                           f"nested, sub-byte or legacy tensor classes), which this validator "
-                           f"does not support", code="pickle.unsupported_global")
-    raise unsafe(f"pickle imports forbidden global {_short_name(f'{module}.{name}')!r}",
-                 code="pickle.forbidden_global")
-
-
-def _resolve_library(module: str, name: str) -> Any:
-    """:func:`_resolve` for a pickle the library's own loader reads (protocol 3-5)."""
-    qualname = library_qualname(module, name)
-    found = _LIBRARY_ALLOWED.get(qualname)
-    return found if found is not None else _resolve_qualname(qualname, module, name)
-
-
-def _short_name(qualname: str, limit: int = 200) -> str:
-    return qualname if len(qualname) <= limit else qualname[:limit] + "..."
 
 
 # --------------------------------------------------------------------------- BUILD
@@ -972,9 +957,13 @@ def _build_storage(ref: StorageRef, state: Any) -> None:
 def _build_tensor_in_place(meta: TensorMeta, state: Any) -> None:
     """BUILD on a tensor: torch calls ``tensor.set_(*state)`` on a plain tensor and
     ``Tensor.__setstate__(state)`` on a Parameter; the result replaces this object's fields."""
-    changed = _build_tensor(meta, state)
-    _note(replace(meta))  # the view as it was: torch made (and checked) it
-    _note(changed)
+    # the C unpickler's BUILD calls meta.__setstate__(state): no handle of the load but the
+    # thread's active one (context.py)
+    ctx = LoadContext.active()
+    changed = _build_tensor(ctx, meta, state)
+    if ctx is not None:
+        ctx.note(replace(meta))  # the view as it was: torch made (and checked) it
+        ctx.note(changed)
     for name in meta.__dataclass_fields__:
         object.__setattr__(meta, name, getattr(changed, name))
 
@@ -1000,7 +989,7 @@ def _build_array(array: ArrayMeta, state: Any) -> None:
         raise corrupted(f"numpy array state has version {_short(state[0])}; numpy reads 0 "
                         f"and 1")
     shape = _int_tuple(shape, "numpy array shape")
-    numel = _checked_numel(shape, "numpy array")
+    numel = checked_numel(shape, "numpy array")
     raw = _latin1(raw, "numpy array data")
     if type(raw) is not bytes:  # numpy: "pickle not returning string" for a bytearray
         raise corrupted(f"numpy array data is a {type(raw).__name__}, not bytes")
@@ -1028,13 +1017,4 @@ def _refuse_build(obj: Any, state: Any) -> None:
 BUILD_HOOKS.update({StorageRef: _build_storage, TensorMeta: _build_tensor_in_place,
                     ArrayMeta: _build_array, TorchDType: _refuse_build,
                     TorchDevice: _refuse_build,
-                    _StorageType: _refuse_build})
-
-
-# --------------------------------------------------------------------------- for the loader
-
-#: the stand-in classes a lazy structure may hold besides those of :mod:`..lazy`, by public
-#: name: the record loader (``materialize.py``) turns each into the real object
-NumpyDTypeStandIn = _NpDType
-GlobalStandIn = _StandIn
-StorageTypeStandIn = _StorageType
+                    StorageTypeStandIn: _refuse_build})
