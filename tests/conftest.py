@@ -66,3 +66,7 @@ def pytest_configure(config):
 #: helper scripts run as subprocesses, not test modules: pytest's --doctest-modules would import
 #: them, and nolinkfs.py needs fusepy (a dev extra), so a checkout without it could not collect
 collect_ignore = ["nolinkfs.py"]
+
+# The CLI fits its lines to $COLUMNS when set: pytest-xdist's workers export COLUMNS=80, a plain
+# run does not. Tests that care set it themselves; every other test sees no width, as when piped.
+os.environ.pop("COLUMNS", None)

@@ -51,6 +51,7 @@ from virnucpro_store.errors import CheckpointError, StoreError  # noqa: E402
 from virnucpro_store.lazy import ArrayMeta, TensorMeta  # noqa: E402
 from virnucpro_store.source import BytesSource  # noqa: E402
 from virnucpro_store.validation import Check, Evidence, evaluate  # noqa: E402
+from virnucpro_store.validation.report import ValidationReport  # noqa: E402
 from virnucpro_store.validation.torch_load import numpy_safe_globals  # noqa: E402
 
 DISAGREEMENTS_DIR = "/tmp/fuzz-disagreements"
@@ -158,6 +159,16 @@ def pickle_errors() -> tuple[type[BaseException], ...]:
 # --------------------------------------------------------------------------- structure compare
 
 
+def _same_key(a: Any, b: Any) -> bool:
+    """Two atomic dict keys (or tuples of them) are the same: equal and of one type, NaN
+    equal to NaN (two NaN objects are two keys that compare unequal, in both loads)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple:
+        return len(a) == len(b) and all(map(_same_key, a, b))
+    return a == b or (type(a) in (float, complex) and a != a and b != b)
+
+
 def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
             seen: set[tuple[int, int]] | None = None) -> str | None:
     """The first difference between the validator's lazy structure and torch's object (each
@@ -231,7 +242,7 @@ def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
                 diff = compare(lk, rk, f"{path}<key>", depth + 1, seen)
                 if diff:
                     return diff
-            elif lk != rk or type(lk) is not type(rk):
+            elif not _same_key(lk, rk):
                 return f"{path}: key {lk!r} vs torch {rk!r}"
             diff = compare(lv, rv, f"{path}[{rk!r}]"[:200], depth + 1, seen)
             if diff:
@@ -252,7 +263,21 @@ def compare(lazy: Any, real: Any, path: str = "<root>", depth: int = 0,
             lz = [x for x in lazy if isinstance(x, TensorMeta)] if isinstance(
                 lazy, (set, frozenset)) else []
             return None if len(lz) == len(real) else f"{path}: set of tensors differs"
-        return None if lazy == real else f"{path}: set {lazy!r} vs {real!r}"
+        if lazy == real:
+            return None
+        if isinstance(lazy, (set, frozenset)) and len(lazy) == len(real) <= 64:
+            # elements that hold stand-ins (a storage type in a persistent id tuple): paired
+            # by the structural comparison, each lazy element used once
+            pool = list(lazy)
+            for item in real:
+                match = next((i for i, cand in enumerate(pool)
+                              if compare(cand, item, path, depth + 1, set()) is None), None)
+                if match is None:
+                    break
+                pool.pop(match)
+            else:
+                return None
+        return f"{path}: set {lazy!r} vs {real!r}"
     if isinstance(real, float) and real != real:
         return None if isinstance(lazy, float) and lazy != lazy else f"{path}: nan vs {lazy!r}"
     if type(lazy) is not type(real) or lazy != real:
@@ -563,10 +588,10 @@ def _unmodelled_tensor_kind(f: Facts) -> bool:
 
 def _container_state(f: Facts) -> bool:
     try:
-        graph = mutator.parse_pickle(f.pickle())
+        nodes, _ = _built_nodes(f.pickle())
     except Exception:  # noqa: BLE001
         return False
-    for node in mutator.walk_graph(graph):
+    for node in nodes:
         if isinstance(node, mutator.Call):
             name = node.qualname
             if name in ("collections.OrderedDict", "collections.Counter") and \
@@ -579,18 +604,38 @@ def _container_state(f: Facts) -> bool:
 
 
 class _ArgsUnpickler(mutator._GraphUnpickler):
-    """The graph parser, noting REDUCE calls whose arguments are not a tuple."""
+    """The graph parser, noting REDUCE calls whose arguments are not a tuple, and keeping every
+    call it makes (``calls``): torch builds (and the validator checks) every object of the
+    stream, also those the object at STOP does not reach (a STOP replaced so that the tail
+    is read leaves the first object on the stack)."""
 
     dispatch = dict(mutator._GraphUnpickler.dispatch)
     odd_args = False
+
+    def __init__(self, file: Any, **options: Any) -> None:
+        super().__init__(file, **options)
+        self.calls: list[Any] = []
 
     def _load_reduce(self) -> None:
         args = self.stack.pop()
         if type(args) is not tuple:
             self.odd_args = True
-        self.stack[-1] = self.stack[-1](*args)
+        made = self.stack[-1](*args)
+        self.calls.append(made)
+        self.stack[-1] = made
 
     dispatch[pickle.REDUCE[0]] = _load_reduce
+
+
+def _built_nodes(pkl: bytes) -> tuple[list[Any], bool]:
+    """Every node of the graph the pickle builds, reachable from its result or not (each
+    call made, with what it holds), and whether a REDUCE had arguments that are not a tuple.
+    The forms the documented rules name are refused wherever they stand in the stream."""
+    # latin-1: any byte string decodes (torch's loader reads BINSTRING bytes the parser's
+    # default ASCII refuses; the rules look at the graph's shape, not at the strings)
+    unpickler = _ArgsUnpickler(io.BytesIO(pkl), encoding="latin1")
+    graph = unpickler.load()
+    return mutator.walk_graph((graph, unpickler.calls)), unpickler.odd_args
 
 
 def _unwritten_forms(f: Facts) -> bool:
@@ -600,13 +645,12 @@ def _unwritten_forms(f: Facts) -> bool:
     try:
         if any(op.name == "NEWOBJ" for op, _, _ in pickletools.genops(pkl)):
             return True
-        unpickler = _ArgsUnpickler(io.BytesIO(pkl))
-        graph = unpickler.load()
-        if unpickler.odd_args:
+        nodes, odd_args = _built_nodes(pkl)
+        if odd_args:
             return True
-    except Exception:  # noqa: BLE001
-        return False
-    for n in mutator.walk_graph(graph):
+    except Exception:  # noqa: BLE001 -- a stream the graph parser cannot read: bytes only
+        nodes = []
+    for n in nodes:
         if isinstance(n, mutator.Call) and n.state is not mutator._NO_STATE and (
                 mutator.is_tensor_call(n) or n.qualname.startswith(
                     ("torch._tensor._rebuild", "torch._utils._rebuild"))):
@@ -901,14 +945,23 @@ def check(seed: int, description: str, data: bytes, *, store: bool = True,
             return result("documented", "+".join(why))
         return result("disagree", "cheap-refuses-what-torch-loads", _verdict(cheap))
     if not deep.ok:
-        if deep.level == "load" and deep.category == "incompatible":
-            return result("documented", "keys-level")  # the version rule: not torch's
-        why = [n for n, (p, _) in DEEP_ONLY.items() if _safe(p, facts)] + \
-            documented(facts, deep.category) if deep.level in (None, "size") else []
+        why = deep_refusal_rules(facts, deep)
         if why:
-            return result("documented", "+".join(dict.fromkeys(why)))
+            return result("documented", why)
         return result("disagree", "deep-refuses-what-torch-loads", _verdict(deep))
     return result("ok/ok")
+
+
+def deep_refusal_rules(facts: Facts, deep: ValidationReport) -> str:
+    """The documented rules ("+"-joined; "" for none) that cover a deep refusal of a file the
+    cheap levels accept and the oracle loads: the keys level's version rule (not torch's),
+    or, for a refusal at the zip layer, what only deep=True reads (DEEP_ONLY) and the
+    documented layout rules."""
+    if deep.level == "load" and deep.category == "incompatible":
+        return "keys-level"  # the version rule: not torch's
+    why = [n for n, (p, _) in DEEP_ONLY.items() if _safe(p, facts)] + \
+        documented(facts, deep.category) if deep.level in (None, "size") else []
+    return "+".join(dict.fromkeys(why))
 
 
 def _store_agrees(data: bytes, expected: Any) -> str | None:
@@ -1003,6 +1056,10 @@ def check_pure(seed: int, description: str, data: bytes) -> Result:
         if deep.ok and pyoracle.summary(structure) != ref["summary"]:
             return result("disagree", "values-differ", "structure summaries differ")
         if not deep.ok:
+            # as check() judges a deep refusal of a file torch loads (the same rules)
+            why = deep_refusal_rules(Facts(data), deep)
+            if why:
+                return result("documented", why)
             return result("disagree", "cheap-ok-deep-refuses", _verdict(deep))
         return result("ok/ok")
     return result("refuse/refuse" if not ref["ok"] else "stricter")

@@ -187,7 +187,8 @@ def structural_diff(a: Any, b: Any) -> str | None:
     """The first difference between two loaded objects, or None: same Python types (dict,
     OrderedDict, list, tuple, set, Parameter vs Tensor), dtypes, shapes, strides, storage
     offsets, values (NaNs equal), requires_grad, which tensors share a storage (and which are
-    the same object); numpy arrays with the same dtype, shape, values and C/F order."""
+    the same object); bare storages by dtype, device, bytes and sharing; numpy arrays with the
+    same dtype, shape, values and C/F order."""
     storages: dict[int, int] = {}
     objects: dict[int, int] = {}
 
@@ -220,6 +221,20 @@ def structural_diff(a: Any, b: Any) -> str | None:
             return same_link(storages, x.untyped_storage().data_ptr(),
                              y.untyped_storage().data_ptr(), "storage", path) or \
                 same_link(objects, id(x), id(y), "tensor object", path)
+        if isinstance(x, (torch.storage.TypedStorage, torch.UntypedStorage)):
+            # a bare storage (a pickle may return one): dtype, device, bytes and sharing, as
+            # for a tensor's storage (storages have no equality of their own)
+            ux, uy = x.untyped(), y.untyped()
+            got = (getattr(x, "dtype", None), ux.device.type, ux.nbytes())
+            want = (getattr(y, "dtype", None), uy.device.type, uy.nbytes())
+            if got != want:
+                return f"{path}: storage {got} vs {want}"
+            if not ux.nbytes():
+                return None
+            if not torch.equal(torch.empty(0, dtype=torch.uint8).set_(ux),
+                               torch.empty(0, dtype=torch.uint8).set_(uy)):
+                return f"{path}: storage bytes differ"
+            return same_link(storages, ux.data_ptr(), uy.data_ptr(), "storage", path)
         if isinstance(x, np.ndarray):
             got = (x.dtype.str, x.shape, x.flags.c_contiguous, x.flags.f_contiguous)
             want = (y.dtype.str, y.shape, y.flags.c_contiguous, y.flags.f_contiguous)
@@ -246,7 +261,19 @@ def structural_diff(a: Any, b: Any) -> str | None:
                 return f"{path}: set of {len(x)} vs {len(y)}"
             if any(isinstance(v, (torch.Tensor, np.ndarray)) for v in x):
                 return None  # hashed by identity: no order to pair them by
-            return None if x == y else f"{path}: {x!r} vs {y!r}"[:300]
+            if x == y:
+                return None
+            if len(x) <= 64:  # elements without an equality (a StorageType in a tuple): paired
+                pool = list(y)
+                for u in x:
+                    match = next((i for i, v in enumerate(pool)
+                                  if structural_diff(u, v) is None), None)
+                    if match is None:
+                        break
+                    pool.pop(match)
+                else:
+                    return None
+            return f"{path}: {x!r} vs {y!r}"[:300]
         if isinstance(x, (list, tuple)):
             if len(x) != len(y):
                 return f"{path}: length {len(x)} vs {len(y)}"

@@ -136,11 +136,6 @@ def test_variant(variant, traced):
 @pytest.mark.parametrize("variant", HEAVY, ids=[v.name for v in HEAVY])
 def test_heavy_variant(variant):
     # time, verdict and the audit hook here; memory in a separate process (heavy_memory)
-    if variant.name == "bomb:nest-dicts-10**5":
-        # the deep level's build of the checked structure (validation/materialize.py) is
-        # recursive: 10**5 nested dicts, which torch's iterative unpickler loads, are refused
-        # there as pickle.too_deep (no crash, no wrong data). An iterative build is owed.
-        pytest.xfail("the record loader builds nested containers recursively (10**5 deep)")
     run_variant(variant, trace_memory=False)
 
 

@@ -332,3 +332,29 @@ def test_a_full_disk_is_a_storage_failure_at_the_backend_edge(tmp_path, monkeypa
         assert err.value.key == "k.pt" and err.value.url == store.url_for("k.pt")
         assert isinstance(err.value, OSError) and err.value.errno == errno.ENOSPC
     assert list(store.list()) == [] and store.leftovers(older_than=0) == []
+
+
+@pytest.mark.parametrize("thread_began", [False, True])
+def test_ctrl_c_while_the_fsync_thread_starts_leaves_nothing_and_stays_a_ctrl_c(
+        tmp_path, monkeypatch, thread_began):
+    """Ctrl-C can land inside ``Thread.start()`` of the staged file's fsync, before or after the
+    thread exists (found by the CLI's Ctrl-C test): the save ends with the KeyboardInterrupt, not
+    with ``RuntimeError: cannot join thread before it is started`` raised by its cleanup, and no
+    staged or final file is left."""
+    import threading
+
+    real_start = threading.Thread.start
+
+    def interrupted_start(self):
+        if self.name == "vnps-fsync":
+            if thread_began:
+                real_start(self)
+            raise KeyboardInterrupt
+        return real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    store = vs.open_store(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        store.save({"ids": ["a"], "data": torch.zeros(1, 4)}, "x.pt", validate=None)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -248,3 +248,64 @@ def test_bare_globals_load_as_the_objects_torch_returns(protocol):
         buffer.seek(0)
         assert got == torch.load(buffer, weights_only=True)
     assert all(got[k] is v for k, v in obj.items())
+
+
+# -- deep nests: the build is iterative ------------------------------------------------------
+
+#: twenty times Python's recursion limit (test_hostile's nest-dicts-10**5 goes to 10**5, deep
+#: level included): torch's iterative unpickler loads it
+NEST_DEPTH = 20_000
+
+
+def _nest(kind: str, depth: int) -> bytes:
+    """``[nest, t]``: ``depth`` containers of ``kind`` inside each other, the innermost holding
+    the tensor ``t`` (memo 255) that the outer list names again (one object, shared)."""
+    import hostile
+
+    tensor = hostile.p_tensor() + b"q\xff"
+    key = hostile.p_str("k")
+    if kind == "list":
+        nest = b"]" * depth + tensor + b"a" * depth
+    elif kind == "dict":
+        nest = (b"}" + key) * depth + tensor + b"s" * depth
+    elif kind == "tuple":  # built bottom-up: each TUPLE1 wraps the one below
+        nest = tensor + b"\x85" * depth
+    else:  # OrderedDict(), as torch.save writes one: the class called with no arguments
+        nest = hostile.p_global("collections", "OrderedDict") + b"q\xfe)R" + key \
+            + (b"h\xfe)R" + key) * (depth - 1) + tensor + b"s" * depth
+    return hostile.with_pickle(b"\x80\x02](" + nest + b"h\xffe.")
+
+
+def _same_nest(got, want) -> tuple[int, object, object]:
+    """Compare two loaded nests without recursion; returns (depth, innermost of each)."""
+    depth = 0
+    while type(got) is not torch.Tensor:
+        assert type(got) is type(want), (depth, type(got), type(want))
+        if isinstance(got, dict):
+            assert list(got) == list(want) == ["k"], depth
+            got, want = got["k"], want["k"]
+        else:
+            assert len(got) == len(want) == 1, depth
+            got, want = got[0], want[0]
+        depth += 1
+    assert type(want) is torch.Tensor and torch.equal(got, want)
+    return depth, got, want
+
+
+@pytest.mark.parametrize("kind", ["dict", "list", "tuple", "OrderedDict"])
+def test_a_deep_nest_builds_as_torch_loads_it(kind, tmp_path):
+    """A 20,000-deep nest of each container: ``store.load`` returns what torch.load returns
+    (types, depth, the tensor), the tensor shared as in the pickle (memo identity), and a deep
+    validation and the walk have no recursion limit on it (the recursive build said
+    ``pickle.too_deep``)."""
+    data = _nest(kind, NEST_DEPTH)
+    want = torch.load(io.BytesIO(data), weights_only=True)
+    (tmp_path / "n.pt").write_bytes(data)
+    store = vs.open_store(str(tmp_path))
+    report = store.validate("n.pt", deep=True)
+    assert report.ok, report.message
+    got = store.load("n.pt")
+    assert type(got) is type(want) is list and len(got) == len(want) == 2
+    depth, inner_got, inner_want = _same_nest(got[0], want[0])
+    assert depth == NEST_DEPTH
+    assert inner_want is want[1] and inner_got is got[1]  # one tensor, named twice

@@ -164,6 +164,97 @@ def test_unrestricted_oracle_only_for_allow_listed_globals():
     assert not fuzz_oracle.unrestricted_oracle_allowed(evil)
 
 
+@pytest.mark.parametrize("tail", [b"s.", b"s(t."], ids=["reachable", "after-STOP"])
+def test_a_documented_form_counts_wherever_it_stands(tail):
+    """The documented rules see every object the stream builds, not only those the result
+    reaches: a legacy ``set_`` BUILD on a tensor (a form torch.save never writes, refused as
+    not modelled) in a dict left on the stack by a STOP replaced with ``(t.`` (torch loads
+    the file: it returns ``()``) is documented as where the dict is the result (seed 701580 of
+    the protocol 4/5 harness was a disagreement: the rule walked the result only)."""
+    import hostile
+
+    payload = b"\x80\x02}" + hostile.p_str("x") + hostile.p_tensor() + hostile.p_tensor() \
+        + b"\x85b" + tail
+    data = hostile.with_pickle(payload)
+    real = fuzz_oracle.torch_load(data)
+    assert real.ok and (real.value == () if tail != b"s." else set(real.value) == {"x"})
+    r = fuzz_oracle.check(0, "legacy set_ BUILD", data, store=False)
+    assert "BUILD on a tensor" in r.validator, r.validator
+    assert r.verdict == "documented" and "forms-torch-save-never-writes" in r.rule, \
+        (r.verdict, r.rule, r.validator)
+
+
+def test_a_deep_only_refusal_is_judged_alike_by_every_oracle():
+    """A record renamed in the central directory only: the cheap levels do not read the local
+    headers (README: zip level), deep=True refuses (corrupted), torch reads the file. The
+    pure-Python oracle's judge (protocol 3-5 mutants the translator cannot express) takes the
+    documented rules check() takes there (seed 1002519 of the campaign, a protocol 5 header
+    on a CRC-less file, was a disagreement: check_pure had no rule for a deep-only refusal)."""
+    buf = io.BytesIO()
+    torch.save({"t": torch.arange(4.0)}, buf, pickle_protocol=4)
+    arc = mutator.parse_archive(buf.getvalue())
+    entry = arc.entries[arc.find("byteorder")]
+    entry.cname = entry.name + b" "
+    data = mutator._build(arc)
+    import pyoracle
+
+    assert pyoracle.judge(data)["ok"]  # torch over the pure-Python unpickler loads it
+    r = fuzz_oracle.check_pure(0, "byteorder renamed in the directory", data)
+    assert r.verdict == "documented" and "headers-disagree" in r.rule, \
+        (r.verdict, r.rule, r.validator)
+
+
+def test_nan_keys_compare_equal():
+    """Two loads of a dict with a NaN key hold two NaN objects (campaign seed 1034452 was a
+    structure-differs disagreement between them)."""
+    assert fuzz_oracle.compare({float("nan"): 1, (1.0, float("nan")): 2},
+                               {float("nan"): 1, (1.0, float("nan")): 2}) is None
+    assert fuzz_oracle.compare({float("nan"): 1}, {1.0: 1}) is not None
+
+
+def test_a_set_of_tuples_holding_a_storage_type_compares_structurally():
+    """Campaign seed 2042360: a set holding a persistent id tuple (a storage type in it, a
+    stand-in to the validator, torch's StorageType to torch) was a structure-differs
+    disagreement: the set was compared with ==."""
+    import hostile
+
+    item = hostile.p_tuple([hostile.p_str("storage"), hostile.p_global("torch", "BFloat16Storage"),
+                            hostile.p_str("3")])
+    value = hostile.p_global("builtins", "set") + hostile.p_tuple([hostile.p_list([item])]) + b"R"
+    data = hostile.with_pickle(b"\x80\x02" + hostile.p_dict([("s", value)]) + b".")
+    r = fuzz_oracle.check(0, "set of a storage type tuple", data, store=False)
+    assert r.verdict == "ok/ok", (r.verdict, r.rule, r.detail)
+    from helpers import structural_diff  # store.load vs torch.load, as the 4/5 harness does
+
+    store = fuzz_oracle._store()
+    store.save_bytes(data, "set.pt", validate=None)
+    assert structural_diff(store.load("set.pt"), fuzz_oracle.torch_load(data).value) is None
+    other = b"\x80\x02" + hostile.p_dict([("s", value.replace(b"BFloat16", b"Float"))]) + b"."
+    structure = fuzz_oracle._report(data, level="keys", deep=True)[1]
+    assert fuzz_oracle.compare(structure, fuzz_oracle.torch_load(
+        hostile.with_pickle(other)).value) is not None
+
+
+@pytest.mark.parametrize("case", ["dtype-of-a-list", "binstring-beside-a-bare-global"])
+def test_documented_refusals_of_odd_forms(case):
+    """Campaign seeds 1048956 and 2007779: ``numpy.dtype([])`` (numpy makes an empty
+    structured dtype) is incompatible like every structured dtype, not corrupted; a bare
+    ``torch.per_tensor_symmetric`` is documented also where a BINSTRING the graph parser's
+    ASCII cannot decode stands in the same pickle."""
+    import hostile
+
+    if case == "dtype-of-a-list":
+        value = hostile.p_global("numpy", "dtype") + b"]\x85R"
+    else:
+        value = hostile.p_list([hostile.p_global("torch", "per_tensor_symmetric"),
+                                b"U\x02\xc3\xa9"])
+    data = hostile.with_pickle(b"\x80\x02" + hostile.p_dict([("v", value)]) + b".")
+    assert fuzz_oracle.torch_load(data).ok
+    r = fuzz_oracle.check(0, case, data, store=False)
+    assert r.verdict == "documented", (r.verdict, r.rule, r.validator)
+    assert r.validator.startswith("incompatible"), r.validator
+
+
 # --------------------------------------------------------------------------- the runs
 
 

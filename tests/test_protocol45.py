@@ -574,6 +574,22 @@ def test_structural_diff_sees_each_difference_the_contract_names():
         assert structural_diff(other, base) is not None, what
 
 
+def test_structural_diff_compares_bare_storages_by_value():
+    """A pickle may return a storage itself (a mutant that deletes the REDUCE of
+    _rebuild_tensor_v2 returns its arguments): two loads of it are equal by dtype, device,
+    bytes and sharing, not by identity (campaign seed 2000680 was a values-differ
+    disagreement between two equal storages)."""
+    def loaded(values):
+        typed = torch.tensor(values).storage()
+        return [typed, typed, torch.tensor(values).untyped_storage()]
+
+    a, b = loaded([1.0, 2.0]), loaded([1.0, 2.0])
+    assert structural_diff(a, b) is None
+    assert structural_diff(a, loaded([1.0, 3.0])) is not None  # bytes
+    assert structural_diff(a, [torch.tensor([1, 2]).storage(), *b[1:]]) is not None  # dtype
+    assert structural_diff(a, [b[0], loaded([1.0, 2.0])[0], b[2]]) is not None  # sharing
+
+
 def test_the_mutant_comparison_can_fail():
     """A wrong oracle is caught: torch refusing what the library loads, and values that
     differ."""

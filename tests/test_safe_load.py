@@ -153,3 +153,65 @@ def test_numpy_entries_the_user_added_are_left_alone(tmp_path):
         torch.serialization.clear_safe_globals()
     safe_torch_load(path)
     assert torch.serialization.get_safe_globals() == []  # nothing of ours left behind
+
+
+# -- a class named as a storage type: torch reads its .dtype, then the key's cached storage --
+
+
+def _views_of_one_key(second_type: tuple[str, str], first_type=("torch", "FloatStorage")):
+    """{"a": view, "b": view} of the merged base's storage "0", each persistent id naming its
+    own storage type."""
+    import hostile
+
+    def view(module: str, name: str) -> bytes:
+        pid = hostile.p_tuple([hostile.p_str("storage"), hostile.p_global(module, name),
+                               hostile.p_str("0"), hostile.p_str("cpu"),
+                               hostile.p_int(6656)]) + b"Q"
+        args = [pid, hostile.p_int(0), hostile.p_tuple([hostile.p_int(2), hostile.p_int(3328)]),
+                hostile.p_tuple([hostile.p_int(3328), hostile.p_int(1)]), b"\x89",
+                hostile.p_global("collections", "OrderedDict") + b")R"]
+        return hostile.p_global("torch._utils", "_rebuild_tensor_v2") + hostile.p_tuple(args) \
+            + b"R"
+
+    return hostile.with_pickle(b"\x80\x02" + hostile.p_dict(
+        [("a", view(*first_type)), ("b", view(*second_type))]) + b".")
+
+
+def test_the_classes_a_storage_type_may_name_are_torchs():
+    """The model's classes with a readable ``.dtype`` are exactly the allowed stand-in classes
+    whose real object has one (torch reads ``storage_type.dtype`` of any object)."""
+    import importlib
+
+    from virnucpro_store.validation.pickling import standins
+
+    have = set()
+    for qualname, standin in standins.TORCH_STAND_INS.items():
+        if type(standin) is standins.GlobalStandIn:
+            module, _, name = qualname.rpartition(".")
+            if hasattr(getattr(importlib.import_module(module), name), "dtype"):
+                have.add(qualname)
+    assert have == set(standins.DTYPE_CLASSES)
+
+
+@pytest.mark.parametrize("cls", [("numpy", "ndarray"), ("torch", "Tensor")])
+def test_a_class_named_as_the_type_of_a_loaded_key_loads_as_torch_loads_it(cls):
+    """Campaign seed 1033501: ``numpy.ndarray`` as the storage type of a key already loaded
+    was 'corrupted' (torch returns the cached storage); as the first type of a key both
+    refuse (torch cannot size a storage of it)."""
+    from helpers import structural_diff
+
+    from virnucpro_store.validation.torch_load import numpy_safe_globals
+
+    def torch_load(data: bytes):  # with the numpy globals the library allows
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            return torch.load(io.BytesIO(data), weights_only=True)
+
+    data = _views_of_one_key(cls)
+    want = torch_load(data)
+    report = validate_source(BytesSource(data), level="keys", deep=True)
+    assert report.ok, report.message
+    assert structural_diff(safe_torch_load(BytesSource(data)), want) is None
+    first = _views_of_one_key(("torch", "FloatStorage"), first_type=cls)
+    with pytest.raises(Exception):  # noqa: B017 -- torch's own error, whatever its type
+        torch_load(first)
+    assert not validate_source(BytesSource(first)).ok

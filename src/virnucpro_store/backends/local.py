@@ -265,6 +265,10 @@ class LocalStaging(Staging):
         self._published = False
         self._fsync: threading.Thread | None = None
         self._fsync_error: OSError | None = None
+        # whoever takes the claim runs the fsync: the thread, or _durable when the thread has
+        # not begun (Ctrl-C can interrupt Thread.start() before or after the thread exists)
+        self._fsync_claim = threading.Lock()
+        self._fsync_done = threading.Event()
 
     def finish(self) -> None:
         """Flush the staged bytes and start their fsync in a thread; :meth:`publish` waits for
@@ -283,15 +287,27 @@ class LocalStaging(Staging):
         self._finished = True
 
     def _sync(self, fd: int) -> None:
+        if not self._fsync_claim.acquire(blocking=False):
+            return  # _durable took the fsync over
         try:
             os.fsync(fd)  # releases the GIL: validation runs meanwhile
         except OSError as exc:
             self._fsync_error = exc
+        finally:
+            self._fsync_done.set()
 
     def _durable(self) -> None:
         """Wait for the staged file's fsync, then close it; its failure is the save's."""
         if self._fsync is not None:
-            self._fsync.join()
+            if self._fsync_claim.acquire(blocking=False):
+                # the thread has not begun (or never will: its start was interrupted); the
+                # claim stays held, so a late thread returns at once
+                try:
+                    os.fsync(self.file.fileno())
+                except OSError as exc:
+                    self._fsync_error = exc
+            else:
+                self._fsync_done.wait()
             self._fsync = None
         try:
             if self._fsync_error is not None:

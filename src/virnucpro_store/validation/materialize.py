@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections import Counter, OrderedDict
+from collections.abc import Generator
 from typing import Any
 
 from ..lazy import (
@@ -267,13 +268,24 @@ class Materializer:
         return self.convert(obj)
 
     def convert(self, obj: Any) -> Any:
+        """The real object for ``obj``. Iterative: containers are built by generator frames on
+        an explicit stack (:meth:`_build`), so a 10**5-deep nest builds as torch's own
+        iterative unpickler loads it, with no recursion limit."""
+        made = self._leaf(obj)
+        return self._build(obj) if made is _DEFER else made
+
+    def _leaf(self, obj: Any) -> Any:
+        """``obj`` built when it holds nothing to build (an atom, a memoized object, a leaf
+        type); :data:`_DEFER` for a container to be built by its frame."""
         kind = type(obj)
         if kind in _ATOMS:
             return obj
-        ident = id(obj)
         memo = self.memo
+        ident = id(obj)
         if ident in memo:
             return memo[ident]
+        if kind in _NESTED:
+            return _DEFER
         rule = _RULES.get(kind)
         if rule is None:
             raise incompatible(f"the loader has no rule to build a {kind.__name__} (only the "
@@ -281,49 +293,95 @@ class Materializer:
                                code="load.unsupported_type")
         return rule(self, obj)
 
+    def _build(self, root: Any) -> Any:
+        """Build the container ``root``: each container's rule is a generator that yields a
+        child it cannot build itself (a container not built yet) and is sent the child's
+        object back -- the order of a recursive build, with the stack on the heap."""
+        stack = [_NESTED[type(root)](self, root)]
+        sent: Any = None
+        while True:
+            try:
+                child = stack[-1].send(sent)
+            except StopIteration as done:
+                stack.pop()
+                if not stack:
+                    return done.value
+                sent = done.value
+                continue
+            stack.append(_NESTED[type(child)](self, child))
+            sent = None
+
     def _all_atoms(self, items: Any) -> bool:
         return _ATOMS.issuperset(map(type, items))
 
-    # -- containers
-    def _dict(self, obj: dict[Any, Any]) -> dict[Any, Any]:
+    # -- containers: generators (see _build); each yields only what _leaf deferred
+    def _dict(self, obj: dict[Any, Any]) -> Generator[Any, Any, dict[Any, Any]]:
+        leaf = self._leaf
         if not self.in_place:
             copy: dict[Any, Any] = {}
             self.memo[id(obj)] = copy
-            convert = self.convert
-            for k, v in list(obj.items()):
-                copy[convert(k)] = convert(v)
+            yield from self._fill(copy, list(obj.items()))
             return copy
         self.memo[id(obj)] = obj  # in place: identity and cycles kept
         if not self._all_atoms(obj.keys()):
-            items = [(self.convert(k), self.convert(v)) for k, v in list(obj.items())]
+            items = []
+            for k, v in list(obj.items()):
+                key = leaf(k)
+                if key is _DEFER:
+                    key = yield k
+                value = leaf(v)
+                if value is _DEFER:
+                    value = yield v
+                items.append((key, value))
             obj.clear()
             obj.update(items)
         elif not self._all_atoms(obj.values()):
-            convert = self.convert
             for k, v in list(obj.items()):
                 if type(v) not in _ATOMS:
-                    obj[k] = convert(v)
+                    value = leaf(v)
+                    if value is _DEFER:
+                        value = yield v
+                    obj[k] = value
         return obj
 
-    def _list(self, obj: list[Any]) -> list[Any]:
+    def _fill(self, made: Any, items: list[tuple[Any, Any]]) -> Generator[Any, Any, None]:
+        """``made[key] = value`` for each pair built, the value before the key (the order of
+        ``made[convert(k)] = convert(v)``)."""
+        leaf = self._leaf
+        for k, v in items:
+            value = leaf(v)
+            if value is _DEFER:
+                value = yield v
+            key = leaf(k)
+            if key is _DEFER:
+                key = yield k
+            made[key] = value
+
+    def _list(self, obj: list[Any]) -> Generator[Any, Any, list[Any]]:
+        leaf = self._leaf
         if not self.in_place:
             copy: list[Any] = []
             self.memo[id(obj)] = copy
             if self._all_atoms(obj):
                 copy.extend(obj)
             else:
-                convert = self.convert
-                copy.extend(convert(v) for v in obj)
+                for v in obj:
+                    value = leaf(v)
+                    if value is _DEFER:
+                        value = yield v
+                    copy.append(value)
             return copy
         self.memo[id(obj)] = obj
         if not self._all_atoms(obj):
-            convert = self.convert
             for i, v in enumerate(obj):
                 if type(v) not in _ATOMS:
-                    obj[i] = convert(v)
+                    value = leaf(v)
+                    if value is _DEFER:
+                        value = yield v
+                    obj[i] = value
         return obj
 
-    def _tuple(self, obj: tuple[Any, ...]) -> tuple[Any, ...]:
+    def _tuple(self, obj: tuple[Any, ...]) -> Generator[Any, Any, tuple[Any, ...]]:
         if self._all_atoms(obj):
             self.memo[id(obj)] = obj
             return obj
@@ -332,28 +390,45 @@ class Materializer:
             raise incompatible("a tuple that contains itself through a container holding "
                                "tensors (not modelled)", code="load.unsupported_type")
         self._pending.add(ident)
-        made = tuple(self.convert(v) for v in obj)
+        leaf = self._leaf
+        items = []
+        for v in obj:  # bottom-up: the tuple is made once its items are
+            value = leaf(v)
+            if value is _DEFER:
+                value = yield v
+            items.append(value)
         self._pending.discard(ident)
+        made = tuple(items)
         if all(a is b for a, b in zip(made, obj)):
             made = obj
         self.memo[ident] = made
         return made
 
-    def _set(self, obj: set[Any] | frozenset[Any]) -> Any:
+    def _set(self, obj: set[Any] | frozenset[Any]) -> Generator[Any, Any, Any]:
         if self._all_atoms(obj):
             self.memo[id(obj)] = obj
             return obj
-        made = type(obj)(self.convert(v) for v in obj)
+        leaf = self._leaf
+        items = []
+        for v in obj:
+            value = leaf(v)
+            if value is _DEFER:
+                value = yield v
+            items.append(value)
+        made = type(obj)(items)
         self.memo[id(obj)] = made
         return made
 
-    def _mapping(self, obj: Any) -> Any:
+    def _mapping(self, obj: Any) -> Generator[Any, Any, Any]:
         made = OrderedDict() if isinstance(obj, OrderedDict) else Counter()
         self.memo[id(obj)] = made
-        for k, v in list(obj.items()):
-            made[self.convert(k)] = self.convert(v)
+        leaf = self._leaf
+        yield from self._fill(made, list(obj.items()))
         for k, v in list(vars(obj).items()):  # attributes set by BUILD (e.g. _metadata)
-            setattr(made, k, self.convert(v))
+            value = leaf(v)
+            if value is _DEFER:
+                value = yield v
+            setattr(made, k, value)
         return made
 
     # -- torch
@@ -386,7 +461,7 @@ class Materializer:
         self.memo[id(ref)] = made
         return made
 
-    def _tensor(self, meta: TensorMeta) -> Any:
+    def _tensor(self, meta: TensorMeta) -> Generator[Any, Any, Any]:
         torch = self.torch
         dtype = getattr(torch, meta.dtype)
         if meta.storage is None:  # set_() emptied it, or Parameter(None)
@@ -403,13 +478,22 @@ class Materializer:
             made = tensor
             made.requires_grad = meta.requires_grad
         self.memo[id(meta)] = made
+        leaf = self._leaf
         metadata = attrs.pop("<metadata>", None)
         if metadata:
-            torch._utils.set_tensor_metadata(made, self.convert(metadata))
-        for name, value in attrs.items():
-            setattr(made, name, self.convert(value))
+            value = leaf(metadata)
+            if value is _DEFER:
+                value = yield metadata
+            torch._utils.set_tensor_metadata(made, value)
+        for name, v in attrs.items():
+            value = leaf(v)
+            if value is _DEFER:
+                value = yield v
+            setattr(made, name, value)
         if meta.pydict is not None:
-            state = self.convert(meta.pydict)
+            state = leaf(meta.pydict)
+            if state is _DEFER:
+                state = yield meta.pydict
             for name, value in state.items():
                 setattr(made, name, value)
         return made
@@ -501,11 +585,20 @@ class Materializer:
 _GLOBALS = {"torch.Tensor": "torch.Tensor", "torch.nn.parameter.Parameter":
             "torch.nn.parameter.Parameter", "numpy.ndarray": "numpy.ndarray"}
 
-_RULES: dict[type, Any] = {
+#: what :meth:`Materializer._leaf` returns for a container its frame builds
+_DEFER = object()
+
+#: the types that may hold other objects: their rules are generators (Materializer._build)
+_NESTED: dict[type, Any] = {
     dict: Materializer._dict, list: Materializer._list, tuple: Materializer._tuple,
     set: Materializer._set, frozenset: Materializer._set,
     TorchOrderedDict: Materializer._mapping, TorchCounter: Materializer._mapping,
-    StorageRef: Materializer._storage, TensorMeta: Materializer._tensor,
+    TensorMeta: Materializer._tensor,
+}
+
+#: the leaf types: built in one call
+_RULES: dict[type, Any] = {
+    StorageRef: Materializer._storage,
     TorchDType: Materializer._torch_dtype, GlobalStandIn: Materializer._global,
     NumpyDTypeStandIn: Materializer._np_dtype, ArrayMeta: Materializer._array,
     NumpyInt: Materializer._np_scalar, NumpyBool: Materializer._np_scalar,

@@ -102,7 +102,10 @@ class NumpyDTypeStandIn:
             self.byteorder = ">"
             return
         if not isinstance(spec, str):
-            raise corrupted(f"numpy dtype spec is a {type(spec).__name__}, not a string")
+            # numpy reads a list, tuple or dict as a structured or sub-array dtype (and None
+            # as float64): forms numpy's pickles never write, not modelled
+            raise incompatible(f"numpy dtype spec is a {type(spec).__name__}, not a string "
+                               f"(structured, sub-array or other dtypes are not modelled)")
         self.spec = spec
         self.code = spec[:1]
         self.byteorder = "<"
@@ -532,6 +535,10 @@ def _build_tensor(ctx: LoadContext | None, meta: TensorMeta, state: Any) -> Tens
 
 
 TENSOR_CLASSES = ("torch.Tensor", "torch.nn.parameter.Parameter")
+#: allowed classes whose ``.dtype`` torch can read (a descriptor, not a dtype) when one is
+#: named as a storage type: torch then returns a storage already loaded under that key, and
+#: cannot size a new one (tests/test_safe_load.py derives the set from torch and numpy)
+DTYPE_CLASSES = (*TENSOR_CLASSES, "numpy.ndarray")
 
 
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:

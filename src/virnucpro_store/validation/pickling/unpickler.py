@@ -39,7 +39,7 @@ from ..problem import Problem, corrupted, incompatible, unsafe
 from .allowlist import resolve, resolve_library
 from .context import LoadContext
 from .prescan import library_protocol, scan
-from .standins import MAX_ELEMENTS, TENSOR_CLASSES, GlobalStandIn, StorageTypeStandIn
+from .standins import DTYPE_CLASSES, MAX_ELEMENTS, GlobalStandIn, StorageTypeStandIn
 
 #: refuse to unpickle a data.pkl larger than this (a guard against resource exhaustion)
 MAX_PICKLE_BYTES = 512 << 20
@@ -101,7 +101,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             stype = StorageTypeStandIn(stype.dtype)
         # torch reads storage_type.dtype first (any object with that attribute), then returns a
         # storage already loaded under this key without looking at the type again
-        tensor_class = isinstance(stype, GlobalStandIn) and stype.qualname in TENSOR_CLASSES
+        tensor_class = isinstance(stype, GlobalStandIn) and stype.qualname in DTYPE_CLASSES
         if not isinstance(stype, StorageTypeStandIn) and not tensor_class:
             raise corrupted(f"storage type is {_short(stype)}, not a torch storage class")
         if type(key) is int and -INT64 <= key < INT64:
