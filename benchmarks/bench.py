@@ -475,7 +475,7 @@ def keys_profile(path: Path, rounds: int = 7) -> list[str]:
             # as the validator: a pickle that built nothing holds no tensor, and is not walked
             tensors = list(iter_tensors(model.structure)) if model.builds else []
         with timed("load: storage records and views"):
-            levels._check_tensors(index, tensors + [("-", m) for m in model.made])
+            levels.check_tensors(index, tensors + [("-", m) for m in model.made])
         with timed("keys: schema"):
             schemas.detect_schema(model.structure).check(model.structure)
         with timed("reference: C unpickler, do-nothing hooks"):

@@ -190,7 +190,7 @@ def load_tensors_fit(st: State) -> None:
     """Every storage record exists with its size; every view fits its storage (and every view
     and storage made on the way: torch checks each as it makes it)."""
     assert st.index is not None and st.model is not None
-    _check_tensors(st.index, st.tensors + [("(made while unpickling)", m)
+    check_tensors(st.index, st.tensors + [("(made while unpickling)", m)
                                            for m in st.model.made])
 
 
@@ -253,7 +253,7 @@ LADDER: dict[Level, tuple[Rule, ...]] = {
 _ACCELERATE_RECORDS = True
 
 
-def _check_tensors(index: ZipIndex, tensors: list[tuple[str, Any]]) -> None:
+def check_tensors(index: ZipIndex, tensors: list[tuple[str, Any]]) -> None:
     """Storage records exist with the right size; every tensor view fits in its storage.
     ``tensors`` may hold storages (StorageRef) too: their records are checked alike.
 
