@@ -203,6 +203,22 @@ def test_expected_tolerates_bom_crlf_and_reads_fasta(run7, tmp_path, content):
     assert (tmp_path / "todo").read_text() == "s9\n"
 
 
+def test_an_80_column_line_keeps_the_reason_and_names_the_url_once(run7, tmp_path):
+    """On a narrow terminal the URL is cut before the reason is: a refused symbolic link under
+    a long path still says why (it once printed ``skipped: file:///tmp/p…``, the error's own
+    copy of the URL eating the line)."""
+    staged = tmp_path / ("deep-" * 12) / "work" / "batch.pt"
+    staged.parent.mkdir(parents=True)
+    staged.symlink_to(run7 / "batch_0.pt")
+    refused = invoke("validate", str(staged), "--no-follow-symlinks", env={"COLUMNS": "80"})
+    assert refused.exit_code == 3
+    lines = refused.output.splitlines()
+    at = next(i for i, x in enumerate(lines) if x.startswith("SKIP"))
+    verdict = " ".join(x.strip() for x in lines[at:at + 4])
+    assert all(len(x) <= 80 for x in lines[at:at + 4]), lines
+    assert "is a symbolic link" in verdict and verdict.count("file://") == 1, verdict
+
+
 def test_a_staged_symlink_named_on_the_command_line_is_followed(run7, tmp_path):
     staged = tmp_path / "work" / "batch.pt"
     staged.parent.mkdir()

@@ -115,15 +115,28 @@ def print_verdict(out, report, url: str, width: int | None = None) -> None:
     out.print(report_line(report, url, width), markup=True)
 
 
+#: the fewest columns a cut URL keeps on a verdict line (its start and its file name)
+URL_MIN = 24
+
+
 def _url_message(url: str, message: str | None, width: int | None, used: int) -> str:
-    """``url: message`` escaped, fitted into ``width - used`` columns when width is given."""
-    message = str(message or "")
+    """``url: message`` escaped, fitted into ``width - used`` columns when width is given.
+    The message says why, so it is never cut: the URL is cut in the middle (down to
+    :data:`URL_MIN` columns) to make room, and a message that still does not fit goes on the
+    lines below, indented under the URL. An error's text that names the same URL again names
+    it once."""
+    message = str(message or "").replace(f"{url}: ", "", 1)
     if width:
         room = max(width - used, 12)
         if len(url) + 2 + len(message) > room:
-            url = middle(url, max(min(len(url), room * 3 // 5), room - 2 - len(message), 8))
-            left = room - len(url) - 2
-            message = message if len(message) <= left else message[:max(left - 1, 0)] + "…"
+            url = middle(url, max(room - 2 - len(message), min(len(url), URL_MIN)))
+            if len(url) + 2 + len(message) > room:
+                import textwrap
+
+                below = textwrap.fill(message, width=max(width, used + 12),
+                                      initial_indent=" " * used, subsequent_indent=" " * used,
+                                      break_on_hyphens=False)
+                return f"{esc(url)}:\n{esc(below)}"
     return f"{esc(url)}: {esc(message)}"
 
 
