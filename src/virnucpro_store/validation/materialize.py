@@ -1,7 +1,7 @@
 """The record loader: ``load()`` builds real objects from the validator's model, never from a
 second parse of ``data.pkl``.
 
-Why. ``data.pkl`` is read exactly once, by the model (:func:`~.safepickle.read_model`: the
+Why. ``data.pkl`` is read exactly once, by the model (:func:`~.pickling.unpickler.read_model`: the
 pre-scan, then the C unpickler whose ``find_class`` returns only the stand-ins of
 ``standins.py``). Its output is a lazy structure: plain containers holding
 :class:`~virnucpro_store.lazy.StorageRef`, :class:`~virnucpro_store.lazy.TensorMeta`,
