@@ -209,7 +209,7 @@ def _check(index: ZipIndex, tensors: list[tuple[str, Any]], accelerate: bool,
            monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(levels, "_ACCELERATE_RECORDS", accelerate)
     try:
-        levels._check_tensors(index, tensors)
+        levels.check_tensors(index, tensors)
     except Problem as exc:
         return _problem(exc)
     return None

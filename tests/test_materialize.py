@@ -75,7 +75,7 @@ def checks_disabled(monkeypatch):
     monkeypatch.setattr(standins, "_check_array_dtype", lambda dtype, missing: None)
     from virnucpro_store.validation import levels
 
-    monkeypatch.setattr(levels, "_check_tensors", lambda index, tensors: None)
+    monkeypatch.setattr(levels, "check_tensors", lambda index, tensors: None)
 
 
 def _hostile(command: str) -> bytes:
