@@ -171,7 +171,9 @@ def load_model(st: State) -> None:
     assert record is not None
     check_head(st.reader, index)
     try:
-        model = read_model(read_record(st.reader, index, record))
+        pickled = read_record(st.reader, index, record)
+        st.reader.forget(record.offset, record.compressed_size)  # held once, not twice
+        model = read_model(pickled)
     except Problem as exc:
         if exc.category != "unsafe" and "data.pkl" not in exc.message:
             exc.message = f"{record.name}: {exc.message}"

@@ -131,6 +131,11 @@ _TORCH_MARKERS = ("data.pkl", "version", "byteorder", ".format_version", ".stora
 _TORCH_MARKER_BYTES = frozenset(m.encode() for m in _TORCH_MARKERS)
 
 
+#: kept windows above this size are dropped once their big record is read (smaller ones stay:
+#: they may serve later reads, and cost little)
+FORGET_ABOVE = 1 << 22
+
+
 class CachedReader:
     """Reads a source and keeps the tail (and any other window asked for) to serve later reads.
 
@@ -162,6 +167,14 @@ class CachedReader:
         if keep:
             self._windows.append((offset, data))
         return data
+
+    def forget(self, offset: int, length: int) -> None:
+        """Drop the kept windows larger than :data:`FORGET_ABOVE` bytes that hold
+        ``[offset, offset + length)``: once a big record (``data.pkl``, read in one run with
+        the control records) has been copied out, keeping its window would hold it twice."""
+        self._windows = [(start, data) for start, data in self._windows
+                         if len(data) <= FORGET_ABOVE
+                         or not start <= offset <= offset + length <= start + len(data)]
 
 
 class ZipRecord(NamedTuple):
