@@ -188,10 +188,6 @@ THIRD_PARTY_PRIVATE = {
         "torch.load's map_location rule, applied to each storage as torch applies it",
 }
 
-#: entries in modules other branches own, fixed there (the lead removes each once that branch
-#: is merged); none now (runs/examine.py calls the public validation.evaluate)
-KNOWN_UNTIL_MERGED: set[tuple[str, str]] = set()
-
 
 def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
@@ -241,12 +237,12 @@ def private_imports(extra: dict[str, Path] | None = None) -> set[tuple[str, str]
 
 def test_no_module_imports_a_private_name():
     """No module of the package uses another module's private name (third-party ones listed
-    in THIRD_PARTY_PRIVATE with their reasons; KNOWN_UNTIL_MERGED: other branches' to fix)."""
+    in THIRD_PARTY_PRIVATE with their reasons)."""
     found = private_imports()
-    unexplained = sorted(found - set(THIRD_PARTY_PRIVATE) - KNOWN_UNTIL_MERGED)
+    unexplained = sorted(found - set(THIRD_PARTY_PRIVATE))
     assert not unexplained, "\n".join(f"{module}: {target}" for module, target in unexplained)
     # and the lists name only what is still there: an entry fixed is an entry removed
-    stale = sorted((set(THIRD_PARTY_PRIVATE) | KNOWN_UNTIL_MERGED) - found)
+    stale = sorted(set(THIRD_PARTY_PRIVATE) - found)
     assert not stale, stale
 
 
