@@ -253,7 +253,7 @@ def _phase_timers(current: list[str]) -> dict[str, dict[str, float]]:
                 bucket[name] += time.perf_counter() - started
         return wrapper
 
-    store_module.validate_source = timed("validate", store_module.validate_source)
+    store_module.evaluate = timed("validate", store_module.evaluate)
     s3_module.S3Staging.publish = timed("publish", s3_module.S3Staging.publish)
     return phases
 
