@@ -81,12 +81,7 @@ def test_cp_run_local_to_seaweedfs_and_back_verifies(run7, tmp_path, seaweedfs):
     url = seaweedfs.fresh_url()
     env = {"AWS_ACCESS_KEY_ID": seaweedfs.key, "AWS_SECRET_ACCESS_KEY": seaweedfs.secret,
            "AWS_ENDPOINT_URL": seaweedfs.endpoint_url, "AWS_DEFAULT_REGION": "us-east-1"}
-    up = invoke("cp", str(run7), url, env=env)
-    assert up.exit_code == 0, up.output
-    assert invoke("verify", url, env=env).exit_code == 0
-    down = invoke("cp", url, str(tmp_path / "back"), env=env)
-    assert down.exit_code == 0, down.output
-    assert vs.open_store(tmp_path / "back").verify_run("").ok
+    _cp_run_there_and_back(run7, tmp_path, url, env)
 
 
 def test_cp_run_local_to_gcs_and_back_verifies(run7, tmp_path, gcs_server):

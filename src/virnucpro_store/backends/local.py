@@ -286,27 +286,25 @@ class LocalStaging(Staging):
         self._fsync.start()
         self._finished = True
 
-    def _sync(self, fd: int) -> None:
+    def _sync(self, fd: int) -> bool:
+        """The staged file's fsync, run by whoever takes the claim first (the thread, or
+        :meth:`_durable`); False when it was taken already."""
         if not self._fsync_claim.acquire(blocking=False):
-            return  # _durable took the fsync over
+            return False
         try:
             os.fsync(fd)  # releases the GIL: validation runs meanwhile
         except OSError as exc:
             self._fsync_error = exc
         finally:
             self._fsync_done.set()
+        return True
 
     def _durable(self) -> None:
         """Wait for the staged file's fsync, then close it; its failure is the save's."""
         if self._fsync is not None:
-            if self._fsync_claim.acquire(blocking=False):
-                # the thread has not begun (or never will: its start was interrupted); the
-                # claim stays held, so a late thread returns at once
-                try:
-                    os.fsync(self.file.fileno())
-                except OSError as exc:
-                    self._fsync_error = exc
-            else:
+            # the thread may not have begun (or never will: its start was interrupted): the
+            # fsync runs here then, and a late thread finds the claim taken
+            if not self._sync(self.file.fileno()):
                 self._fsync_done.wait()
             self._fsync = None
         try:
